@@ -1,0 +1,1 @@
+# MiTorch's Hydra configs, installed as the package mitorch.conf (pkg://mitorch.conf).

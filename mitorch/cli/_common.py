@@ -1,0 +1,109 @@
+"""Command-line parsing shared by mitrain and mitest: the older positional form and Hydra's."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from mitorch.config import config_file_overrides, format_value, merge
+from mitorch.errors import MiTorchError
+
+# Hydra's own flags; those in _WITH_VALUE take the next argument.
+_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+               "--config-dir", "-cd", "--experimental-rerun"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+_INFORMATIONAL = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
+_MULTIRUN = {"--multirun", "-m"}
+_PLAIN = {"--run", "-r", "--resolve"}
+# The older form's flags and the keys they stand for.
+_LEGACY = {"-w": "weights", "--weights": "weights", "-o": "output", "--output": "output"}
+_FAST_DEV_RUN = {"-d", "--fast-dev-run"}
+
+
+class UsageError(MiTorchError):
+    """The command line itself is malformed."""
+
+
+@dataclass
+class CommandLine:
+    """A parsed command line.
+
+    Attributes:
+        overrides: every override, in precedence order: CONFIG file < TRAIN/VAL/-w/-o/-d <
+            key=value arguments; a key set twice keeps its last value.
+        hydra_flags: Hydra's own flags, passed through unchanged.
+        informational: only asks for help or information; nothing runs.
+    """
+
+    overrides: list[str] = field(default_factory=list)
+    hydra_flags: list[str] = field(default_factory=list)
+    multirun: bool = False
+    informational: bool = False
+    print_config: bool = False
+
+
+def parse_command_line(argv: list[str], prog: str) -> CommandLine:
+    """Parses `PROG [CONFIG [TRAIN VAL]] [-w W] [-o O] [-d] [key=value ...] [hydra flags]`.
+
+    Raises:
+        UsageError: wrong number of positional arguments or a flag without its value.
+        ConfigError: the CONFIG file is missing or does not parse.
+    """
+    command = CommandLine()
+    positionals: list[str] = []
+    legacy: list[str] = []
+    cli_overrides: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        flag, has_inline, inline = arg.partition("=")
+        if flag in _LEGACY and (has_inline or args):
+            value = inline if has_inline else args.pop(0)
+            legacy.append(f"{_LEGACY[flag]}={format_value(os.path.abspath(os.path.expanduser(value)))}")
+        elif flag in _LEGACY:
+            raise UsageError(f"{flag} needs a path: {flag} PATH")
+        elif arg in _FAST_DEV_RUN:
+            legacy.append("fast_dev_run=true")
+        elif arg in _MULTIRUN:
+            command.multirun = True
+            command.hydra_flags.append(arg)
+        elif flag in _WITH_VALUE:
+            command.hydra_flags.append(arg)
+            if not has_inline:
+                if not args:
+                    raise UsageError(f"{arg} needs a value")
+                command.hydra_flags.append(args.pop(0))
+            command.print_config |= flag in ("--cfg", "-c")
+        elif arg in _INFORMATIONAL:
+            command.informational = True
+            command.hydra_flags.append(arg)
+            if arg in ("--info", "-i") and args and args[0] in _INFO_VALUES:
+                command.hydra_flags.append(args.pop(0))
+        elif arg in _PLAIN:
+            command.hydra_flags.append(arg)
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option {arg}; see {prog} --help")
+        elif "=" in arg or arg.startswith("~"):
+            cli_overrides.append(arg)
+        else:
+            positionals.append(arg)
+
+    if len(positionals) not in (0, 1, 3):
+        raise UsageError(f"expected CONFIG or CONFIG TRAIN VAL, got {len(positionals)} positional arguments "
+                         f"({' '.join(positionals)}); overrides take the form key=value")
+    file_overrides: list[str] = []
+    if positionals:
+        file_overrides = config_file_overrides(positionals[0], cli_overrides)
+    if len(positionals) == 3:
+        train, val = (os.path.abspath(os.path.expanduser(p)) for p in positionals[1:])
+        legacy[:0] = [f"data.train={format_value(train)}", f"data.val={format_value(val)}"]
+    command.overrides = merge(file_overrides, legacy, cli_overrides)
+    return command
+
+
+def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:
+    """Prints a user error as one line on stderr and exits."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2 if isinstance(error, UsageError) else code)

@@ -1,0 +1,68 @@
+"""mitrain: train a model; the last stdout line is the final validation metrics as JSON.
+
+    mitrain [key=value ...] [-m]
+    mitrain CONFIG TRAIN VAL [-w WEIGHTS] [-o OUTPUT] [-d] [key=value ...]
+"""
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig
+
+from mitorch.cli._common import fail, parse_command_line
+from mitorch.errors import MiTorchError
+
+PROG = "mitrain"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        command = parse_command_line(argv, PROG)
+        if not command.informational:
+            _check(command.overrides, command.multirun)
+    except MiTorchError as e:
+        fail(PROG, e)
+    import hydra
+
+    run = hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(_train)
+    sys.argv = [PROG, *command.hydra_flags, *command.overrides]
+    try:
+        run()
+    except KeyboardInterrupt:
+        fail(PROG, MiTorchError("interrupted"), code=130)
+
+
+def _check(overrides: list[str], multirun: bool) -> None:
+    """Composes every run the command line describes, so mistakes surface before any work."""
+    from mitorch.config import compose
+
+    if not multirun:
+        compose(overrides)
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    sweeps = {i: list(o.sweep_string_iterator()) for i, o in enumerate(parsed) if o.is_sweep_override()}
+    first = [f"{o.get_key_element()}={sweeps[i][0]}" if i in sweeps else overrides[i] for i, o in enumerate(parsed)]
+    compose(first)
+    # Each value of each sweep once, the other keys at their first value: linear, not a product.
+    for i, values in sweeps.items():
+        for value in values[1:]:
+            compose(first[:i] + [f"{parsed[i].get_key_element()}={value}"] + first[i + 1:])
+
+
+def _train(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from mitorch import api
+
+    try:
+        metrics = api.train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
+    except MiTorchError as e:
+        fail(PROG, e)
+    api.print_metrics(metrics)
+
+
+if __name__ == "__main__":
+    main()

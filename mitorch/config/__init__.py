@@ -1,0 +1,19 @@
+"""Composing and checking training configs."""
+from __future__ import annotations
+
+from mitorch.config.compose import compose, group_options
+from mitorch.config.config_file import config_file_overrides, read_config_file
+from mitorch.config.overrides import GROUPS, format_value, merge
+from mitorch.config.validate import TASK_TYPES, validate
+
+__all__ = [
+    "GROUPS",
+    "TASK_TYPES",
+    "compose",
+    "config_file_overrides",
+    "format_value",
+    "group_options",
+    "merge",
+    "read_config_file",
+    "validate",
+]

@@ -1,0 +1,101 @@
+"""Composing the shipped configs with overrides, with errors a user can act on."""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from importlib import resources
+
+from omegaconf import DictConfig, OmegaConf
+
+from mitorch.config.overrides import GROUPS, group_choices
+from mitorch.config.validate import validate
+from mitorch.errors import ConfigError
+
+CONFIG_MODULE = "mitorch.conf"
+CONFIG_NAME = "train"
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, e.g. group_options('model') -> ['convnext_tiny', ...]."""
+    folder = resources.files(CONFIG_MODULE) / group
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Composes conf/train.yaml with overrides and validates the result.
+
+    Args:
+        overrides: Hydra overrides such as ["model=resnet", "optimizer.lr=0.1"].
+
+    Returns:
+        The composed config (interpolations unresolved, struct mode on).
+
+    Raises:
+        ConfigError: an unknown group option or key, a wrong type, or a bad value.
+    """
+    overrides = list(overrides)
+    # The defaults of the selected options are the reference for key names and types.
+    selections = [f"{g}={c}" for g, c in group_choices(overrides).items()]
+    reference = _compose(selections, selections)
+    cfg = _compose(overrides, overrides, reference)
+    validate(cfg, reference)
+    return cfg
+
+
+def _compose(overrides: list[str], shown: Iterable[str], reference: DictConfig | None = None) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            # Inside a running Hydra app (mitrain's task function): reuse its search path.
+            return hydra_compose(CONFIG_NAME, overrides=overrides)
+        with initialize_config_module(CONFIG_MODULE, version_base=None):
+            return hydra_compose(CONFIG_NAME, overrides=overrides)
+    except (HydraException, ValueError) as e:
+        raise _explain(e, reference) from None
+
+
+_MISSING_OPTION = re.compile(r"Could not find '([^'/]+)/([^']+)'")
+_UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
+_NOT_DELETABLE = re.compile(r"Could not delete from config\. '([^']+)' does not exist")
+
+
+def _explain(error: Exception, reference: DictConfig | None) -> ConfigError:
+    message = str(error)
+    cause = str(error.__cause__ or "")
+    missing = _MISSING_OPTION.search(message)
+    if missing:
+        group, option = missing.groups()
+        if group in GROUPS or group in _known_groups():
+            return ConfigError(f"unknown {group} '{option}'; choose from {', '.join(group_options(group))}")
+    unknown = _UNKNOWN_KEY.search(message)
+    if unknown and "is not in struct" in cause:
+        key = unknown.group(1)
+        return ConfigError(f"unknown key '{key}'; {_valid_keys_hint(key, reference)}")
+    if unknown and cause:
+        return ConfigError(f"cannot set '{unknown.group(1)}': {cause.splitlines()[0]}")
+    not_deletable = _NOT_DELETABLE.search(message)
+    if not_deletable:
+        return ConfigError(f"cannot delete '{not_deletable.group(1)}': it is not in the config")
+    first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return ConfigError(first)
+
+
+def _known_groups() -> set[str]:
+    root = resources.files(CONFIG_MODULE)
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")}
+
+
+def _valid_keys_hint(key: str, reference: DictConfig | None) -> str:
+    parent_key, _, _ = key.rpartition(".")
+    if reference is None:
+        return "check the spelling"
+    parent = OmegaConf.select(reference, parent_key) if parent_key else reference
+    if not isinstance(parent, DictConfig):
+        return f"'{parent_key}' has no sub-keys"
+    keys = sorted(k for k in parent.keys() if not str(k).startswith("_") and k != "hydra")
+    where = f"'{parent_key}'" if parent_key else "the top level"
+    return f"valid keys at {where}: {', '.join(map(str, keys))}"

@@ -1,0 +1,112 @@
+"""Checks of a composed config: key types (against the shipped defaults) and values."""
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mitorch.errors import ConfigError
+
+TASK_TYPES = ("multiclass_classification", "multilabel_classification")
+
+# Types of keys whose shipped default is null, so the default cannot tell.
+_NULLABLE_TYPES: dict[str, type] = {
+    "data.train": str,
+    "data.val": str,
+    "image_size": int,
+    "gradient_clip_norm": float,
+    "device": str,
+    "weights": str,
+    "output": str,
+}
+# Keys that must be at least 1.
+_POSITIVE = ("batch_size", "max_epochs", "accumulate_grad_batches", "val_every_n_epochs", "log_every_n_steps")
+
+
+def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
+    """Validates a composed training config.
+
+    Args:
+        cfg: the composed config.
+        reference: the same config with only the group selections applied; every leaf of
+            cfg must have the type of its default there.
+
+    Raises:
+        ConfigError: naming the key and what it should be.
+    """
+    if reference is not None:
+        _check_types(cfg, reference, "")
+    if cfg.task_type not in TASK_TYPES:
+        raise ConfigError(f"unknown task_type '{cfg.task_type}'; choose from {', '.join(TASK_TYPES)}")
+    for key in _POSITIVE:
+        if cfg[key] < 1:
+            raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
+    if cfg.data.num_workers < 0:
+        raise ConfigError(f"data.num_workers must be 0 or more, got {cfg.data.num_workers}")
+    if cfg.image_size is not None and cfg.image_size < 8:
+        raise ConfigError(f"image_size must be at least 8 pixels, got {cfg.image_size}")
+    if (cfg.data.train is None) != (cfg.data.val is None):
+        raise ConfigError("set both data.train and data.val (TRAIN and VAL), or neither for the built-in dataset")
+
+
+def _check_types(node: DictConfig, reference: DictConfig, prefix: str) -> None:
+    for key in node.keys():
+        full_key = f"{prefix}{key}"
+        if full_key == "hydra" or key not in reference:
+            continue
+        value, default = node._get_node(key), reference._get_node(key)
+        if isinstance(value, DictConfig) and isinstance(default, DictConfig):
+            _check_types(value, default, f"{full_key}.")
+            continue
+        value = value if isinstance(value, (DictConfig, ListConfig)) else value._value()
+        default = default if isinstance(default, (DictConfig, ListConfig)) else default._value()
+        expected = _expected_type(full_key, default)
+        if expected is not None and not _matches(value, expected):
+            raise ConfigError(f"{full_key} must be {_describe(expected)}, got {_show(value)}")
+
+
+def _expected_type(full_key: str, default: Any) -> type | None:
+    if default is None or _is_interpolation(default):
+        return _NULLABLE_TYPES.get(full_key)
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return type(default)
+    if isinstance(default, str):
+        return str
+    if isinstance(default, ListConfig):
+        return list
+    if isinstance(default, DictConfig):
+        return dict
+    return None
+
+
+def _matches(value: Any, expected: type) -> bool:
+    if value is None or _is_interpolation(value):
+        return True
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is list:
+        return isinstance(value, ListConfig)
+    if expected is dict:
+        return isinstance(value, DictConfig)
+    return isinstance(value, expected)
+
+
+def _is_interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def _describe(expected: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}[expected]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return repr(OmegaConf.to_container(value))
+    return repr(value)

@@ -1,0 +1,1 @@
+"""Datasets: formats, readers, augmentation presets and the built-in generated dataset."""

@@ -1,0 +1,119 @@
+"""The built-in dataset: coloured shapes on noisy backgrounds, generated on first use.
+
+It is written in the text format with JPEG images inside zip archives, so a run on it goes
+through the same reader as a user's data. Generation is deterministic: every machine gets
+the same images.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle", "star", "cross")
+IMAGE_SIZE = 64
+_VERSION = "shapes-v1"
+_SPLITS = {"train": (1000, 1), "val": (250, 2)}  # images, seed
+
+
+def cache_dir() -> Path:
+    """Where generated data lives: $MITORCH_CACHE_DIR, else $XDG_CACHE_HOME/mitorch, else ~/.cache/mitorch."""
+    if os.environ.get("MITORCH_CACHE_DIR"):
+        return Path(os.environ["MITORCH_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mitorch"
+
+
+def builtin_dataset(multilabel: bool) -> tuple[str, str]:
+    """Paths of the built-in train and val text files, generating them on first use.
+
+    Args:
+        multilabel: the multilabel variant (1-3 shapes an image) instead of one shape an image.
+
+    Returns:
+        (train.txt, val.txt) paths.
+    """
+    variant = "multilabel" if multilabel else "multiclass"
+    root = cache_dir() / "builtin" / _VERSION / variant
+    if not (root / "val.txt").is_file():
+        _generate(root, multilabel)
+    return str(root / "train.txt"), str(root / "val.txt")
+
+
+def _generate(root: Path, multilabel: bool) -> None:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so concurrent first runs never see half a dataset.
+    work = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        (work / "labels.txt").write_text("\n".join(SHAPES) + "\n")
+        for split, (count, seed) in _SPLITS.items():
+            rng = np.random.default_rng([seed, int(multilabel)])
+            lines = []
+            with zipfile.ZipFile(work / f"{split}.zip", "w", zipfile.ZIP_STORED) as archive:
+                for i in range(count):
+                    image, labels = _draw(rng, multilabel)
+                    name = f"{i:05d}.jpg"
+                    buffer = io.BytesIO()
+                    image.save(buffer, format="JPEG", quality=90)
+                    archive.writestr(name, buffer.getvalue())
+                    lines.append(f"{split}.zip@{name} {','.join(map(str, labels))}")
+            (work / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        try:
+            work.rename(root)
+        except OSError:
+            if not (root / "val.txt").is_file():
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _draw(rng: np.random.Generator, multilabel: bool) -> tuple[Image.Image, list[int]]:
+    background = rng.integers(0, 256, size=3)
+    noise = rng.normal(0, 28, size=(IMAGE_SIZE, IMAGE_SIZE, 3))
+    pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    kinds = rng.choice(len(SHAPES), size=rng.integers(1, 4), replace=False) if multilabel else [rng.integers(len(SHAPES))]
+    radius_range = (9, 15) if multilabel else (14, 28)
+    for kind in kinds:
+        radius = rng.uniform(*radius_range)
+        cx, cy = rng.uniform(radius, IMAGE_SIZE - radius, size=2)
+        colour = _contrasting(rng, background)
+        _draw_shape(draw, SHAPES[int(kind)], cx, cy, radius, rng.uniform(0, 2 * math.pi), colour)
+    return image, sorted(int(k) for k in kinds)
+
+
+def _contrasting(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
+    while True:
+        colour = rng.integers(0, 256, size=3)
+        if np.abs(colour - background).sum() > 200:
+            return tuple(int(c) for c in colour)
+
+
+def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tuple[float, float]]:
+    step = 2 * math.pi / len(radii)
+    return [(cx + r * math.cos(angle + i * step), cy + r * math.sin(angle + i * step)) for i, r in enumerate(radii)]
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float,
+                colour: tuple[int, int, int]) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+    elif shape == "square":
+        draw.polygon(_polygon(cx, cy, [r] * 4, angle), fill=colour)
+    elif shape == "triangle":
+        draw.polygon(_polygon(cx, cy, [r] * 3, angle), fill=colour)
+    elif shape == "star":
+        draw.polygon(_polygon(cx, cy, [r, r * 0.45] * 5, angle), fill=colour)
+    else:  # cross: a plus sign of two bars
+        w = r * 0.35
+        for bar in ([(-r, -w), (r, -w), (r, w), (-r, w)], [(-w, -r), (w, -r), (w, r), (-w, r)]):
+            cos, sin = math.cos(angle), math.sin(angle)
+            draw.polygon([(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in bar], fill=colour)

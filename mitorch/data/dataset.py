@@ -1,0 +1,49 @@
+"""The torch Dataset over a DatasetIndex: reads, decodes and transforms one image."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from mitorch.data.formats import DatasetIndex
+from mitorch.data.readers import FileReader
+from mitorch.errors import DataError
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images with class targets: an int (multiclass) or a multi-hot float vector (multilabel)."""
+
+    def __init__(self, index: DatasetIndex, multilabel: bool, transform: Callable | None = None) -> None:
+        self.index = index
+        self.multilabel = multilabel
+        self.transform = transform
+        self.num_classes = len(index.class_names)
+        self._reader = FileReader()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+        image = self.load_image(i)
+        if self.transform is not None:
+            image = self.transform(image)
+        labels = self.index.labels[i]
+        if self.multilabel:
+            target = torch.zeros(self.num_classes)
+            target[labels] = 1.0
+            return image, target
+        return image, labels[0]
+
+    def load_image(self, i: int) -> torch.Tensor:
+        """The i-th image as a uint8 RGB tensor (3, H, W)."""
+        path = self.index.images[i]
+        try:
+            data = self._reader.read(path)
+        except (OSError, KeyError) as e:
+            raise DataError(f"{self.index.sources[i]}: cannot read {path}: {e}") from None
+        try:
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else "unknown format"
+            raise DataError(f"{self.index.sources[i]}: cannot decode image {path}: {reason}") from None

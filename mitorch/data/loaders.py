@@ -1,0 +1,59 @@
+"""From config to DataLoaders: which files, which classes, how to batch."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from mitorch.data.builtin import builtin_dataset
+from mitorch.data.dataset import ImageDataset
+from mitorch.data.formats import DatasetIndex, load_index
+
+
+def is_multilabel(cfg: DictConfig) -> bool:
+    return cfg.task_type == "multilabel_classification"
+
+
+def dataset_paths(cfg: DictConfig) -> tuple[str, str]:
+    """(train, val) paths: the configured ones, or the built-in dataset's."""
+    if cfg.data.train is None:
+        return builtin_dataset(is_multilabel(cfg))
+    return cfg.data.train, cfg.data.val
+
+
+def load_indices(cfg: DictConfig, class_names: list[str] | None = None,
+                 need_train: bool = True) -> tuple[DatasetIndex | None, DatasetIndex]:
+    """Loads the train (optional) and val indices; val's labels must fit train's classes."""
+    train_path, val_path = dataset_paths(cfg)
+    multilabel = is_multilabel(cfg)
+    train = load_index(train_path, multilabel, class_names) if need_train else None
+    names = train.class_names if train is not None else class_names
+    return train, load_index(val_path, multilabel, names)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; numpy and random follow it.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(dataset: ImageDataset, cfg: DictConfig, train: bool, device: torch.device) -> torch.utils.data.DataLoader:
+    """A DataLoader: shuffled (seeded) for training, in order for validation."""
+    generator = None
+    if train:
+        generator = torch.Generator()
+        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=train,
+        # A last batch of one image breaks batch norm in training mode.
+        drop_last=train and len(dataset) > cfg.batch_size,
+        num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+        generator=generator,
+        worker_init_fn=_seed_worker,
+    )

@@ -1,0 +1,64 @@
+"""Augmentation presets: small callables that each build one transforms.v2 pipeline.
+
+They take uint8 image tensors (3, H, W) and return normalized float tensors.
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_AUTO_AUGMENT = {
+    "trivialaugment": v2.TrivialAugmentWide,
+    "randaugment": v2.RandAugment,
+    "autoaugment": v2.AutoAugment,
+    "augmix": v2.AugMix,
+}
+
+
+class ClassificationTrainPreset:
+    """Random-resized crop and horizontal flip, optionally an automatic augmentation policy.
+
+    Args:
+        crop_size: output size in pixels (square).
+        hflip_prob: probability of a horizontal flip.
+        auto_augment: None, "trivialaugment", "randaugment", "autoaugment" or "augmix".
+        random_erase_prob: probability of erasing a random rectangle after normalization.
+        min_scale: smallest fraction of the image area a crop covers.
+    """
+
+    def __init__(self, crop_size: int, hflip_prob: float = 0.5, auto_augment: str | None = None,
+                 random_erase_prob: float = 0.0, min_scale: float = 0.08,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        if auto_augment is not None and auto_augment not in _AUTO_AUGMENT:
+            raise ValueError(f"unknown auto_augment '{auto_augment}'; choose from {', '.join(_AUTO_AUGMENT)} or null")
+        steps: list = [v2.RandomResizedCrop(crop_size, scale=(min_scale, 1.0), antialias=True)]
+        if hflip_prob > 0:
+            steps.append(v2.RandomHorizontalFlip(hflip_prob))
+        if auto_augment is not None:
+            steps.append(_AUTO_AUGMENT[auto_augment]())
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        if random_erase_prob > 0:
+            steps.append(v2.RandomErasing(random_erase_prob))
+        self.transforms = v2.Compose(steps)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transforms(image)
+
+
+class ClassificationValPreset:
+    """Resize the shorter side to crop_size * resize_ratio, then center-crop to crop_size."""
+
+    def __init__(self, crop_size: int, resize_ratio: float = 1.143,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
+        self.transforms = v2.Compose([
+            v2.Resize(round(crop_size * resize_ratio), antialias=True),
+            v2.CenterCrop(crop_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ])
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.transforms(image)

@@ -1,0 +1,1 @@
+"""The training engine: loop, evaluation, schedules, tasks and progress reporting."""

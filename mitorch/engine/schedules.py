@@ -1,0 +1,70 @@
+"""Learning-rate schedules, computed in optimizer updates (never in samples).
+
+Each factory is the `_target_` of a conf/lr_scheduler option, with `_partial_: true`; the
+trainer completes it with the optimizer and the run's length in updates, and steps it once
+per optimizer update.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def _with_warmup(factor: Callable[[int], float], warmup_steps: int) -> Callable[[int], float]:
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            # Linear warmup to the first value of the schedule that follows.
+            return factor(warmup_steps) * (step + 1) / (warmup_steps + 1)
+        return factor(step)
+    return schedule
+
+
+def _warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    if warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs must be 0 or more, got {warmup_epochs}")
+    return int(round(warmup_epochs * steps_per_epoch))
+
+
+def cosine(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
+           min_lr_ratio: float = 0.0) -> LambdaLR:
+    """Cosine decay from the optimizer's lr to min_lr_ratio * lr over the whole run."""
+    total = max(steps_per_epoch * max_epochs, 1)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    span = max(total - warmup, 1)
+
+    def factor(step: int) -> float:
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return LambdaLR(optimizer, _with_warmup(factor, warmup))
+
+
+def linear(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
+           end_lr_ratio: float = 0.0) -> LambdaLR:
+    """Linear decay from the optimizer's lr to end_lr_ratio * lr over the whole run."""
+    total = max(steps_per_epoch * max_epochs, 1)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    span = max(total - warmup, 1)
+
+    def factor(step: int) -> float:
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        return 1 - (1 - end_lr_ratio) * progress
+    return LambdaLR(optimizer, _with_warmup(factor, warmup))
+
+
+def step(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
+         step_epochs: float = 30, gamma: float = 0.1) -> LambdaLR:
+    """Multiply the lr by gamma every step_epochs epochs' worth of updates."""
+    if step_epochs <= 0:
+        raise ValueError(f"step_epochs must be positive, got {step_epochs}")
+    interval = max(int(round(step_epochs * steps_per_epoch)), 1)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    return LambdaLR(optimizer, _with_warmup(lambda s: gamma ** (s // interval), warmup))
+
+
+def constant(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0) -> LambdaLR:
+    """The optimizer's lr throughout, after the optional warmup."""
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    return LambdaLR(optimizer, _with_warmup(lambda s: 1.0, warmup))

@@ -1,0 +1,98 @@
+"""Saving MiTorch weights and loading them, or plain torchvision state dicts, into a model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mitorch.errors import DataError
+
+FORMAT = "mitorch-weights-v1"
+
+
+def save_weights(path: str | Path, model: nn.Module, class_names: list[str], task_type: str,
+                 config: dict[str, Any]) -> None:
+    """Writes weights with their class names and resolved config, atomically.
+
+    The file loads with torch.load(path, weights_only=True).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "model": state, "class_names": list(class_names), "task_type": task_type,
+               "config": config}
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Reads a weights file: (state dict, metadata). Metadata is empty for a plain state dict.
+
+    Raises:
+        DataError: the file is missing or is not a weights file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"weights file not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"weights file {path} cannot be loaded: {reason}") from None
+    if isinstance(content, dict) and isinstance(content.get("model"), dict):
+        metadata = {k: v for k, v in content.items() if k != "model"}
+        state = content["model"]
+    elif isinstance(content, dict) and all(isinstance(v, torch.Tensor) for v in content.values()):
+        metadata, state = {}, content
+    else:
+        raise DataError(f"weights file {path} holds neither MiTorch weights nor a state dict")
+    # Weights saved from a DistributedDataParallel or compiled model carry a prefix.
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state, metadata
+
+
+def classifier_head(model: nn.Module) -> str:
+    """The name of the model's final classification layer (its last Linear), e.g. 'fc'."""
+    name = ""
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            name = module_name
+    return name
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, replace_head: bool) -> bool:
+    """Loads a state dict into model.
+
+    Args:
+        replace_head: when the classifier head's class count differs, keep the model's
+            freshly initialised head instead of failing.
+
+    Returns:
+        Whether the head was replaced.
+
+    Raises:
+        DataError: the weights do not fit the model (other than a differently sized head).
+    """
+    head = classifier_head(model)
+    expected = model.state_dict()
+    head_keys = {k for k in expected if k.startswith(f"{head}.")}
+    mismatched = {k for k, v in state.items() if k in expected and v.shape != expected[k].shape}
+    replaced = bool(mismatched) and mismatched <= head_keys
+    if mismatched and not (replaced and replace_head):
+        key = sorted(mismatched)[0]
+        raise DataError(f"weights {path} do not fit the model: {key} has shape {tuple(state[key].shape)}, "
+                        f"the model expects {tuple(expected[key].shape)} (is it the same architecture and class count?)")
+    missing = sorted(set(expected) - set(state) - (head_keys if replaced else set()))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"unexpected {', '.join(unexpected[:3])}"
+        raise DataError(f"weights {path} do not fit the model ({detail}{', ...' if len(missing or unexpected) > 3 else ''}); "
+                        "is it the same architecture?")
+    model.load_state_dict({k: v for k, v in state.items() if k not in mismatched}, strict=False)
+    return replaced
