@@ -1,0 +1,157 @@
+"""mitrain and mitest end to end, through the installed console scripts."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from tests.conftest import QUICK, make_folder_dataset, make_text_dataset, run
+
+pytestmark = pytest.mark.slow
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("metrics.jsonl"))
+
+
+def test_multiclass_text_format_train_then_test(tmp_path: Path, text_dataset) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model": {"name": "resnet", "depth": 18}, "optimizer": {"lr": 0.01},
+                                  "batch_size": 8, "max_epochs": 2}))
+    trained = run("mitrain", config, "data/train.txt", "data/val.txt", "-o", "out/model.pt",
+                  "image_size=32", "data.num_workers=1", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    metrics = trained.metrics
+    assert set(metrics) == {"top1_accuracy", "top5_accuracy", "average_precision", "loss", "num_samples"}
+    assert metrics["num_samples"] == text_dataset.num_val
+
+    [run_dir] = _run_dirs(tmp_path / "outputs")
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert epochs[-1]["val"] == metrics
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+    saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
+    assert saved["class_names"] == ["class_0", "class_1", "class_2"]
+    assert saved["config"]["batch_size"] == 8 and saved["config"]["optimizer"]["lr"] == 0.01
+
+    tested = run("mitest", config, "data/train.txt", "data/val.txt", "-w", "out/model.pt", "image_size=32",
+                 cwd=tmp_path)
+    assert tested.returncode == 0, tested.stderr
+    assert tested.metrics == pytest.approx(metrics)
+
+
+def test_multilabel_text_format(tmp_path: Path) -> None:
+    make_text_dataset(tmp_path / "data", multilabel=True, classes=4)
+    result = run("mitrain", "task_type=multilabel_classification", "data.train=data/train.txt",
+                 "data.val=data/val.txt", "optimizer.lr=0.01", *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert set(result.metrics) == {"accuracy_50", "average_precision", "loss", "num_samples"}
+    assert result.metrics["num_samples"] == 10
+
+
+def test_image_folder_format_with_learning(tmp_path: Path) -> None:
+    make_folder_dataset(tmp_path / "data", per_class=16)
+    result = run("mitrain", "data.train=data/train", "data.val=data/val", "augmentation=val", "optimizer=adam",
+                 "max_epochs=3", "image_size=32", "batch_size=8", "data.num_workers=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # Colour-coded classes: three epochs are enough to beat chance (1/3) clearly.
+    assert result.metrics["top1_accuracy"] > 0.6
+    assert result.metrics["num_samples"] == 48
+
+
+def test_fast_dev_run_on_the_builtin_dataset(tmp_path: Path) -> None:
+    result = run("mitrain", "-d", "batch_size=4", "-o", "w.pt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.metrics["num_samples"] == 4  # one validation batch
+    [run_dir] = _run_dirs(tmp_path / "outputs")
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    assert torch.load(tmp_path / "w.pt", weights_only=True)["class_names"][0] == "circle"
+
+
+def test_sweep_runs_each_combination_in_its_own_directory(tmp_path: Path, text_dataset) -> None:
+    result = run("mitrain", "-m", "optimizer.lr=0.1,0.01", "data.train=data/train.txt", "data.val=data/val.txt",
+                 *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dirs = _run_dirs(tmp_path / "multirun")
+    assert len(run_dirs) == 2
+    import yaml
+
+    chosen = {o for d in run_dirs for o in yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+              if o.startswith("optimizer.lr=")}
+    assert chosen == {"optimizer.lr=0.1", "optimizer.lr=0.01"}
+    assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 2
+
+
+def test_print_resolved_config(tmp_path: Path) -> None:
+    result = run("mitrain", "--cfg", "job", "model=mobilenet_v3", "model.size=small", "optimizer.lr=0.3",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "size: small" in result.stdout and "lr: 0.3" in result.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_torchvision_weights_with_another_class_count(tmp_path: Path, text_dataset) -> None:
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "tv.pth")
+    result = run("mitrain", "data.train=data/train.txt", "data.val=data/val.txt", "-w", "tv.pth", "-d",
+                 *QUICK, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "classifier head" in result.stderr and "replaced" in result.stderr
+
+
+def _corrupt_image(data: Path) -> None:
+    (data / "images" / "val_1.png").write_bytes(b"definitely not a png")
+
+
+def _zip_without_the_member(data: Path) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(data / "val.zip", "w") as archive:
+        archive.writestr("present.png", (data / "images" / "val_0.png").read_bytes())
+    (data / "val.txt").write_text("val.zip@present.png 0\nval.zip@gone.png 1\n")
+
+
+@pytest.mark.parametrize("prog, args, setup, message", [
+    ("mitrain", ["data.train=nope.txt", "data.val=nope.txt"], None, "dataset not found: "),
+    ("mitrain", ["model=resnt"], None, "unknown model 'resnt'; choose from convnext_tiny"),
+    ("mitrain", ["-m", "model=resnet,resnt"], None, "unknown model 'resnt'"),
+    ("mitrain", ["optimizer.momentun=0.5"], None, "unknown key 'optimizer.momentun'"),
+    ("mitrain", ["max_epochs=many"], None, "max_epochs must be an integer, got 'many'"),
+    ("mitrain", ["missing.json", "a.txt", "b.txt"], None, "config file not found: missing.json"),
+    ("mitrain", ["data.train=data/train.txt", "data.val=data/val.txt", "-d"], _corrupt_image,
+     "val.txt line 2: cannot decode image"),
+    ("mitrain", ["data.train=data/train.txt", "data.val=data/val.txt"],
+     lambda d: (d / "val.txt").write_text("images/val_0.png 9\n"), "val.txt line 1: label 9 is out of range"),
+    ("mitrain", ["data.train=data/train.txt", "data.val=data/val.txt"],
+     lambda d: (d / "train.txt").write_text(""), "train.txt has no images"),
+    ("mitrain", ["data.train=data/train.txt", "data.val=data/val.txt"],
+     _zip_without_the_member, "val.txt line 2: gone.png is not in"),
+    ("mitest", ["-w", "missing.pt"], None, "weights file not found"),
+    ("mitest", [], None, "mitest needs weights"),
+])
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path, prog, args, setup, message) -> None:
+    data = make_text_dataset(tmp_path / "data", zipped=False).root
+    if setup is not None:
+        setup(data)
+    result = run(prog, *args, *QUICK[:3], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert result.stderr.strip().splitlines()[-1] == lines[0]
+
+
+def test_help_does_not_import_torch(tmp_path: Path) -> None:
+    for prog in ("mitrain", "mitest"):
+        code = (f"import sys; sys.argv = ['{prog}', '--help']\n"
+                f"from mitorch.cli.{prog} import main\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert "CONFIG TRAIN VAL" in out.stdout
+        assert out.stdout.strip().splitlines()[-1] == "NO TORCH"

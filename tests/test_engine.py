@@ -1,0 +1,127 @@
+"""The training loop: accumulation, clipping, non-finite losses, evaluation, weights files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from mitorch import DataError, TrainingError
+from mitorch.engine.progress import PlainProgress
+from mitorch.engine.schedules import constant
+from mitorch.engine.tasks import ClassificationTask
+from mitorch.engine.trainer import Trainer, TrainerOptions, evaluate
+from mitorch.models import resnet
+from mitorch.models.weights import load_state, read_weights, save_weights
+
+
+def _loader(batches: int, batch_size: int = 4, features: int = 6, classes: int = 3, scale: float = 1.0):
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.randn(batch_size, features, generator=generator) * scale,
+             torch.randint(0, classes, (batch_size,), generator=generator)) for _ in range(batches)]
+
+
+def _trainer(model: nn.Module, lr: float = 0.1, **options) -> Trainer:
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    scheduler = constant(optimizer, steps_per_epoch=10, max_epochs=1)
+    return Trainer(model, ClassificationTask(False, 3), optimizer, scheduler, torch.device("cpu"),
+                   TrainerOptions(**{"max_epochs": 1, **options}), PlainProgress(interval_s=1e9))
+
+
+def test_accumulation_steps_the_optimizer_once_per_n_batches() -> None:
+    trainer = _trainer(nn.Linear(6, 3), accumulate_grad_batches=3, log_every_n_steps=1)
+    trainer.fit(_loader(7), _loader(2))
+    assert trainer.step == 3  # batches 3, 6 and the last one
+
+
+def test_accumulated_gradient_equals_the_large_batch_gradient() -> None:
+    torch.manual_seed(0)
+    data = _loader(2, batch_size=4)
+    big = [(torch.cat([data[0][0], data[1][0]]), torch.cat([data[0][1], data[1][1]]))]
+    results = []
+    for loader, accumulate in ((data, 2), (big, 1)):
+        model = nn.Linear(6, 3)
+        model.load_state_dict({"weight": torch.full((3, 6), 0.1), "bias": torch.zeros(3)})
+        _trainer(model, accumulate_grad_batches=accumulate).fit(loader, _loader(1))
+        results.append(model.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_gradient_clipping_bounds_the_update() -> None:
+    model = nn.Linear(6, 3)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    _trainer(model, lr=1.0, gradient_clip_norm=0.01).fit(_loader(1, scale=100.0), _loader(1))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm() <= 0.01 + 1e-6
+
+
+def test_non_finite_loss_names_epoch_and_step() -> None:
+    loader = _loader(6)
+    loader[3] = (torch.full((4, 6), float("nan")), loader[3][1])
+    with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step 4 of 6"):
+        _trainer(nn.Linear(6, 3), log_every_n_steps=5).fit(loader, _loader(1))
+
+
+def test_evaluation_counts_every_image_once_and_averages_the_loss() -> None:
+    model = nn.Linear(6, 3)
+    batches = _loader(3, batch_size=5) + [(torch.randn(2, 6), torch.tensor([0, 1]))]
+    metrics = evaluate(model, batches, ClassificationTask(False, 3), torch.device("cpu"))
+    assert metrics["num_samples"] == 17
+    inputs = torch.cat([x for x, _ in batches])
+    targets = torch.cat([y for _, y in batches])
+    with torch.no_grad():
+        logits = model(inputs)
+    assert metrics["loss"] == pytest.approx(nn.functional.cross_entropy(logits, targets).item(), rel=1e-5)
+    assert metrics["top1_accuracy"] == pytest.approx((logits.argmax(1) == targets).float().mean().item())
+    assert metrics["top5_accuracy"] == 1.0  # top-5 of 3 classes
+    assert set(metrics) == {"top1_accuracy", "top5_accuracy", "average_precision", "loss", "num_samples"}
+
+
+def test_multilabel_metrics() -> None:
+    task = ClassificationTask(True, 2)
+    logits = torch.tensor([[5.0, -5.0], [5.0, 5.0], [-5.0, -5.0]])
+    targets = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    metrics = evaluate(nn.Identity(), [(logits, targets)], task, torch.device("cpu"))
+    assert metrics["accuracy_50"] == pytest.approx(4 / 6)
+    assert set(metrics) == {"accuracy_50", "average_precision", "loss", "num_samples"}
+
+
+def test_empty_loaders_are_errors() -> None:
+    with pytest.raises(DataError, match="validation set yields no images"):
+        evaluate(nn.Linear(6, 3), [], ClassificationTask(False, 3), torch.device("cpu"))
+
+
+def test_weights_round_trip_with_class_names_and_config(tmp_path: Path) -> None:
+    model = resnet(num_classes=4)
+    save_weights(tmp_path / "w.pt", model, ["a", "b", "c", "d"], "multiclass_classification", {"batch_size": 3})
+    content = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert content["class_names"] == ["a", "b", "c", "d"] and content["config"] == {"batch_size": 3}
+    state, metadata = read_weights(tmp_path / "w.pt")
+    fresh = resnet(num_classes=4)
+    assert load_state(fresh, state, "w.pt", replace_head=False) is False
+    torch.testing.assert_close(fresh.fc.weight, model.fc.weight)
+
+
+def test_torchvision_state_dict_loads_with_a_new_head(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18()  # 1000 classes, like a downloaded checkpoint
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    state, metadata = read_weights(tmp_path / "resnet18.pth")
+    assert metadata == {}
+    model = resnet(num_classes=5)
+    assert load_state(model, state, "resnet18.pth", replace_head=True) is True
+    torch.testing.assert_close(model.conv1.weight, reference.conv1.weight)
+    assert model.fc.weight.shape == (5, 512)
+    with pytest.raises(DataError, match="fc.weight has shape"):
+        load_state(resnet(num_classes=5), state, "resnet18.pth", replace_head=False)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "m.pth")
+    state, _ = read_weights(tmp_path / "m.pth")
+    with pytest.raises(DataError, match="do not fit the model"):
+        load_state(resnet(num_classes=5), state, "m.pth", replace_head=True)
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="junk.pt cannot be loaded"):
+        read_weights(tmp_path / "junk.pt")
