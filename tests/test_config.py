@@ -129,7 +129,8 @@ def test_every_optimizer_option_builds_without_decay_on_biases_and_norms(option:
 
 @pytest.mark.parametrize("option", group_options("lr_scheduler"))
 def test_every_scheduler_option_steps_per_update(option: str) -> None:
-    cfg = compose([f"lr_scheduler={option}", "lr_scheduler.warmup_epochs=1.0", "optimizer.lr=1.0"])
+    extra = ["lr_scheduler.step_epochs=1"] if option == "step" else []
+    cfg = compose([f"lr_scheduler={option}", "lr_scheduler.warmup_epochs=1.0", "optimizer.lr=1.0", *extra])
     model = torch.nn.Linear(2, 2)
     optimizer = build.build_optimizer(cfg, model)
     scheduler = build.build_scheduler(cfg, optimizer, steps_per_epoch=4, max_epochs=3)
@@ -169,3 +170,11 @@ def test_augmentation_variants_change_only_the_policy() -> None:
     trivial = compose(["augmentation=trivialaugment"]).augmentation
     assert trivial.train.auto_augment == "trivialaugment" and standard.train.auto_augment is None
     assert OmegaConf.to_container(trivial.val) == OmegaConf.to_container(standard.val)
+
+
+@pytest.mark.parametrize("sample", sorted((Path(__file__).parents[1] / "samples").glob("train_config.*")))
+def test_shipped_sample_configs_compose(sample: Path) -> None:
+    cfg = compose(parse_command_line([str(sample)], "mitrain").overrides)
+    content = sample.read_text()
+    assert cfg.model._target_.split(".")[-1] in content
+    assert str(cfg.max_epochs) in content and cfg.max_epochs == 30

@@ -1,10 +1,12 @@
 """The torch Dataset over a DatasetIndex: reads, decodes and transforms one image."""
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from mitorch.data.formats import DatasetIndex
 from mitorch.data.readers import FileReader
@@ -43,7 +45,11 @@ class ImageDataset(torch.utils.data.Dataset):
         except (OSError, KeyError) as e:
             raise DataError(f"{self.index.sources[i]}: cannot read {path}: {e}") from None
         try:
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        except RuntimeError as e:
+            with Image.open(io.BytesIO(data)) as image:
+                return pil_to_tensor(image.convert("RGB"))
+        except UnidentifiedImageError:
+            raise DataError(f"{self.index.sources[i]}: cannot decode image {path}: not an image format "
+                            "that Pillow reads (or the file is corrupt)") from None
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else "unknown format"
             raise DataError(f"{self.index.sources[i]}: cannot decode image {path}: {reason}") from None

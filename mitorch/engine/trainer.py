@@ -101,7 +101,7 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             with _autocast(self.device, self.amp_dtype):
                 loss = self.task.loss(self.model(inputs), targets)
-            self.scaler.scale(loss / accumulate).backward()
+            self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             window.append(loss.detach())
             images += inputs.shape[0]
             last = batch == total
