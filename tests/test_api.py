@@ -1,0 +1,66 @@
+"""mitorch.train / mitorch.evaluate in process: seeding, validation schedule, callbacks, progress."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+import mitorch
+from mitorch.engine.progress import PlainProgress, RichProgress
+from tests.conftest import QUICK, make_text_dataset
+
+
+@pytest.fixture
+def data_overrides(tmp_path: Path) -> list[str]:
+    data = make_text_dataset(tmp_path / "data", num_train=16, num_val=6)
+    return [f"data.train={data.train}", f"data.val={data.val}", *QUICK]
+
+
+def _quiet() -> PlainProgress:
+    return PlainProgress(stream=io.StringIO(), interval_s=1e9)
+
+
+def test_same_seed_same_results_other_seed_other_results(data_overrides: list[str]) -> None:
+    runs = [mitorch.train(mitorch.compose([*data_overrides, f"seed={seed}", "deterministic=true"]), progress=_quiet())
+            for seed in (3, 3, 4)]
+    assert runs[0] == runs[1]
+    assert runs[0]["loss"] != runs[2]["loss"]
+
+
+def test_validation_every_n_epochs_and_after_the_last(data_overrides: list[str], tmp_path: Path) -> None:
+    records = []
+    cfg = mitorch.compose([*data_overrides, "max_epochs=3", "val_every_n_epochs=2"])
+    final = mitorch.train(cfg, run_dir=tmp_path / "run", progress=_quiet(), epoch_callbacks=[records.append])
+    assert [("val" in r) for r in records] == [False, True, True]
+    assert records[-1]["val"] == final
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == json.loads(json.dumps(records))
+    assert all(r["lr"] >= 0 and r["train_loss"] > 0 and r["duration_s"] > 0 for r in logged)
+
+
+def test_evaluate_reproduces_the_final_metrics(data_overrides: list[str], tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    final = mitorch.train(mitorch.compose([*data_overrides, f"output={weights}"]), progress=_quiet())
+    again = mitorch.evaluate(mitorch.compose([*data_overrides, f"weights={weights}"]))
+    assert again == pytest.approx(final)
+    with pytest.raises(mitorch.ConfigError, match="set task_type=multiclass_classification"):
+        mitorch.evaluate(mitorch.compose([*data_overrides, f"weights={weights}",
+                                          "task_type=multilabel_classification"]))
+
+
+def test_rich_progress_on_a_terminal(data_overrides: list[str]) -> None:
+    stream = io.StringIO()
+    mitorch.train(mitorch.compose(data_overrides), progress=RichProgress(stream=stream))
+    text = stream.getvalue()
+    assert "epoch 1/1" in text and "top1_accuracy" in text
+
+
+def test_plain_progress_lines(data_overrides: list[str]) -> None:
+    stream = io.StringIO()
+    mitorch.train(mitorch.compose([*data_overrides, "log_every_n_steps=1"]),
+                  progress=PlainProgress(stream=stream, interval_s=0.0))
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("epoch 1/1 batch 1/2 loss ") and "img/s" in lines[0]
+    assert lines[-1].startswith("epoch 1/1 done: train_loss ")
