@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from omegaconf import DictConfig, OmegaConf
 
 from mitorch import build
@@ -21,6 +23,8 @@ from mitorch.config import validate
 from mitorch.data.builtin import IMAGE_SIZE as BUILTIN_IMAGE_SIZE
 from mitorch.data.dataset import ImageDataset
 from mitorch.data.loaders import is_multilabel, load_indices, make_loader
+from mitorch.engine import distributed
+from mitorch.engine.averaging import WeightAverage
 from mitorch.engine.progress import PlainProgress, default_progress
 from mitorch.engine.tasks import ClassificationTask
 from mitorch.engine.trainer import Trainer, TrainerOptions, amp_dtype
@@ -28,7 +32,7 @@ from mitorch.engine.trainer import evaluate as evaluate_model
 from mitorch.errors import ConfigError, DataError
 from mitorch.models.weights import load_state, read_weights, save_weights
 
-_PATH_KEYS = ("data.train", "data.val", "weights", "output")
+_PATH_KEYS = ("data.train", "data.val", "weights", "output", "checkpoint_dir")
 DEFAULT_IMAGE_SIZE = 224
 
 
@@ -36,55 +40,122 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainPro
           epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None) -> dict[str, Any]:
     """Trains the model that cfg describes and returns its final validation metrics.
 
+    With num_processes > 1 (and no torchrun/AzureML environment already), starts that many
+    local processes; under torchrun or AzureML, this process is one rank of the run.
+
     Args:
         cfg: a composed training config (see mitorch.compose).
-        run_dir: where metrics.jsonl is written, one line per epoch; None: not written.
+        run_dir: where metrics.jsonl (one line per epoch) and, unless checkpoint_dir is set,
+            last.pt go; None: neither is written.
         progress: where progress goes; default: a Rich bar on a terminal, else log lines.
-        epoch_callbacks: called with each epoch's record (epoch, train_loss, lr, val, ...).
+        epoch_callbacks: called on the main process with each epoch's record (epoch,
+            train_loss, lr, val, ...); with num_processes > 1 they must pickle.
 
     Returns:
         The metrics of the last validation (task metrics, loss, num_samples).
 
     Raises:
-        MiTorchError: a config, data or training problem the user can fix.
+        MiTorchError: a config, data or training problem the user can fix; Interrupted when
+            SIGTERM/SIGINT stopped the run after saving a checkpoint.
     """
     cfg = _prepare(cfg)
-    device = _device(cfg)
+    if cfg.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        from mitorch.engine.launch import run_local_processes
+
+        if cfg.seed is None:
+            cfg.seed = random.randrange(2**31)  # every process must shuffle alike
+        return run_local_processes(cfg.num_processes, _train_process, cfg, run_dir, epoch_callbacks)
+    return _train_process(cfg, run_dir, epoch_callbacks, progress)
+
+
+def _train_process(cfg: DictConfig, run_dir: str | Path | None,
+                   epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
+                   progress: PlainProgress | None = None) -> dict[str, Any]:
+    context = distributed.from_environment()
+    device = _device(cfg, context)
+    distributed.start(context, device)
+    try:
+        return _fit(cfg, run_dir, epoch_callbacks, progress, context, device)
+    finally:
+        distributed.stop()
+
+
+def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | None, progress: PlainProgress | None,
+         context: distributed.Distributed, device: torch.device) -> dict[str, Any]:
     multilabel = is_multilabel(cfg)
     train_index, val_index = load_indices(cfg)
     _default_image_size(cfg)
+    seed = _shared_seed(cfg, context)
     train_transform, val_transform = build.build_transforms(cfg)
-    train_loader = make_loader(ImageDataset(train_index, multilabel, train_transform), cfg, True, device)
-    val_loader = make_loader(ImageDataset(val_index, multilabel, val_transform), cfg, False, device)
+    loaders = [make_loader(ImageDataset(index, multilabel, transform), cfg, shuffle, device, seed, context.rank,
+                           context.world_size)
+               for index, transform, shuffle in ((train_index, train_transform, True), (val_index, val_transform, False))]
     task = ClassificationTask(multilabel, len(train_index.class_names))
-    progress = progress or default_progress()
+    progress = progress or (default_progress() if context.is_main else PlainProgress(stream=open(os.devnull, "w")))
+    options = _trainer_options(cfg, seed, run_dir)
 
     with _reproducible(cfg):
         model = build.build_model(cfg, task.num_classes)
         if cfg.weights is not None:
             state, _ = read_weights(cfg.weights)
-            if load_state(model, state, cfg.weights, replace_head=True):
+            if load_state(model, state, cfg.weights, replace_head=True) and context.is_main:
                 progress.message(f"weights: the classifier head of {cfg.weights} does not match the dataset's "
                                  f"{task.num_classes} classes; it is replaced by a new one")
+        if context.enabled and cfg.sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        average = _weight_average(cfg, model, options.max_epochs)
         optimizer = build.build_optimizer(cfg, model)
-        options = _trainer_options(cfg)
-        batches = len(train_loader) if options.max_train_batches is None else min(len(train_loader), 1)
+        if cfg.scale_lr_with_processes:
+            for group in optimizer.param_groups:
+                group["lr"] *= context.world_size
+        batches = len(loaders[0]) if options.max_train_batches is None else min(len(loaders[0]), 1)
         scheduler = build.build_scheduler(cfg, optimizer, math.ceil(batches / options.accumulate_grad_batches),
                                           options.max_epochs)
+        forward_model = model
+        if context.enabled:
+            forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.compile:
+            forward_model = torch.compile(forward_model)
         callbacks = list(epoch_callbacks or [])
-        if run_dir is not None:
+        if run_dir is not None and context.is_main:
             callbacks.append(_metrics_log(Path(run_dir) / "metrics.jsonl"))
-        trainer = Trainer(model, task, optimizer, scheduler, device, options, progress, callbacks)
+
+        def save_best(best_model: nn.Module, metrics: dict[str, Any]) -> None:
+            save_weights(options.checkpoint_path.with_name("best.pt"), best_model, train_index.class_names,
+                         cfg.task_type, _plain(cfg))
+
+        trainer = Trainer(model, task, optimizer, scheduler, device, options, progress, callbacks,
+                          forward_model=forward_model, average=average, distributed=context,
+                          on_best=save_best if cfg.keep_best and options.checkpoint_path is not None else None)
         try:
-            metrics = trainer.fit(train_loader, val_loader)
+            metrics = trainer.fit(*loaders)
         finally:
             progress.close()
 
-    if cfg.output is not None:
-        save_weights(cfg.output, model, train_index.class_names, cfg.task_type, _plain(cfg))
-        progress.message(f"weights saved to {cfg.output}")
+    if cfg.output is not None and context.is_main:
+        final_model = average.module if average is not None else model
+        save_weights(cfg.output, final_model, train_index.class_names, cfg.task_type, _plain(cfg))
+        progress.message(f"weights saved to {cfg.output}" + (f" ({average.kind} average)" if average else ""))
     return metrics
+
+
+def _shared_seed(cfg: DictConfig, context: distributed.Distributed) -> int:
+    seed = [cfg.seed if cfg.seed is not None else random.randrange(2**31)]
+    if context.enabled:
+        torch.distributed.broadcast_object_list(seed, 0)
+    return seed[0]
+
+
+def _weight_average(cfg: DictConfig, model: nn.Module, max_epochs: int) -> WeightAverage | None:
+    if cfg.ema_decay is not None:
+        return WeightAverage(model, "ema", decay=cfg.ema_decay)
+    if cfg.swa_fraction is not None:
+        epochs = max(1, round(max_epochs * cfg.swa_fraction))
+        return WeightAverage(model, "swa", start_epoch=max_epochs - epochs + 1)
+    return None
 
 
 def evaluate(cfg: DictConfig, progress: PlainProgress | None = None) -> dict[str, Any]:
@@ -139,19 +210,23 @@ def _default_image_size(cfg: DictConfig) -> None:
         cfg.image_size = BUILTIN_IMAGE_SIZE if cfg.data.train is None else DEFAULT_IMAGE_SIZE
 
 
-def _device(cfg: DictConfig) -> torch.device:
-    name = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def _device(cfg: DictConfig, context: distributed.Distributed | None = None) -> torch.device:
+    context = context or distributed.Distributed()
     try:
-        device = torch.device(name)
+        device = context.device(cfg.device)
     except RuntimeError:
-        raise ConfigError(f"unknown device '{name}'; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device '{cfg.device}'; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' was asked for but no CUDA GPU is available; use device=cpu")
+        raise ConfigError(f"device '{cfg.device}' was asked for but no CUDA GPU is available; use device=cpu")
     return device
 
 
-def _trainer_options(cfg: DictConfig) -> TrainerOptions:
+def _trainer_options(cfg: DictConfig, seed: int = 0, run_dir: str | Path | None = None) -> TrainerOptions:
     fast = cfg.fast_dev_run
+    folder = cfg.checkpoint_dir or run_dir
+    # A fast dev run leaves no checkpoint behind for a real run to resume from.
+    checkpoint = Path(folder) / "last.pt" if folder is not None and not fast else None
+    task_metric = "accuracy_50" if is_multilabel(cfg) else "top1_accuracy"
     return TrainerOptions(
         max_epochs=1 if fast else cfg.max_epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
@@ -161,6 +236,11 @@ def _trainer_options(cfg: DictConfig) -> TrainerOptions:
         amp=cfg.amp,
         max_train_batches=1 if fast else None,
         max_val_batches=1 if fast else None,
+        seed=seed,
+        checkpoint_path=checkpoint,
+        resume=cfg.resume,
+        best_metric=cfg.best_metric or task_metric,
+        channels_last=cfg.channels_last,
     )
 
 

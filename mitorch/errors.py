@@ -31,3 +31,11 @@ class DataError(MiTorchError):
 
 class TrainingError(MiTorchError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class Interrupted(MiTorchError):
+    """Training stopped on SIGTERM or SIGINT after saving a checkpoint to resume from."""
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

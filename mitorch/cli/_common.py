@@ -106,4 +106,4 @@ def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:
     """Prints a user error as one line on stderr and exits."""
     message = " ".join(str(error).split()) or type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2 if isinstance(error, UsageError) else code)
+    sys.exit(2 if isinstance(error, UsageError) else getattr(error, "exit_code", code))

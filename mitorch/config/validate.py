@@ -18,9 +18,15 @@ _NULLABLE_TYPES: dict[str, type] = {
     "device": str,
     "weights": str,
     "output": str,
+    "data.prefetch_factor": int,
+    "checkpoint_dir": str,
+    "best_metric": str,
+    "ema_decay": float,
+    "swa_fraction": float,
 }
 # Keys that must be at least 1.
-_POSITIVE = ("batch_size", "max_epochs", "accumulate_grad_batches", "val_every_n_epochs", "log_every_n_steps")
+_POSITIVE = ("batch_size", "max_epochs", "accumulate_grad_batches", "val_every_n_epochs", "log_every_n_steps",
+             "num_processes")
 
 
 def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
@@ -45,6 +51,14 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         raise ConfigError(f"data.num_workers must be 0 or more, got {cfg.data.num_workers}")
     if cfg.image_size is not None and cfg.image_size < 8:
         raise ConfigError(f"image_size must be at least 8 pixels, got {cfg.image_size}")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        raise ConfigError(f"ema_decay must be between 0 and 1, got {cfg.ema_decay}")
+    if cfg.swa_fraction is not None and not 0 < cfg.swa_fraction <= 1:
+        raise ConfigError(f"swa_fraction must be in (0, 1], got {cfg.swa_fraction}")
+    if cfg.ema_decay is not None and cfg.swa_fraction is not None:
+        raise ConfigError("choose one kind of weight averaging: ema_decay or swa_fraction")
+    if cfg.data.prefetch_factor is not None and cfg.data.num_workers == 0:
+        raise ConfigError("data.prefetch_factor needs data.num_workers of 1 or more")
     if (cfg.data.train is None) != (cfg.data.val is None):
         raise ConfigError("set both data.train and data.val (TRAIN and VAL), or neither for the built-in dataset")
 

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from mitorch.data.builtin import builtin_dataset
 from mitorch.data.dataset import ImageDataset
 from mitorch.data.formats import DatasetIndex, load_index
+from mitorch.data.samplers import EpochSampler
 
 
 def is_multilabel(cfg: DictConfig) -> bool:
@@ -40,20 +41,25 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset: ImageDataset, cfg: DictConfig, train: bool, device: torch.device) -> torch.utils.data.DataLoader:
-    """A DataLoader: shuffled (seeded) for training, in order for validation."""
-    generator = None
-    if train:
-        generator = torch.Generator()
-        generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+def make_loader(dataset: ImageDataset, cfg: DictConfig, train: bool, device: torch.device, seed: int = 0,
+                rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
+    """A DataLoader over this process's share: reshuffled per epoch for training, in order for
+    validation (each image in exactly one process)."""
+    workers = cfg.data.num_workers
+    extra = {"persistent_workers": cfg.data.persistent_workers} if workers else {}
+    if workers and cfg.data.prefetch_factor is not None:
+        extra["prefetch_factor"] = cfg.data.prefetch_factor
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
-        shuffle=train,
+        sampler=EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size),
         # A last batch of one image breaks batch norm in training mode.
-        drop_last=train and len(dataset) > cfg.batch_size,
-        num_workers=cfg.data.num_workers,
+        drop_last=train and len(dataset) // world_size > cfg.batch_size,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        generator=generator,
         worker_init_fn=_seed_worker,
+        # Its own generator (the trainer reseeds it per epoch): starting an epoch's iterator
+        # must not draw from the global generator, or a resumed epoch would drift.
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
     )
