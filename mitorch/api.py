@@ -85,7 +85,7 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
     multilabel = is_multilabel(cfg)
     train_index, val_index = load_indices(cfg)
     _default_image_size(cfg)
-    seed = _shared_seed(cfg, context)
+    seed = _from_main(context, cfg.seed if cfg.seed is not None else random.randrange(2**31))
     train_transform, val_transform = build.build_transforms(cfg)
     loaders = [make_loader(ImageDataset(index, multilabel, transform), cfg, shuffle, device, seed, context.rank,
                            context.world_size)
@@ -93,6 +93,8 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
     task = ClassificationTask(multilabel, len(train_index.class_names))
     progress = progress or (default_progress() if context.is_main else PlainProgress(stream=open(os.devnull, "w")))
     options = _trainer_options(cfg, seed, run_dir)
+    # Every process resumes from the main process's checkpoint (under torchrun each has a run dir).
+    options.checkpoint_path = _from_main(context, options.checkpoint_path)
 
     with _reproducible(cfg):
         model = build.build_model(cfg, task.num_classes)
@@ -142,11 +144,12 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
     return metrics
 
 
-def _shared_seed(cfg: DictConfig, context: distributed.Distributed) -> int:
-    seed = [cfg.seed if cfg.seed is not None else random.randrange(2**31)]
+def _from_main(context: distributed.Distributed, value: Any) -> Any:
+    """The main process's value of something each process computed for itself."""
+    shared = [value]
     if context.enabled:
-        torch.distributed.broadcast_object_list(seed, 0)
-    return seed[0]
+        torch.distributed.broadcast_object_list(shared, 0)
+    return shared[0]
 
 
 def _weight_average(cfg: DictConfig, model: nn.Module, max_epochs: int) -> WeightAverage | None:

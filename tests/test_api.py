@@ -64,3 +64,34 @@ def test_plain_progress_lines(data_overrides: list[str]) -> None:
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("epoch 1/1 batch 1/2 loss ") and "img/s" in lines[0]
     assert lines[-1].startswith("epoch 1/1 done: train_loss ")
+
+
+def test_speed_options(data_overrides: list[str], tmp_path: Path) -> None:
+    import torch
+
+    options = ["channels_last=true", "data.num_workers=1", "data.persistent_workers=true", "data.prefetch_factor=4",
+               "max_epochs=2", f"output={tmp_path / 'w.pt'}"]
+    metrics = mitorch.train(mitorch.compose([*data_overrides, *options]), progress=_quiet())
+    assert metrics["num_samples"] == 6
+    conv = torch.load(tmp_path / "w.pt", weights_only=True)["model"]["conv1.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def test_compiled_forward_model_trains_and_saves_plain_keys(tmp_path: Path) -> None:
+    import torch
+    from torch import nn
+
+    from mitorch.engine.schedules import constant
+    from mitorch.engine.tasks import ClassificationTask
+    from mitorch.engine.trainer import Trainer, TrainerOptions
+
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,))) for _ in range(3)]
+    trainer = Trainer(model, ClassificationTask(False, 3), optimizer, constant(optimizer, 3, 1), torch.device("cpu"),
+                      TrainerOptions(max_epochs=1, checkpoint_path=tmp_path / "last.pt"), _quiet(),
+                      forward_model=torch.compile(model, backend="eager"))
+    before = model[0].weight.detach().clone()
+    trainer.fit(batches, batches)
+    assert not torch.equal(before, model[0].weight)
+    assert set(torch.load(tmp_path / "last.pt", weights_only=True)["model"]) == set(model.state_dict())

@@ -101,3 +101,16 @@ def test_weight_averaging_reports_and_saves_the_average(tmp_path: Path, text_dat
     reported = {k: v for k, v in averaged.metrics.items() if k != "averaging"}
     assert tested.metrics == pytest.approx(reported, rel=1e-4)
     assert torch.load(tmp_path / "ck" / "best.pt", weights_only=True)["class_names"][0] == "class_0"
+
+
+def test_torchrun_runs_mitrain_as_two_ranks(tmp_path: Path) -> None:
+    data = make_text_dataset(tmp_path / "data", num_train=32, num_val=11)
+    completed = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc_per_node=2", str(BIN / "mitrain"), f"data.train={data.train}",
+         f"data.val={data.val}", "image_size=32", "batch_size=4", "data.num_workers=0", "max_epochs=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and json.loads(lines[0])["num_samples"] == 11
+    assert len(list((tmp_path / "outputs").rglob("metrics.jsonl"))) == 1
+    assert len(list((tmp_path / "outputs").rglob("last.pt"))) == 1

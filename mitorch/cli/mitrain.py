@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from omegaconf import DictConfig
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     import hydra
 
     run = hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(_train)
-    sys.argv = [PROG, *command.hydra_flags, *command.overrides]
+    overrides = command.overrides
+    if os.environ.get("RANK", "0") != "0":
+        # Under torchrun only rank 0 keeps a run directory; the others write nothing there.
+        overrides = [*overrides, "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled"]
+    sys.argv = [PROG, *command.hydra_flags, *overrides]
     try:
         run()
     except KeyboardInterrupt:
@@ -61,7 +66,8 @@ def _train(cfg: DictConfig) -> None:
         metrics = api.train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
     except MiTorchError as e:
         fail(PROG, e)
-    api.print_metrics(metrics)
+    if os.environ.get("RANK", "0") == "0":
+        api.print_metrics(metrics)
 
 
 if __name__ == "__main__":

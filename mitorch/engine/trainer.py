@@ -91,7 +91,7 @@ class Trainer:
                  distributed: Distributed | None = None,
                  on_best: Callable[[nn.Module, dict[str, Any]], None] | None = None) -> None:
         self.model = model
-        self.forward_model = forward_model or model
+        self.forward_model = forward_model if forward_model is not None else model
         self.task = task
         self.optimizer = optimizer
         self.scheduler = scheduler
