@@ -1,0 +1,34 @@
+"""The job store: where the service keeps trainings, their results, jobs and datasets.
+
+    from mitorch.store import open_store
+    store = open_store()   # MITORCH_DB_URI, else an SQLite file in the user's data directory
+
+MITORCH_DB_URI: mongodb://... or mongodb+srv://... (MongoDB, Azure Cosmos DB for MongoDB),
+or sqlite:///PATH (embedded, several processes on one machine).
+"""
+from __future__ import annotations
+
+import os
+
+from mitorch.store.base import ACTIVE, DEFAULT_PRIORITY, STATUSES, JobStore, StoreError, default_sqlite_path
+from mitorch.store.uri import redact
+
+__all__ = ["ACTIVE", "DEFAULT_PRIORITY", "STATUSES", "JobStore", "StoreError", "open_store", "redact"]
+
+
+def open_store(uri: str | None = None) -> JobStore:
+    """Opens the store that uri (default: $MITORCH_DB_URI) names.
+
+    Raises:
+        StoreError: an unknown scheme, or a database that cannot be reached (within about 5 s).
+    """
+    uri = uri or os.environ.get("MITORCH_DB_URI") or f"sqlite:///{default_sqlite_path()}"
+    if uri.startswith(("mongodb://", "mongodb+srv://")):
+        from mitorch.store.mongo import MongoStore
+
+        return MongoStore(uri)
+    if uri.startswith("sqlite:///"):
+        from mitorch.store.sqlite import SQLiteStore
+
+        return SQLiteStore(uri[len("sqlite:///"):])
+    raise StoreError(f"unsupported database URI {redact(uri)}; use mongodb://, mongodb+srv:// or sqlite:///PATH")

@@ -1,0 +1,181 @@
+"""The JobStore interface: trainings, their per-epoch results, jobs and datasets.
+
+Backends (MongoDB, embedded SQLite) implement the abstract methods and pass one conformance
+suite (tests/test_store.py). Records are plain dicts: each carries its `id`; times are
+timezone-aware UTC datetimes, kept to the millisecond (as MongoDB keeps them).
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from mitorch.errors import MiTorchError
+
+# new -> queued (dispatched to an executor) -> running -> completed | failed | cancelled
+STATUSES = ("new", "queued", "running", "completed", "failed", "cancelled")
+ACTIVE = ("new", "queued", "running")
+DEFAULT_PRIORITY = 100
+
+
+class StoreError(MiTorchError):
+    """The database cannot be reached or refuses a request."""
+
+
+def now() -> datetime:
+    """The current UTC time, to the millisecond."""
+    moment = datetime.now(timezone.utc)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+_PROCESS_TAG = secrets.token_hex(3)
+_COUNTER = itertools.count(secrets.randbelow(2**24))
+
+
+def new_id() -> str:
+    """A 24-hex-digit id like a MongoDB ObjectId: milliseconds, a per-process random tag and a
+    counter, so ids sort by creation time and, within a process, by creation order."""
+    return f"{int(time.time() * 1000):012x}{_PROCESS_TAG}{next(_COUNTER) % 2**24:06x}"
+
+
+def training_record(fields: dict[str, Any]) -> dict[str, Any]:
+    """A new training with its defaults filled in."""
+    created = now()
+    status = fields.get("status", "new")
+    _check_status(status)
+    return {"priority": DEFAULT_PRIORITY, **fields, "id": fields.get("id") or new_id(), "status": status,
+            "created_at": created, "status_history": [{"status": status, "at": created}]}
+
+
+def _check_status(status: str) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}; statuses are {', '.join(STATUSES)}")
+
+
+def dataset_record(fields: dict[str, Any]) -> dict[str, Any]:
+    name, version = fields.get("name"), fields.get("version")
+    if not isinstance(name, str) or not name:
+        raise ValueError("a dataset needs a name")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"dataset {name}: version must be a whole number of 1 or more, got {version!r}")
+    return {**fields, "id": f"{name}:{version}", "registered_at": now()}
+
+
+class JobStore(ABC):
+    """Where trainings, training results, jobs and datasets are kept."""
+
+    # -- trainings ------------------------------------------------------------------------
+
+    @abstractmethod
+    def add_trainings(self, trainings: Sequence[dict[str, Any]]) -> list[str]:
+        """Stores new trainings (status "new" unless given, priority 100 unless given).
+
+        Returns:
+            Their ids, in order.
+        """
+
+    def add_training(self, training: dict[str, Any]) -> str:
+        return self.add_trainings([training])[0]
+
+    @abstractmethod
+    def get_training(self, training_id: str) -> dict[str, Any] | None:
+        """The training, or None."""
+
+    @abstractmethod
+    def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
+                       order: str = "queue", limit: int | None = None) -> list[dict[str, Any]]:
+        """Trainings with one of `statuses` (all when None), or of one job.
+
+        Args:
+            order: "queue" (priority, then oldest first: the dispatch order) or "recent"
+                (newest first).
+        """
+
+    @abstractmethod
+    def claim_training(self, fields: dict[str, Any], from_status: str = "new",
+                       to_status: str = "queued") -> dict[str, Any] | None:
+        """Atomically takes the first training in queue order with from_status, moves it to
+        to_status and sets fields. Two racing claims never take the same training.
+
+        Returns:
+            The updated training, or None when there is none to take.
+        """
+
+    @abstractmethod
+    def update_training(self, training_id: str, fields: dict[str, Any],
+                        expected_status: str | Sequence[str] | None = None) -> bool:
+        """Sets fields (a "status" among them moves it and is recorded in status_history),
+        only if the training's status is one of expected_status (any when None).
+
+        Returns:
+            Whether the training was updated.
+        """
+
+    @abstractmethod
+    def count_trainings(self) -> dict[str, int]:
+        """The number of trainings in each status (every status present, zeros included)."""
+
+    # -- per-epoch results ----------------------------------------------------------------
+
+    @abstractmethod
+    def put_result(self, training_id: str, result: dict[str, Any]) -> None:
+        """Stores one epoch's result (result["epoch"]); a second one for that epoch replaces it."""
+
+    @abstractmethod
+    def list_results(self, training_id: str) -> list[dict[str, Any]]:
+        """A training's per-epoch results, by epoch."""
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    @abstractmethod
+    def add_job(self, job: dict[str, Any]) -> str:
+        """Stores a job (a sweep or a search); returns its id."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job, or None."""
+
+    @abstractmethod
+    def update_job(self, job_id: str, fields: dict[str, Any]) -> bool:
+        """Sets fields of a job; whether it exists."""
+
+    @abstractmethod
+    def list_jobs(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Jobs, newest first."""
+
+    # -- datasets -------------------------------------------------------------------------
+
+    @abstractmethod
+    def put_datasets(self, datasets: Sequence[dict[str, Any]]) -> None:
+        """Inserts or replaces datasets by (name, version), all or none."""
+
+    @abstractmethod
+    def get_dataset(self, name: str, version: int | None = None) -> dict[str, Any] | None:
+        """A dataset version; the highest version when version is None."""
+
+    @abstractmethod
+    def list_datasets(self) -> list[dict[str, Any]]:
+        """Every dataset version, by name then version."""
+
+    def close(self) -> None:
+        """Releases connections."""
+
+
+def status_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Splits an update into the fields to set and the status-history entry it adds, if any."""
+    status = fields.get("status")
+    if status is None:
+        return fields, None
+    _check_status(status)
+    return fields, {"status": status, "at": now()}
+
+
+def default_sqlite_path() -> str:
+    """$XDG_DATA_HOME/mitorch/mitorch.db, else ~/.local/share/mitorch/mitorch.db."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "mitorch", "mitorch.db")

@@ -1,0 +1,184 @@
+"""The MongoDB backend (also Azure Cosmos DB for MongoDB): widely supported operators only, and
+an index behind every sort."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timezone
+from typing import Any
+
+from mitorch.store.base import (STATUSES, JobStore, StoreError, dataset_record, new_id, now, status_fields,
+                                training_record)
+from mitorch.store.uri import redact
+
+DATABASE = "mitorch"
+_QUEUE = [("priority", 1), ("created_at", 1), ("_id", 1)]
+_RECENT = [("created_at", -1), ("_id", -1)]
+
+
+def _utc(value: Any) -> Any:
+    # A client without tz_aware returns naive UTC datetimes, also inside lists and sub-documents.
+    if isinstance(value, dict):
+        return {k: _utc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utc(v) for v in value]
+    if hasattr(value, "tzinfo") and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _out(document: dict[str, Any] | None) -> dict[str, Any] | None:
+    if document is None:
+        return None
+    document = _utc(document)
+    document["id"] = document.pop("_id")
+    return document
+
+
+def _in(record: dict[str, Any]) -> dict[str, Any]:
+    document = dict(record)
+    document["_id"] = document.pop("id")
+    return document
+
+
+class MongoStore(JobStore):
+    """A JobStore in a MongoDB database.
+
+    Args:
+        uri: a mongodb:// or mongodb+srv:// URI; or
+        client: an existing pymongo-compatible client (tests pass mongomock's).
+        database: the database name.
+    """
+
+    def __init__(self, uri: str | None = None, client: Any = None, database: str = DATABASE) -> None:
+        import pymongo
+        from pymongo.errors import PyMongoError
+
+        try:
+            if client is None:
+                client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, tz_aware=True,
+                                             w=1, retryWrites=False)
+                client.admin.command("ping")
+            self._client = client
+            self._db = client[database]
+            self._create_indexes()
+        except PyMongoError as e:
+            reason = str(e).split(",")[0].split("\n")[0]
+            raise StoreError(f"cannot reach the database at {redact(uri or '')} ({reason}); "
+                             "check MITORCH_DB_URI and that the server is up") from None
+        self._errors = PyMongoError
+        self._return_after = pymongo.ReturnDocument.AFTER
+
+    def _create_indexes(self) -> None:
+        # create_index is idempotent: every process may run it on first use.
+        db = self._db
+        db.trainings.create_index([("status", 1), *_QUEUE])
+        db.trainings.create_index([("status", 1), *_RECENT])
+        db.trainings.create_index(_QUEUE)
+        db.trainings.create_index(_RECENT)
+        db.trainings.create_index([("job_id", 1), *_QUEUE])
+        db.training_results.create_index([("training_id", 1), ("epoch", 1)], unique=True)
+        db.jobs.create_index(_RECENT)
+        db.jobs.create_index([("status", 1), *_RECENT])
+        db.datasets.create_index([("name", 1), ("version", 1)], unique=True)
+
+    def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return operation(*args, **kwargs)
+        except self._errors as e:
+            raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+
+    # -- trainings ------------------------------------------------------------------------
+
+    def add_trainings(self, trainings: Sequence[dict[str, Any]]) -> list[str]:
+        records = [training_record(t) for t in trainings]
+        if records:
+            self._call(self._db.trainings.insert_many, [_in(r) for r in records], ordered=True)
+        return [r["id"] for r in records]
+
+    def get_training(self, training_id: str) -> dict[str, Any] | None:
+        return _out(self._call(self._db.trainings.find_one, {"_id": training_id}))
+
+    def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
+                       order: str = "queue", limit: int | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {}
+        if statuses is not None:
+            query["status"] = {"$in": list(statuses)}
+        if job_id is not None:
+            query["job_id"] = job_id
+        cursor = self._db.trainings.find(query, sort=_QUEUE if order == "queue" else _RECENT, limit=limit or 0)
+        return [_out(d) for d in self._call(list, cursor)]
+
+    def claim_training(self, fields: dict[str, Any], from_status: str = "new",
+                       to_status: str = "queued") -> dict[str, Any] | None:
+        update = self._update({**fields, "status": to_status})
+        return _out(self._call(self._db.trainings.find_one_and_update, {"status": from_status}, update, sort=_QUEUE,
+                               return_document=self._return_after))
+
+    def update_training(self, training_id: str, fields: dict[str, Any],
+                        expected_status: str | Sequence[str] | None = None) -> bool:
+        query: dict[str, Any] = {"_id": training_id}
+        if expected_status is not None:
+            expected = [expected_status] if isinstance(expected_status, str) else list(expected_status)
+            query["status"] = {"$in": expected}
+        result = self._call(self._db.trainings.update_one, query, self._update(fields))
+        return result.matched_count == 1
+
+    @staticmethod
+    def _update(fields: dict[str, Any]) -> dict[str, Any]:
+        fields, history = status_fields(fields)
+        update: dict[str, Any] = {"$set": dict(fields)}
+        if history is not None:
+            update["$push"] = {"status_history": history}
+        return update
+
+    def count_trainings(self) -> dict[str, int]:
+        return {s: self._call(self._db.trainings.count_documents, {"status": s}) for s in STATUSES}
+
+    # -- per-epoch results ----------------------------------------------------------------
+
+    def put_result(self, training_id: str, result: dict[str, Any]) -> None:
+        record = {**result, "training_id": training_id, "recorded_at": now()}
+        self._call(self._db.training_results.replace_one, {"training_id": training_id, "epoch": int(result["epoch"])},
+                   record, upsert=True)
+
+    def list_results(self, training_id: str) -> list[dict[str, Any]]:
+        cursor = self._db.training_results.find({"training_id": training_id}, {"_id": 0},
+                                                sort=[("training_id", 1), ("epoch", 1)])
+        return [_utc(d) for d in self._call(list, cursor)]
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def add_job(self, job: dict[str, Any]) -> str:
+        record = {"status": "new", **job, "id": job.get("id") or new_id(), "created_at": now()}
+        self._call(self._db.jobs.insert_one, _in(record))
+        return record["id"]
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        return _out(self._call(self._db.jobs.find_one, {"_id": job_id}))
+
+    def update_job(self, job_id: str, fields: dict[str, Any]) -> bool:
+        return self._call(self._db.jobs.update_one, {"_id": job_id}, {"$set": dict(fields)}).matched_count == 1
+
+    def list_jobs(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        query = {} if statuses is None else {"status": {"$in": list(statuses)}}
+        return [_out(d) for d in self._call(list, self._db.jobs.find(query, sort=_RECENT))]
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def put_datasets(self, datasets: Sequence[dict[str, Any]]) -> None:
+        records = [dataset_record(d) for d in datasets]  # every entry is checked before any write
+        for r in records:
+            self._call(self._db.datasets.replace_one, {"name": r["name"], "version": r["version"]}, _in(r), upsert=True)
+
+    def get_dataset(self, name: str, version: int | None = None) -> dict[str, Any] | None:
+        query: dict[str, Any] = {"name": name}
+        if version is not None:
+            query["version"] = version
+        found = self._call(list, self._db.datasets.find(query, sort=[("name", 1), ("version", -1)], limit=1))
+        return _out(found[0]) if found else None
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return [_out(d) for d in self._call(list, self._db.datasets.find({}, sort=[("name", 1), ("version", 1)]))]
+
+    def close(self) -> None:
+        self._client.close()

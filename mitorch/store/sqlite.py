@@ -1,0 +1,215 @@
+"""The embedded backend: one SQLite file, safe for several processes (WAL, immediate transactions)."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from mitorch.store.base import (STATUSES, JobStore, StoreError, dataset_record, new_id, now, status_fields,
+                                training_record)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trainings (
+    id TEXT PRIMARY KEY, status TEXT NOT NULL, priority INTEGER NOT NULL, created_at TEXT NOT NULL,
+    job_id TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS trainings_queue ON trainings (status, priority, created_at);
+CREATE INDEX IF NOT EXISTS trainings_recent ON trainings (status, created_at);
+CREATE INDEX IF NOT EXISTS trainings_job ON trainings (job_id, created_at);
+CREATE TABLE IF NOT EXISTS training_results (
+    training_id TEXT NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (training_id, epoch));
+CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, created_at TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_recent ON jobs (status, created_at);
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (name, version));
+"""
+
+
+def _encode(record: dict[str, Any]) -> str:
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return {"$date": value.isoformat()}
+        raise TypeError(f"a {type(value).__name__} cannot be stored")
+    return json.dumps(record, default=default)
+
+
+def _decode(text: str) -> dict[str, Any]:
+    def hook(value: dict) -> Any:
+        if len(value) == 1 and "$date" in value:
+            return datetime.fromisoformat(value["$date"])
+        return value
+    return json.loads(text, object_hook=hook)
+
+
+def _key(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+class SQLiteStore(JobStore):
+    """A JobStore in one SQLite file.
+
+    Args:
+        path: the database file; its folder is created when missing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            with self._transaction() as db:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the database sqlite:///{self.path}: {e}; check MITORCH_DB_URI") from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock at once: a claim's read and write are one step.
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._transaction() as db:
+            return [_decode(row[0]) for row in db.execute(sql, args).fetchall()]
+
+    # -- trainings ------------------------------------------------------------------------
+
+    def add_trainings(self, trainings: Sequence[dict[str, Any]]) -> list[str]:
+        records = [training_record(t) for t in trainings]
+        with self._transaction() as db:
+            for r in records:
+                db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?, ?)",
+                           (r["id"], r["status"], r["priority"], _key(r["created_at"]), r.get("job_id"), _encode(r)))
+        return [r["id"] for r in records]
+
+    def get_training(self, training_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT data FROM trainings WHERE id = ?", (training_id,))
+        return rows[0] if rows else None
+
+    def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
+                       order: str = "queue", limit: int | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        if statuses is not None:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if job_id is not None:
+            where.append("job_id = ?")
+            args.append(job_id)
+        sql = "SELECT data FROM trainings" + (f" WHERE {' AND '.join(where)}" if where else "")
+        sql += " ORDER BY priority, created_at, id" if order == "queue" else " ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self._rows(sql, args)
+
+    def claim_training(self, fields: dict[str, Any], from_status: str = "new",
+                       to_status: str = "queued") -> dict[str, Any] | None:
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM trainings WHERE status = ? ORDER BY priority, created_at, id LIMIT 1",
+                             (from_status,)).fetchone()
+            if row is None:
+                return None
+            record = _decode(row[0])
+            return self._apply(db, record, {**fields, "status": to_status})
+
+    def update_training(self, training_id: str, fields: dict[str, Any],
+                        expected_status: str | Sequence[str] | None = None) -> bool:
+        expected = [expected_status] if isinstance(expected_status, str) else expected_status
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM trainings WHERE id = ?", (training_id,)).fetchone()
+            if row is None:
+                return False
+            record = _decode(row[0])
+            if expected is not None and record["status"] not in expected:
+                return False
+            self._apply(db, record, fields)
+            return True
+
+    @staticmethod
+    def _apply(db: sqlite3.Connection, record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+        fields, history = status_fields(fields)
+        record.update(fields)
+        if history is not None:
+            record["status_history"] = [*record.get("status_history", []), history]
+        db.execute("UPDATE trainings SET status = ?, priority = ?, job_id = ?, data = ? WHERE id = ?",
+                   (record["status"], record["priority"], record.get("job_id"), _encode(record), record["id"]))
+        return record
+
+    def count_trainings(self) -> dict[str, int]:
+        with self._transaction() as db:
+            counts = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
+        return {status: counts.get(status, 0) for status in STATUSES}
+
+    # -- per-epoch results ----------------------------------------------------------------
+
+    def put_result(self, training_id: str, result: dict[str, Any]) -> None:
+        record = {**result, "training_id": training_id, "recorded_at": now()}
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO training_results VALUES (?, ?, ?)",
+                       (training_id, int(result["epoch"]), _encode(record)))
+
+    def list_results(self, training_id: str) -> list[dict[str, Any]]:
+        return self._rows("SELECT data FROM training_results WHERE training_id = ? ORDER BY epoch", (training_id,))
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def add_job(self, job: dict[str, Any]) -> str:
+        record = {"status": "new", **job, "id": job.get("id") or new_id(), "created_at": now()}
+        with self._transaction() as db:
+            db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?)",
+                       (record["id"], record["status"], _key(record["created_at"]), _encode(record)))
+        return record["id"]
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        rows = self._rows("SELECT data FROM jobs WHERE id = ?", (job_id,))
+        return rows[0] if rows else None
+
+    def update_job(self, job_id: str, fields: dict[str, Any]) -> bool:
+        with self._transaction() as db:
+            row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return False
+            record = {**_decode(row[0]), **fields}
+            db.execute("UPDATE jobs SET status = ?, data = ? WHERE id = ?", (record["status"], _encode(record), job_id))
+            return True
+
+    def list_jobs(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        if statuses is None:
+            return self._rows("SELECT data FROM jobs ORDER BY created_at DESC, id DESC")
+        marks = ",".join("?" * len(statuses))
+        return self._rows(f"SELECT data FROM jobs WHERE status IN ({marks}) ORDER BY created_at DESC, id DESC",
+                          list(statuses))
+
+    # -- datasets -------------------------------------------------------------------------
+
+    def put_datasets(self, datasets: Sequence[dict[str, Any]]) -> None:
+        records = [dataset_record(d) for d in datasets]
+        with self._transaction() as db:
+            for r in records:
+                db.execute("INSERT OR REPLACE INTO datasets VALUES (?, ?, ?)", (r["name"], r["version"], _encode(r)))
+
+    def get_dataset(self, name: str, version: int | None = None) -> dict[str, Any] | None:
+        if version is None:
+            rows = self._rows("SELECT data FROM datasets WHERE name = ? ORDER BY version DESC LIMIT 1", (name,))
+        else:
+            rows = self._rows("SELECT data FROM datasets WHERE name = ? AND version = ?", (name, version))
+        return rows[0] if rows else None
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT data FROM datasets ORDER BY name, version")
+
+    def close(self) -> None:
+        self._db.close()
