@@ -114,3 +114,40 @@ def test_torchrun_runs_mitrain_as_two_ranks(tmp_path: Path) -> None:
     assert len(lines) == 1 and json.loads(lines[0])["num_samples"] == 11
     assert len(list((tmp_path / "outputs").rglob("metrics.jsonl"))) == 1
     assert len(list((tmp_path / "outputs").rglob("last.pt"))) == 1
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_sigterm_to_mitrain_stops_every_local_process_with_a_checkpoint(tmp_path: Path) -> None:
+    data = make_text_dataset(tmp_path / "data", num_train=320, num_val=8)
+    command = [str(BIN / "mitrain"), f"data.train={data.train}", f"data.val={data.val}", "num_processes=2",
+               "image_size=32", "batch_size=8", "data.num_workers=0", "max_epochs=3", f"checkpoint_dir={tmp_path / 'ck'}"]
+    process = subprocess.Popen([*command, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not log.is_file():
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first epoch"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # to mitrain alone, as a scheduler would
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr
+    assert "stopped by SIGTERM at epoch 2" in stderr.strip().splitlines()[-1]
+    assert (tmp_path / "ck" / "last.pt").is_file()
+    time.sleep(1)
+    assert _processes_mentioning(str(data.train)) == []  # no rank left behind
+
+    resumed = subprocess.run([*command, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "at epoch 2" in resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["num_samples"] == 8
