@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from omegaconf import DictConfig, OmegaConf
 
 from mitorch import build
-from mitorch.config import validate
+from mitorch.config import resolve_paths, validate
 from mitorch.data.builtin import IMAGE_SIZE as BUILTIN_IMAGE_SIZE
 from mitorch.data.dataset import ImageDataset
 from mitorch.data.loaders import is_multilabel, load_indices, make_loader
@@ -32,7 +32,6 @@ from mitorch.engine.trainer import evaluate as evaluate_model
 from mitorch.errors import ConfigError, DataError
 from mitorch.models.weights import load_state, read_weights, save_weights
 
-_PATH_KEYS = ("data.train", "data.val", "weights", "output", "checkpoint_dir")
 DEFAULT_IMAGE_SIZE = 224
 
 
@@ -199,10 +198,7 @@ def _prepare(cfg: DictConfig) -> DictConfig:
     """A private copy of cfg with absolute paths, validated, its targets allow-listed."""
     cfg = copy.deepcopy(cfg)
     OmegaConf.set_struct(cfg, True)
-    for key in _PATH_KEYS:
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, str):
-            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(value)))
+    resolve_paths(cfg)
     validate(cfg)
     build.check_targets(cfg)
     return cfg

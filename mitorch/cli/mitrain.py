@@ -2,6 +2,7 @@
 
     mitrain [key=value ...] [-m]
     mitrain CONFIG TRAIN VAL [-w WEIGHTS] [-o OUTPUT] [-d] [key=value ...]
+    mitrain --training-id ID        (run a training queued with misubmit)
 """
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ PROG = "mitrain"
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--training-id" in argv:
+        _run_queued(argv)
+        return
     try:
         command = parse_command_line(argv, PROG)
         if not command.informational:
@@ -36,6 +40,21 @@ def main(argv: list[str] | None = None) -> None:
         run()
     except KeyboardInterrupt:
         fail(PROG, MiTorchError("interrupted"), code=130)
+
+
+def _run_queued(argv: list[str]) -> None:
+    """mitrain --training-id ID: run a training that misubmit queued."""
+    position = argv.index("--training-id")
+    if len(argv) != 2 or position != 0:
+        fail(PROG, MiTorchError("--training-id takes one id and nothing else: mitrain --training-id ID"), code=2)
+    from mitorch import api
+    from mitorch.service.runner import run_training
+
+    try:
+        metrics = run_training(argv[1])
+    except MiTorchError as e:
+        fail(PROG, e)
+    api.print_metrics(metrics)
 
 
 def _check(overrides: list[str], multirun: bool) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 from mitorch.config.compose import compose, group_options
 from mitorch.config.config_file import config_file_overrides, read_config_file
 from mitorch.config.overrides import GROUPS, format_value, merge
-from mitorch.config.validate import TASK_TYPES, validate
+from mitorch.config.validate import PATH_KEYS, TASK_TYPES, resolve_paths, validate
 
 __all__ = [
     "GROUPS",
+    "PATH_KEYS",
     "TASK_TYPES",
     "compose",
     "config_file_overrides",
@@ -15,5 +16,6 @@ __all__ = [
     "group_options",
     "merge",
     "read_config_file",
+    "resolve_paths",
     "validate",
 ]

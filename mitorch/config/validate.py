@@ -63,6 +63,20 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         raise ConfigError("set both data.train and data.val (TRAIN and VAL), or neither for the built-in dataset")
 
 
+PATH_KEYS = ("data.train", "data.val", "weights", "output", "checkpoint_dir")
+
+
+def resolve_paths(cfg: DictConfig, base: str | None = None) -> None:
+    """Makes the config's file paths absolute, relative to base (default: the current directory)."""
+    import os
+
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str):
+            path = os.path.expanduser(value)
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.join(base or os.getcwd(), path)))
+
+
 def _check_types(node: DictConfig, reference: DictConfig, prefix: str) -> None:
     for key in node.keys():
         full_key = f"{prefix}{key}"

@@ -1,0 +1,1 @@
+"""The service: queued trainings run by executors that a periodic controller dispatches."""

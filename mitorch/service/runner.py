@@ -1,0 +1,85 @@
+"""`mitrain --training-id ID`: run one queued training and keep its record up to date."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import traceback
+from typing import Any
+
+from mitorch.errors import MiTorchError
+from mitorch.service.artifacts import training_dir
+from mitorch.store import JobStore, StoreError, open_store
+from mitorch.store.base import now
+
+HEARTBEAT_S = float(os.environ.get("MITORCH_HEARTBEAT_S", "30"))
+
+
+class Cancelled(MiTorchError):
+    """The training was cancelled (micontrol cancel) and stopped at an epoch's end."""
+
+
+def run_training(training_id: str, store: JobStore | None = None) -> dict[str, Any]:
+    """Runs a stored training to its end and records it: running (host, pid, heartbeats),
+    one result per epoch, then completed (metrics, weights), failed (error) or cancelled.
+
+    Returns:
+        The final validation metrics.
+    """
+    from omegaconf import OmegaConf
+
+    import mitorch
+
+    store = store or open_store()
+    training = store.get_training(training_id)
+    if training is None:
+        raise StoreError(f"no training {training_id}; see miquery for the ids")
+    folder = training_dir(training_id)
+    started = store.update_training(training_id, {"status": "running", "host": socket.gethostname(),
+                                                  "pid": os.getpid(), "started_at": now(), "heartbeat_at": now(),
+                                                  "artifacts": str(folder)}, expected_status=["new", "queued"])
+    if not started:
+        raise StoreError(f"training {training_id} is {training['status']}, not new or queued; "
+                         "requeue it with micontrol requeue")
+    stop_heartbeat = threading.Event()
+    threading.Thread(target=_heartbeat, args=(store, training_id, stop_heartbeat), daemon=True).start()
+
+    def record_epoch(record: dict[str, Any]) -> None:
+        store.put_result(training_id, record)
+        if store.get_training(training_id).get("cancel_requested"):
+            raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
+
+    cfg = OmegaConf.create(training["config"])
+    OmegaConf.set_struct(cfg, True)
+    cfg.output = str(folder / "model.pt")
+    cfg.checkpoint_dir = str(folder)  # a retry resumes from last.pt
+    try:
+        metrics = mitorch.train(cfg, run_dir=folder / "run", epoch_callbacks=[record_epoch])
+    except Cancelled as e:
+        _finish(store, training_id, stop_heartbeat, {"status": "cancelled", "error": str(e)})
+        raise
+    except MiTorchError as e:
+        if type(e).__name__ != "Interrupted":  # preempted: the controller requeues it, and it resumes
+            _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": str(e)})
+        raise
+    except BaseException as e:
+        tail = "".join(traceback.format_exception(e))[-4000:]
+        _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                                     "traceback": tail})
+        raise
+    _finish(store, training_id, stop_heartbeat, {"status": "completed", "metrics": metrics,
+                                                 "weights": cfg.output})
+    return metrics
+
+
+def _finish(store: JobStore, training_id: str, stop: threading.Event, fields: dict[str, Any]) -> None:
+    stop.set()
+    store.update_training(training_id, {**fields, "completed_at": now()}, expected_status="running")
+
+
+def _heartbeat(store: JobStore, training_id: str, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_S):
+        try:
+            store.update_training(training_id, {"heartbeat_at": now()}, expected_status="running")
+        except StoreError:
+            pass  # the next beat tries again; the controller tolerates a missed one

@@ -1,0 +1,155 @@
+"""The service on one machine, across real processes, on the embedded (SQLite) store:
+misubmit -> micontrol -> mitrain --training-id -> miquery."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_text_dataset, run
+
+pytestmark = pytest.mark.slow
+
+
+class Service:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.env = {"MITORCH_DB_URI": f"sqlite:///{root / 'db.sqlite'}", "MITORCH_ARTIFACTS_URI": str(root / "art"),
+                    "MITORCH_LOCAL_CAPACITY": "1", "MITORCH_HEARTBEAT_S": "1"}
+        data = make_text_dataset(root / "data", num_train=24, num_val=8)
+        self.data = [f"data.train={data.train}", f"data.val={data.val}", "image_size=32", "batch_size=8",
+                     "data.num_workers=0"]
+
+    def __call__(self, prog: str, *args: str, **env: str):
+        return run(prog, *args, cwd=self.root, env={**self.env, **env})
+
+    def submit(self, *args: str) -> str:
+        result = self("misubmit", *args, *self.data)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def query(self, *args: str) -> dict:
+        result = self("miquery", *args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def training(self, training_id: str) -> dict:
+        return self.query(training_id)["training"]
+
+    def tick_until(self, done, timeout: float = 240, **env: str) -> list[str]:
+        actions: list[str] = []
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out; actions so far: {actions}"
+            actions += self("micontrol", **env).stdout.splitlines()
+            time.sleep(0.5)
+        return actions
+
+    def status(self, training_id: str) -> str:
+        return self.training(training_id)["status"]
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Service:
+    return Service(tmp_path)
+
+
+def test_priorities_run_in_order_with_per_epoch_results(service: Service) -> None:
+    ids = {p: service.submit("--priority", str(p), "max_epochs=2") for p in (5, 1, 3)}
+    actions = service.tick_until(lambda: service.query()["counts"]["completed"] == 3)
+    dispatched = [line.split()[1] for line in actions if line.startswith("dispatched")]
+    assert dispatched == [ids[1], ids[3], ids[5]]
+    trainings = [service.training(ids[p]) for p in (1, 3, 5)]
+    starts = [t["started_at"] for t in trainings]
+    assert starts == sorted(starts)
+    assert trainings[0]["completed_at"] <= trainings[1]["started_at"]  # capacity 1: one at a time
+    for training_id in ids.values():
+        view = service.query(training_id)
+        assert [r["epoch"] for r in view["results"]] == [1, 2]
+        assert view["results"][-1]["val"] == view["training"]["metrics"]
+        assert Path(view["training"]["weights"]).is_file()
+    overview = service.query()
+    assert overview["counts"]["completed"] == 3 and overview["queue"] == [] and overview["running"] == []
+    assert {t["id"] for t in overview["recent"]} == set(ids.values())
+
+
+def test_a_killed_training_is_requeued_and_resumes(service: Service) -> None:
+    slow = make_text_dataset(service.root / "slow", num_train=400, num_val=8)
+    result = service("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32", "batch_size=8",
+                     "data.num_workers=0", "max_epochs=3")
+    training_id = result.stdout.strip()
+    service("micontrol")
+    deadline = time.monotonic() + 240
+    while not service.query(training_id)["results"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    os.kill(service.training(training_id)["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    actions = service.tick_until(lambda: service.status(training_id) == "completed")
+    assert any(a.startswith(f"requeued {training_id} (retry 1 of 2: its process is gone)") for a in actions)
+    training = service.training(training_id)
+    assert training["retries"] == 1
+    assert [h["status"] for h in training["status_history"]] == ["new", "queued", "running", "new", "queued",
+                                                                  "running", "completed"]
+    assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
+    assert "resuming from" in (Path(training["artifacts"]) / "train.log").read_text()
+
+
+def test_cancel_stops_a_running_training_at_an_epoch_end(service: Service) -> None:
+    slow = make_text_dataset(service.root / "slow", num_train=400, num_val=8)
+    training_id = service("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
+                          "batch_size=8", "data.num_workers=0", "max_epochs=5").stdout.strip()
+    queued = service.submit("--priority", "500")
+    service("micontrol")
+    while service.status(training_id) != "running":
+        time.sleep(0.2)
+    assert service("micontrol", "cancel", training_id).stdout.startswith(f"cancel-requested {training_id}")
+    assert service("micontrol", "cancel", queued).stdout.strip() == f"cancelled {queued}"
+    deadline = time.monotonic() + 240
+    while service.status(training_id) == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert service.status(training_id) == "cancelled" and service.status(queued) == "cancelled"
+    assert len(service.query(training_id)["results"]) < 5
+    assert service.query()["counts"]["cancelled"] == 2
+
+
+def test_racing_ticks_dispatch_each_training_once(service: Service) -> None:
+    ids = [service.submit("max_epochs=1") for _ in range(4)]
+    env = {**os.environ, **service.env, "MITORCH_LOCAL_CAPACITY": "2"}
+    command = [str(Path(sys.executable).parent / "micontrol")]
+    ticks = [subprocess.Popen(command, cwd=service.root, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    lines = [line for tick in ticks for line in tick.communicate(timeout=60)[0].splitlines()]
+    dispatched = [line.split()[1] for line in lines if line.startswith("dispatched")]
+    assert len(dispatched) == 2 and len(set(dispatched)) == 2
+    service.tick_until(lambda: service.query()["counts"]["completed"] == 4, MITORCH_LOCAL_CAPACITY="2")
+    for training_id in ids:
+        history = [h["status"] for h in service.training(training_id)["status_history"]]
+        assert history.count("queued") == 1 and history.count("running") == 1
+
+
+def test_an_invalid_config_is_refused_with_nothing_stored(service: Service) -> None:
+    for bad in (["model=resnt"], ["optimizer.lr=fast"], ["model._target_=os.system"]):
+        result = service("misubmit", *bad)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("misubmit: error: ")
+    assert service.query()["counts"] == dict.fromkeys(["new", "queued", "running", "completed", "failed",
+                                                       "cancelled"], 0)
+
+
+@pytest.mark.parametrize("argv", [["misubmit", "--help"], ["micontrol", "--help"], ["miquery", "--help"],
+                                  ["miquery"], ["micontrol"]])
+def test_service_commands_do_not_import_torch(service: Service, argv: list[str]) -> None:
+    code = (f"import sys; sys.argv = {argv!r}\n"
+            f"from mitorch.cli.{argv[0]} import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=service.root,
+                         env={**os.environ, **service.env})
+    assert out.stdout.strip().splitlines()[-1] == "NO TORCH", out.stderr
