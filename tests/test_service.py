@@ -153,3 +153,27 @@ def test_service_commands_do_not_import_torch(service: Service, argv: list[str])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=service.root,
                          env={**os.environ, **service.env})
     assert out.stdout.strip().splitlines()[-1] == "NO TORCH", out.stderr
+
+
+def test_sweep_queues_the_cartesian_product_under_one_job(service: Service) -> None:
+    result = service("misubmit", "-m", "optimizer.lr=0.1,0.01,0.001", "model=resnet,mobilenet_v3", "--priority", "7",
+                     *service.data)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    job_id = lines[0].split()[1]
+    assert lines[0] == f"job {job_id}" and len(lines) == 7
+    assert not (service.root / "multirun").exists()
+    view = service.query(job_id)
+    assert view["job"]["job_type"] == "sweep" and view["job"]["status"] == "running"
+    combos = {(t["config"]["optimizer"]["lr"], t["config"]["model"]["_target_"].rsplit(".", 1)[1])
+              for t in view["trainings"]}
+    assert combos == {(lr, m) for lr in (0.1, 0.01, 0.001) for m in ("resnet", "mobilenet_v3")}
+    assert {t["priority"] for t in view["trainings"]} == {7}
+    assert sorted(t["trial_number"] for t in view["trainings"]) == list(range(6))
+    assert service("micontrol", "cancel", *[t["id"] for t in view["trainings"]]).returncode == 0
+    assert service("micontrol").stdout.strip() == f"completed job {job_id} (6 cancelled)"
+    assert service.query(job_id)["job"]["status"] == "completed"
+
+    refused = service("misubmit", "-m", "optimizer.lr=0.1,0.01", "model=resnet,vgg", *service.data)
+    assert refused.returncode != 0 and "unknown model 'vgg'" in refused.stderr
+    assert service.query()["counts"]["new"] == 0 and len(service.query()["recent"]) == 6

@@ -102,6 +102,25 @@ def parse_command_line(argv: list[str], prog: str) -> CommandLine:
     return command
 
 
+def check_overrides(overrides: list[str], multirun: bool) -> None:
+    """Composes every run the command line describes, so mistakes surface before any work."""
+    from mitorch.config import compose
+
+    if not multirun:
+        compose(overrides)
+        return
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    sweeps = {i: list(o.sweep_string_iterator()) for i, o in enumerate(parsed) if o.is_sweep_override()}
+    first = [f"{o.get_key_element()}={sweeps[i][0]}" if i in sweeps else overrides[i] for i, o in enumerate(parsed)]
+    compose(first)
+    # Each value of each sweep once, the other keys at their first value: linear, not a product.
+    for i, values in sweeps.items():
+        for value in values[1:]:
+            compose(first[:i] + [f"{parsed[i].get_key_element()}={value}"] + first[i + 1:])
+
+
 def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:
     """Prints a user error as one line on stderr and exits."""
     message = " ".join(str(error).split()) or type(error).__name__

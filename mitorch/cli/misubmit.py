@@ -1,6 +1,7 @@
 """misubmit: queue a training; prints its id.
 
     misubmit [CONFIG] [--priority N] [key=value ...]
+    misubmit [CONFIG] [--priority N] -m key=a,b [key=value ...]     (one training per combination)
 """
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ misubmit: queue a training in the job store (MITORCH_DB_URI); prints the new tra
 
 Usage:
   misubmit [CONFIG] [--priority N] [key=value ...]
+  misubmit [CONFIG] [--priority N] -m key=a,b [key=c,d ...]
+
+With -m, one training per combination of the sweep values is queued under one job; the
+output is "job JOB_ID", then one "TRAINING_ID overrides" line per training.
 
 The config is composed and checked as mitrain would (unknown keys, types, allowed _target_)
 before anything is stored; paths are made absolute. Lower priority runs first (default 100).
@@ -30,15 +35,20 @@ def main(argv: list[str] | None = None) -> None:
     try:
         priority, rest = _priority(argv)
         command = parse_command_line(rest, PROG)
-        if command.multirun or command.informational or command.hydra_flags:
-            raise UsageError("misubmit takes CONFIG, --priority and key=value overrides; sweeps (-m) are not "
-                             "supported by misubmit yet")
+        if command.informational or set(command.hydra_flags) - {"-m", "--multirun"}:
+            raise UsageError("misubmit takes CONFIG, --priority, -m and key=value overrides")
         from omegaconf import OmegaConf
 
         from mitorch.build import check_targets
+        from mitorch.cli._common import check_overrides
         from mitorch.config import compose, resolve_paths
         from mitorch.store import DEFAULT_PRIORITY, open_store
 
+        if command.multirun:
+            check_overrides(command.overrides, multirun=True)
+            open_store().close()  # an unreachable database fails here, before Hydra starts
+            _queue_sweep(command.overrides, DEFAULT_PRIORITY if priority is None else priority)
+            return
         cfg = compose(command.overrides)
         resolve_paths(cfg)
         check_targets(cfg)
@@ -48,6 +58,28 @@ def main(argv: list[str] | None = None) -> None:
     except MiTorchError as e:
         fail(PROG, e)
     print(training_id)
+
+
+def _queue_sweep(overrides: list[str], priority: int) -> None:
+    """Hydra's multirun with the mitorch_queue launcher: it stores the runs instead of running them."""
+    import tempfile
+
+    import hydra
+
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.mitorch_launchers.queue_launcher import QueueLauncher
+
+    # Registered here too, for where Hydra's plugin discovery cannot list the hydra_plugins
+    # namespace (an editable install); importing the module also stores its config node.
+    Plugins.instance().register(QueueLauncher)
+
+    def not_run(cfg: object) -> None:
+        raise RuntimeError("the queue launcher stores trainings; it never runs them here")
+
+    with tempfile.TemporaryDirectory() as sweep_dir:
+        sys.argv = [PROG, "-m", "hydra/launcher=mitorch_queue", f"hydra.launcher.priority={priority}",
+                    f"hydra.sweep.dir={sweep_dir}", *overrides]
+        hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(not_run)()
 
 
 def _priority(argv: list[str]) -> tuple[int | None, list[str]]:

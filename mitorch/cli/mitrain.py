@@ -11,7 +11,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from mitorch.cli._common import fail, parse_command_line
+from mitorch.cli._common import check_overrides, fail, parse_command_line
 from mitorch.errors import MiTorchError
 
 PROG = "mitrain"
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         command = parse_command_line(argv, PROG)
         if not command.informational:
-            _check(command.overrides, command.multirun)
+            check_overrides(command.overrides, command.multirun)
     except MiTorchError as e:
         fail(PROG, e)
     import hydra
@@ -55,25 +55,6 @@ def _run_queued(argv: list[str]) -> None:
     except MiTorchError as e:
         fail(PROG, e)
     api.print_metrics(metrics)
-
-
-def _check(overrides: list[str], multirun: bool) -> None:
-    """Composes every run the command line describes, so mistakes surface before any work."""
-    from mitorch.config import compose
-
-    if not multirun:
-        compose(overrides)
-        return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    sweeps = {i: list(o.sweep_string_iterator()) for i, o in enumerate(parsed) if o.is_sweep_override()}
-    first = [f"{o.get_key_element()}={sweeps[i][0]}" if i in sweeps else overrides[i] for i, o in enumerate(parsed)]
-    compose(first)
-    # Each value of each sweep once, the other keys at their first value: linear, not a product.
-    for i, values in sweeps.items():
-        for value in values[1:]:
-            compose(first[:i] + [f"{parsed[i].get_key_element()}={value}"] + first[i + 1:])
 
 
 def _train(cfg: DictConfig) -> None:

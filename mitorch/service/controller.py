@@ -44,7 +44,17 @@ def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str],
     with _tick_lock():
         _reconcile(store, executor, act, heartbeat_timeout, max_retries)
         _dispatch(store, executor, act)
+        _finish_jobs(store, act)
     return actions
+
+
+def _finish_jobs(store: JobStore, act: Callable[[str], None]) -> None:
+    for job in store.list_jobs(["running"]):
+        trainings = store.list_trainings(job_id=job["id"])
+        if trainings and all(t["status"] in ("completed", "failed", "cancelled") for t in trainings):
+            counts = {s: sum(t["status"] == s for t in trainings) for s in ("completed", "failed", "cancelled")}
+            store.update_job(job["id"], {"status": "completed", "completed_at": now(), "counts": counts})
+            act(f"completed job {job['id']} ({', '.join(f'{n} {s}' for s, n in counts.items() if n)})")
 
 
 def _reconcile(store: JobStore, executor: Executor, act: Callable[[str], None], heartbeat_timeout: timedelta,

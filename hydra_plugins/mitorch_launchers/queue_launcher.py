@@ -1,0 +1,65 @@
+"""A Hydra launcher that queues each run of a sweep as a training, under one job.
+
+`misubmit -m ...` selects it (`hydra/launcher=mitorch_queue`). Heavy imports wait for launch().
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+
+
+@dataclass
+class QueueLauncherConf:
+    _target_: str = "hydra_plugins.mitorch_launchers.queue_launcher.QueueLauncher"
+    priority: int = 100
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="mitorch_queue", node=QueueLauncherConf,
+                             provider="mitorch")
+
+
+class QueueLauncher(Launcher):
+    """Stores every job of a sweep as a `new` training of one `jobs` record (job_type "sweep")."""
+
+    def __init__(self, priority: int = 100) -> None:
+        self.priority = priority
+        self.job_id: str | None = None
+        self.config = None
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        self.config = config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from omegaconf import OmegaConf
+
+        from mitorch.build import check_targets
+        from mitorch.config import compose, resolve_paths
+        from mitorch.store import open_store
+
+        configs = []
+        for overrides in job_overrides:  # every run is checked before anything is stored
+            cfg = compose(list(overrides))
+            resolve_paths(cfg)
+            check_targets(cfg)
+            configs.append(OmegaConf.to_container(cfg, resolve=False))
+        store = open_store()
+        if self.job_id is None:
+            sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
+            self.job_id = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,
+                                         "priority": self.priority})
+            print(f"job {self.job_id}", flush=True)
+        ids = store.add_trainings([{"config": config, "priority": self.priority, "job_id": self.job_id,
+                                    "trial_number": initial_job_idx + i, "overrides": list(overrides)}
+                                   for i, (config, overrides) in enumerate(zip(configs, job_overrides))])
+        returns = []
+        for training_id, overrides in zip(ids, job_overrides):
+            print(f"{training_id} {' '.join(overrides)}", flush=True)
+            result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+            result.return_value = training_id
+            returns.append(result)
+        return returns
