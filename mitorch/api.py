@@ -200,6 +200,9 @@ def _prepare(cfg: DictConfig) -> DictConfig:
     OmegaConf.set_struct(cfg, True)
     resolve_paths(cfg)
     validate(cfg)
+    if cfg.base is not None:
+        raise ConfigError(f"base={cfg.base} names a queued training's weights: queue this training with misubmit, "
+                          "or give the weights file with -w/weights=")
     build.check_targets(cfg)
     return cfg
 

@@ -177,3 +177,41 @@ def test_sweep_queues_the_cartesian_product_under_one_job(service: Service) -> N
     refused = service("misubmit", "-m", "optimizer.lr=0.1,0.01", "model=resnet,vgg", *service.data)
     assert refused.returncode != 0 and "unknown model 'vgg'" in refused.stderr
     assert service.query()["counts"]["new"] == 0 and len(service.query()["recent"]) == 6
+
+
+def test_a_preempted_training_goes_back_to_the_queue_and_resumes(service: Service) -> None:
+    slow = make_text_dataset(service.root / "slow", num_train=400, num_val=8)
+    training_id = service("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
+                          "batch_size=8", "data.num_workers=0", "max_epochs=3").stdout.strip()
+    service("micontrol")
+    deadline = time.monotonic() + 240
+    while not service.query(training_id)["results"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    os.kill(service.training(training_id)["pid"], signal.SIGTERM)
+    while service.status(training_id) == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    training = service.training(training_id)
+    assert training["status"] == "new" and training["preemptions"] == 1 and training.get("retries", 0) == 0
+    assert "stopped by SIGTERM" in training["requeue_reason"]
+    service.tick_until(lambda: service.status(training_id) == "completed")
+    assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
+    assert "resuming from" in (Path(training["artifacts"]) / "train.log").read_text()
+
+
+def test_base_starts_from_another_trainings_weights(service: Service) -> None:
+    import torch
+
+    first = service.submit("max_epochs=1")
+    service.tick_until(lambda: service.status(first) == "completed")
+    second = service.submit(f"base={first}", "optimizer.lr=0", "max_epochs=1")
+    service.tick_until(lambda: service.status(second) == "completed")
+    weights = [torch.load(service.training(t)["weights"], weights_only=True)["model"]["conv1.weight"]
+               for t in (first, second)]
+    assert torch.equal(weights[0], weights[1])  # lr 0: the base's weights, unchanged
+
+    unknown = service("misubmit", "base=0123456789abcdef01234567", *service.data)
+    assert unknown.returncode != 0 and "base training 0123456789abcdef01234567 is not in the job store" in unknown.stderr
+    direct = service("mitrain", f"base={first}", *service.data)
+    assert direct.returncode != 0 and "queue this training with misubmit" in direct.stderr.strip().splitlines()[-1]

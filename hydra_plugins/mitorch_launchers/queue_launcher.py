@@ -37,17 +37,13 @@ class QueueLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from omegaconf import OmegaConf
 
-        from mitorch.build import check_targets
-        from mitorch.config import compose, resolve_paths
+        from mitorch.config import compose
+        from mitorch.service.submit import submission
         from mitorch.store import open_store
 
-        configs = []
-        for overrides in job_overrides:  # every run is checked before anything is stored
-            cfg = compose(list(overrides))
-            resolve_paths(cfg)
-            check_targets(cfg)
-            configs.append(OmegaConf.to_container(cfg, resolve=False))
         store = open_store()
+        # Every run is checked before anything is stored.
+        configs = [submission(compose(list(overrides)), store) for overrides in job_overrides]
         if self.job_id is None:
             sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
             self.job_id = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,

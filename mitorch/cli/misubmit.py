@@ -37,11 +37,9 @@ def main(argv: list[str] | None = None) -> None:
         command = parse_command_line(rest, PROG)
         if command.informational or set(command.hydra_flags) - {"-m", "--multirun"}:
             raise UsageError("misubmit takes CONFIG, --priority, -m and key=value overrides")
-        from omegaconf import OmegaConf
-
-        from mitorch.build import check_targets
         from mitorch.cli._common import check_overrides
-        from mitorch.config import compose, resolve_paths
+        from mitorch.config import compose
+        from mitorch.service.submit import submission
         from mitorch.store import DEFAULT_PRIORITY, open_store
 
         if command.multirun:
@@ -49,12 +47,10 @@ def main(argv: list[str] | None = None) -> None:
             open_store().close()  # an unreachable database fails here, before Hydra starts
             _queue_sweep(command.overrides, DEFAULT_PRIORITY if priority is None else priority)
             return
-        cfg = compose(command.overrides)
-        resolve_paths(cfg)
-        check_targets(cfg)
-        config = OmegaConf.to_container(cfg, resolve=False)
-        training_id = open_store().add_training({"config": config, "priority": DEFAULT_PRIORITY
-                                                 if priority is None else priority})
+        store = open_store()
+        config = submission(compose(command.overrides), store)
+        training_id = store.add_training({"config": config, "priority": DEFAULT_PRIORITY
+                                          if priority is None else priority})
     except MiTorchError as e:
         fail(PROG, e)
     print(training_id)

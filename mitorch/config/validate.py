@@ -22,6 +22,7 @@ _NULLABLE_TYPES: dict[str, type] = {
     "checkpoint_dir": str,
     "best_metric": str,
     "ema_decay": float,
+    "base": str,
     "swa_fraction": float,
 }
 # Keys that must be at least 1.
@@ -59,6 +60,8 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         raise ConfigError("choose one kind of weight averaging: ema_decay or swa_fraction")
     if cfg.data.prefetch_factor is not None and cfg.data.num_workers == 0:
         raise ConfigError("data.prefetch_factor needs data.num_workers of 1 or more")
+    if cfg.base is not None and cfg.weights is not None:
+        raise ConfigError("set base (a training id) or weights (a file), not both")
     if (cfg.data.train is None) != (cfg.data.val is None):
         raise ConfigError("set both data.train and data.val (TRAIN and VAL), or neither for the built-in dataset")
 

@@ -7,7 +7,7 @@ import threading
 import traceback
 from typing import Any
 
-from mitorch.errors import MiTorchError
+from mitorch.errors import Interrupted, MiTorchError
 from mitorch.service.artifacts import training_dir
 from mitorch.store import JobStore, StoreError, open_store
 from mitorch.store.base import now
@@ -26,8 +26,6 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
     Returns:
         The final validation metrics.
     """
-    from omegaconf import OmegaConf
-
     import mitorch
 
     store = store or open_store()
@@ -49,18 +47,21 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
         if store.get_training(training_id).get("cancel_requested"):
             raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
 
-    cfg = OmegaConf.create(training["config"])
-    OmegaConf.set_struct(cfg, True)
-    cfg.output = str(folder / "model.pt")
-    cfg.checkpoint_dir = str(folder)  # a retry resumes from last.pt
     try:
+        cfg = _training_config(store, training, folder)
         metrics = mitorch.train(cfg, run_dir=folder / "run", epoch_callbacks=[record_epoch])
     except Cancelled as e:
         _finish(store, training_id, stop_heartbeat, {"status": "cancelled", "error": str(e)})
         raise
+    except Interrupted as e:
+        # Preempted, not failed: back in the queue without using a retry; it resumes from last.pt.
+        stop_heartbeat.set()
+        store.update_training(training_id, {"status": "new", "requeue_reason": str(e),
+                                            "preemptions": training.get("preemptions", 0) + 1},
+                              expected_status="running")
+        raise
     except MiTorchError as e:
-        if type(e).__name__ != "Interrupted":  # preempted: the controller requeues it, and it resumes
-            _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": str(e)})
+        _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": str(e)})
         raise
     except BaseException as e:
         tail = "".join(traceback.format_exception(e))[-4000:]
@@ -70,6 +71,22 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
     _finish(store, training_id, stop_heartbeat, {"status": "completed", "metrics": metrics,
                                                  "weights": cfg.output})
     return metrics
+
+
+def _training_config(store: JobStore, training: dict[str, Any], folder: Any) -> Any:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(training["config"])
+    OmegaConf.set_struct(cfg, True)
+    cfg.output = str(folder / "model.pt")
+    cfg.checkpoint_dir = str(folder)  # a retry resumes from last.pt
+    if cfg.get("base") is not None:
+        base = store.get_training(cfg.base)
+        if base is None or base.get("status") != "completed" or not base.get("weights"):
+            state = "missing" if base is None else base["status"]
+            raise StoreError(f"base training {cfg.base} has no weights to start from (it is {state})")
+        cfg.weights, cfg.base = base["weights"], None
+    return cfg
 
 
 def _finish(store: JobStore, training_id: str, stop: threading.Event, fields: dict[str, Any]) -> None:
