@@ -1,9 +1,9 @@
 """A Hydra launcher that queues each run of a sweep as a training, under one job.
 
 `misubmit -m ...` selects it (`hydra/launcher=mitorch_queue`). Heavy imports wait for launch().
+Hydra's plugin discovery loads this module without registering it in sys.modules, so its
+config dataclass needs real annotations: no `from __future__ import annotations` here.
 """
-from __future__ import annotations
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
