@@ -33,6 +33,8 @@ def test_wheel_contains_every_config(wheel: Path) -> None:
     assert "mitorch/conf/train.yaml" in shipped and "mitorch/conf/model/resnet.yaml" in shipped
     assert shipped <= names
     assert "mitorch/conf/__init__.py" in names
+    assert "hydra_plugins/mitorch_launchers/queue_launcher.py" in names
+    assert not any(n.startswith("hydra_plugins/__init__") for n in names)  # a namespace package
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "mitrain = mitorch.cli.mitrain:main" in text and "mitest = mitorch.cli.mitest:main" in text
@@ -54,3 +56,8 @@ def test_mitrain_runs_from_the_installed_wheel_elsewhere(wheel: Path, tmp_path: 
     assert result.returncode == 0, result.stderr
     assert result.stderr.splitlines()[0].startswith(str(target))  # not the source tree
     assert json.loads(result.stdout.strip().splitlines()[-1])["num_samples"] == 4
+
+    discover = ("from hydra.core.plugins import Plugins\nfrom hydra.plugins.launcher import Launcher\n"
+                "print(sorted(c.__name__ for c in Plugins.instance().discover(Launcher)))")
+    found = subprocess.run([sys.executable, "-c", discover], cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert "QueueLauncher" in found.stdout, found.stderr
