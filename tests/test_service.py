@@ -42,7 +42,7 @@ class Service:
     def training(self, training_id: str) -> dict:
         return self.query(training_id)["training"]
 
-    def tick_until(self, done, timeout: float = 240, **env: str) -> list[str]:
+    def tick_until(self, done, timeout: float = 600, **env: str) -> list[str]:
         actions: list[str] = []
         deadline = time.monotonic() + timeout
         while not done():
@@ -53,6 +53,18 @@ class Service:
 
     def status(self, training_id: str) -> str:
         return self.training(training_id)["status"]
+
+    def start_slow_training(self, epochs: int) -> str:
+        """Queues a training of a few seconds an epoch, dispatches it, and waits for its first epoch."""
+        slow = make_text_dataset(self.root / "slow", num_train=400, num_val=8)
+        training_id = self("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
+                           "batch_size=8", "data.num_workers=0", f"max_epochs={epochs}").stdout.strip()
+        self("micontrol")
+        deadline = time.monotonic() + 600
+        while not self.query(training_id)["results"]:
+            assert time.monotonic() < deadline, "the training did not finish its first epoch"
+            time.sleep(0.3)
+        return training_id
 
 
 @pytest.fixture
@@ -80,15 +92,7 @@ def test_priorities_run_in_order_with_per_epoch_results(service: Service) -> Non
 
 
 def test_a_killed_training_is_requeued_and_resumes(service: Service) -> None:
-    slow = make_text_dataset(service.root / "slow", num_train=400, num_val=8)
-    result = service("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32", "batch_size=8",
-                     "data.num_workers=0", "max_epochs=3")
-    training_id = result.stdout.strip()
-    service("micontrol")
-    deadline = time.monotonic() + 240
-    while not service.query(training_id)["results"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    training_id = service.start_slow_training(epochs=3)
     os.kill(service.training(training_id)["pid"], signal.SIGKILL)
     time.sleep(0.5)
     actions = service.tick_until(lambda: service.status(training_id) == "completed")
@@ -102,16 +106,11 @@ def test_a_killed_training_is_requeued_and_resumes(service: Service) -> None:
 
 
 def test_cancel_stops_a_running_training_at_an_epoch_end(service: Service) -> None:
-    slow = make_text_dataset(service.root / "slow", num_train=400, num_val=8)
-    training_id = service("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
-                          "batch_size=8", "data.num_workers=0", "max_epochs=5").stdout.strip()
     queued = service.submit("--priority", "500")
-    service("micontrol")
-    while service.status(training_id) != "running":
-        time.sleep(0.2)
+    training_id = service.start_slow_training(epochs=5)
     assert service("micontrol", "cancel", training_id).stdout.startswith(f"cancel-requested {training_id}")
     assert service("micontrol", "cancel", queued).stdout.strip() == f"cancelled {queued}"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     while service.status(training_id) == "running":
         assert time.monotonic() < deadline
         time.sleep(0.3)
@@ -180,15 +179,9 @@ def test_sweep_queues_the_cartesian_product_under_one_job(service: Service) -> N
 
 
 def test_a_preempted_training_goes_back_to_the_queue_and_resumes(service: Service) -> None:
-    slow = make_text_dataset(service.root / "slow", num_train=400, num_val=8)
-    training_id = service("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
-                          "batch_size=8", "data.num_workers=0", "max_epochs=3").stdout.strip()
-    service("micontrol")
-    deadline = time.monotonic() + 240
-    while not service.query(training_id)["results"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
+    training_id = service.start_slow_training(epochs=3)
     os.kill(service.training(training_id)["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 600
     while service.status(training_id) == "running":
         assert time.monotonic() < deadline
         time.sleep(0.2)
