@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from mitorch import build

@@ -29,7 +29,7 @@ from mitorch.engine.progress import PlainProgress, default_progress
 from mitorch.engine.tasks import ClassificationTask
 from mitorch.engine.trainer import Trainer, TrainerOptions, amp_dtype
 from mitorch.engine.trainer import evaluate as evaluate_model
-from mitorch.errors import ConfigError, DataError
+from mitorch.errors import ConfigError
 from mitorch.models.weights import load_state, read_weights, save_weights
 
 DEFAULT_IMAGE_SIZE = 224
@@ -286,4 +286,4 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     print(json.dumps(metrics), flush=True)
 
 
-__all__ = ["DataError", "evaluate", "print_metrics", "train"]
+__all__ = ["evaluate", "print_metrics", "train"]

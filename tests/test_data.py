@@ -12,7 +12,6 @@ from mitorch import DataError
 from mitorch.data import builtin
 from mitorch.data.dataset import ImageDataset
 from mitorch.data.formats import load_index
-from mitorch.data.readers import FileReader
 from tests.conftest import image_bytes, make_folder_dataset, make_text_dataset
 
 
