@@ -1,6 +1,7 @@
 """Checks of a composed config: key types (against the shipped defaults) and values."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -71,8 +72,6 @@ PATH_KEYS = ("data.train", "data.val", "weights", "output", "checkpoint_dir")
 
 def resolve_paths(cfg: DictConfig, base: str | None = None) -> None:
     """Makes the config's file paths absolute, relative to base (default: the current directory)."""
-    import os
-
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str):

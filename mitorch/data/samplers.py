@@ -6,6 +6,11 @@ from collections.abc import Iterator
 import torch
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's randomness (order, augmentations): a resumed epoch repeats it."""
+    return seed * 100_003 + epoch
+
+
 class EpochSampler(torch.utils.data.Sampler[int]):
     """Indices for one process of `world_size`, reshuffled every epoch.
 
@@ -29,7 +34,7 @@ class EpochSampler(torch.utils.data.Sampler[int]):
     def _indices(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.rank, self.size, self.world_size))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         usable = self.size - self.size % self.world_size
         return order[:usable][self.rank::self.world_size]

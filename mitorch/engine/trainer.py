@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mitorch.data.samplers import EpochSampler
+from mitorch.data.samplers import EpochSampler, epoch_seed
 from mitorch.engine.averaging import WeightAverage
 from mitorch.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mitorch.engine.distributed import Distributed
@@ -63,7 +63,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 def _seed_epoch(seed: int, epoch: int) -> None:
     # Randomness is a function of (seed, epoch), so a resumed run repeats the same epochs.
-    value = seed * 100_003 + epoch
+    value = epoch_seed(seed, epoch)
     random.seed(value)
     np.random.seed(value % 2**32)
     torch.manual_seed(value)
@@ -184,13 +184,11 @@ class Trainer:
         sampler = getattr(loader, "sampler", None)
         batch_size = getattr(loader, "batch_size", None) or 1
         if isinstance(sampler, EpochSampler):
-            sampler.set_epoch(epoch)
-        if getattr(loader, "generator", None) is not None:
-            loader.generator.manual_seed(options.seed * 100_003 + epoch)
-        full = len(loader)
-        total = full if options.max_train_batches is None else min(full, options.max_train_batches)
-        if isinstance(sampler, EpochSampler) and skip:
             sampler.set_epoch(epoch, skip * batch_size)
+        if getattr(loader, "generator", None) is not None:
+            loader.generator.manual_seed(epoch_seed(options.seed, epoch))
+        full = len(loader) + skip  # the loader yields what is left of the epoch
+        total = full if options.max_train_batches is None else min(full, options.max_train_batches)
         if total == 0:
             raise DataError("the training set yields no batches; add images or lower batch_size")
         self.forward_model.train()

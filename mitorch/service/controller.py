@@ -42,8 +42,8 @@ def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str],
         say(line)
 
     with _tick_lock():
-        _reconcile(store, executor, act, heartbeat_timeout, max_retries)
-        _dispatch(store, executor, act)
+        active = _reconcile(store, executor, act, heartbeat_timeout, max_retries)
+        _dispatch(store, executor, act, active)
         _finish_jobs(store, act)
     return actions
 
@@ -58,16 +58,17 @@ def _finish_jobs(store: JobStore, act: Callable[[str], None]) -> None:
 
 
 def _reconcile(store: JobStore, executor: Executor, act: Callable[[str], None], heartbeat_timeout: timedelta,
-               max_retries: int) -> None:
+               max_retries: int) -> list[dict]:
+    """Acts on the executor's lost or silent trainings; returns those still active."""
+    active = []
     for training in store.list_trainings(["queued", "running"]):
         if training.get("executor") != executor.name:
             continue
         state = executor.state(training.get("run_id", ""))
         beat = training.get("heartbeat_at") or training.get("dispatched_at")
         stale = beat is not None and now() - beat > heartbeat_timeout
-        if state == "running" and not stale:
-            continue
-        if state == "unknown" and not stale:
+        if state != "gone" and not stale:
+            active.append(training)
             continue
         reason = "its process is gone" if state == "gone" else f"no heartbeat for {heartbeat_timeout}"
         if training.get("cancel_requested"):
@@ -86,10 +87,10 @@ def _reconcile(store: JobStore, executor: Executor, act: Callable[[str], None], 
                                                     "error": f"lost after {retries} retries: {reason}"},
                                    expected_status=training["status"]):
             act(f"failed {training['id']} ({reason}; no retries left)")
+    return active
 
 
-def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None]) -> None:
-    active = [t for t in store.list_trainings(["queued", "running"]) if t.get("executor") == executor.name]
+def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], active: list[dict]) -> None:
     busy_gpus = {t["gpu"] for t in active if t.get("gpu") is not None}
     for _ in range(executor.capacity - len(active)):
         training = store.claim_training({"executor": executor.name, "dispatched_at": now()})
