@@ -102,7 +102,7 @@ def test_a_killed_training_is_requeued_and_resumes(service: Service) -> None:
     assert [h["status"] for h in training["status_history"]] == ["new", "queued", "running", "new", "queued",
                                                                   "running", "completed"]
     assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
-    assert "resuming from" in (Path(training["artifacts"]) / "train.log").read_text()
+    assert "resuming from" in (Path(training["log"])).read_text()
 
 
 def test_cancel_stops_a_running_training_at_an_epoch_end(service: Service) -> None:
@@ -143,7 +143,8 @@ def test_an_invalid_config_is_refused_with_nothing_stored(service: Service) -> N
 
 
 @pytest.mark.parametrize("argv", [["misubmit", "--help"], ["micontrol", "--help"], ["miquery", "--help"],
-                                  ["miquery"], ["micontrol"]])
+                                  ["miquery"], ["micontrol"], ["midataset", "--help"], ["midataset", "list"],
+                                  ["midataset", "register", "missing.json"]])
 def test_service_commands_do_not_import_torch(service: Service, argv: list[str]) -> None:
     code = (f"import sys; sys.argv = {argv!r}\n"
             f"from mitorch.cli.{argv[0]} import main\n"
@@ -190,7 +191,7 @@ def test_a_preempted_training_goes_back_to_the_queue_and_resumes(service: Servic
     assert "stopped by SIGTERM" in training["requeue_reason"]
     service.tick_until(lambda: service.status(training_id) == "completed")
     assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
-    assert "resuming from" in (Path(training["artifacts"]) / "train.log").read_text()
+    assert "resuming from" in (Path(training["log"])).read_text()
 
 
 def test_base_starts_from_another_trainings_weights(service: Service) -> None:

@@ -6,7 +6,7 @@ config dataclass needs real annotations: no `from __future__ import annotations`
 """
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
@@ -17,6 +17,8 @@ from hydra.plugins.launcher import Launcher
 class QueueLauncherConf:
     _target_: str = "hydra_plugins.mitorch_launchers.queue_launcher.QueueLauncher"
     priority: int = 100
+    # A registered dataset, NAME:VERSION, for every training of the sweep.
+    dataset: Optional[str] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="mitorch_queue", node=QueueLauncherConf,
@@ -26,8 +28,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="mitorch_queue", node=
 class QueueLauncher(Launcher):
     """Stores every job of a sweep as a `new` training of one `jobs` record (job_type "sweep")."""
 
-    def __init__(self, priority: int = 100) -> None:
+    def __init__(self, priority: int = 100, dataset: Optional[str] = None) -> None:
         self.priority = priority
+        self.dataset = dataset
         self.job_id: str | None = None
         self.config = None
 
@@ -38,18 +41,20 @@ class QueueLauncher(Launcher):
         from omegaconf import OmegaConf
 
         from mitorch.config import compose
-        from mitorch.service.submit import submission
+        from mitorch.service.submit import find_dataset, submission
         from mitorch.store import open_store
 
         store = open_store()
+        dataset = find_dataset(self.dataset, store)
         # Every run is checked before anything is stored.
-        configs = [submission(compose(list(overrides)), store) for overrides in job_overrides]
+        configs = [submission(compose(list(overrides)), store, dataset) for overrides in job_overrides]
         if self.job_id is None:
             sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
             self.job_id = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,
-                                         "priority": self.priority})
+                                         "priority": self.priority, "dataset": dataset})
             print(f"job {self.job_id}", flush=True)
-        ids = store.add_trainings([{"config": config, "priority": self.priority, "job_id": self.job_id,
+        ids = store.add_trainings([{"config": config, "priority": self.priority, "dataset": dataset,
+                                    "job_id": self.job_id,
                                     "trial_number": initial_job_idx + i, "overrides": list(overrides)}
                                    for i, (config, overrides) in enumerate(zip(configs, job_overrides))])
         returns = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from mitorch.config import config_file_overrides, format_value, merge
 from mitorch.errors import MiTorchError
@@ -110,8 +110,14 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
         compose(overrides)
         return
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
-    parsed = OverridesParser.create().parse_overrides(overrides)
+    from mitorch.config.compose import override_error
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise override_error(e) from None
     sweeps = {i: list(o.sweep_string_iterator()) for i, o in enumerate(parsed) if o.is_sweep_override()}
     first = [f"{o.get_key_element()}={sweeps[i][0]}" if i in sweeps else overrides[i] for i, o in enumerate(parsed)]
     compose(first)
@@ -119,6 +125,19 @@ def check_overrides(overrides: list[str], multirun: bool) -> None:
     for i, values in sweeps.items():
         for value in values[1:]:
             compose(first[:i] + [f"{parsed[i].get_key_element()}={value}"] + first[i + 1:])
+
+
+def to_json(value: Any) -> str:
+    """JSON for scripts; times as ISO 8601."""
+    import json
+    from datetime import datetime
+
+    def default(item: Any) -> Any:
+        if isinstance(item, datetime):
+            return item.isoformat()
+        raise TypeError(type(item).__name__)
+
+    return json.dumps(value, default=default)
 
 
 def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from mitorch.cli._common import fail
+from mitorch.cli._common import fail, to_json
 from mitorch.errors import MiTorchError
 
 PROG = "miquery"
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     except MiTorchError as e:
         fail(PROG, e)
     if args.json:
-        print(json.dumps(view, default=_json_default))
+        print(to_json(view))
     else:
         _show(view)
 
@@ -48,12 +48,6 @@ def _overview(store, recent: int) -> dict[str, Any]:
     finished = store.list_trainings(["completed", "failed", "cancelled"], order="recent", limit=recent)
     return {"counts": store.count_trainings(), "running": store.list_trainings(["queued", "running"]),
             "queue": store.list_trainings(["new"]), "recent": finished}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(type(value).__name__)
 
 
 def _when(value: Any) -> str:
@@ -125,7 +119,9 @@ def _show(view: dict[str, Any]) -> None:
     if t.get("error"):
         console.print(f"[red]error:[/red] {t['error']}", markup=True)
     if t.get("artifacts"):
-        console.print(f"log: {t['artifacts']}/train.log")
+        console.print(f"artifacts: {t['artifacts']}")
+    if t.get("log"):
+        console.print(f"log: {t['log']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """misubmit: queue a training; prints its id.
 
-    misubmit [CONFIG] [--priority N] [key=value ...]
-    misubmit [CONFIG] [--priority N] -m key=a,b [key=value ...]     (one training per combination)
+    misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
+    misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=value ...]
 """
 from __future__ import annotations
 
@@ -9,20 +9,23 @@ import sys
 
 from mitorch.cli._common import UsageError, fail, parse_command_line
 from mitorch.errors import MiTorchError
+from mitorch.store.base import DEFAULT_PRIORITY
 
 PROG = "misubmit"
 USAGE = """\
 misubmit: queue a training in the job store (MITORCH_DB_URI); prints the new training's id.
 
 Usage:
-  misubmit [CONFIG] [--priority N] [key=value ...]
-  misubmit [CONFIG] [--priority N] -m key=a,b [key=c,d ...]
+  misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
+  misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=c,d ...]
 
 With -m, one training per combination of the sweep values is queued under one job; the
 output is "job JOB_ID", then one "TRAINING_ID overrides" line per training.
 
 The config is composed and checked as mitrain would (unknown keys, types, allowed _target_)
 before anything is stored; paths are made absolute. Lower priority runs first (default 100).
+--dataset trains on a dataset registered with midataset (its highest version unless one is
+given; the training is pinned to that version) instead of data.train/data.val.
 micontrol dispatches queued trainings; miquery shows them.
 """
 
@@ -33,30 +36,31 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         return
     try:
-        priority, rest = _priority(argv)
+        options, rest = _options(argv)
+        priority = DEFAULT_PRIORITY if options["priority"] is None else options["priority"]
         command = parse_command_line(rest, PROG)
         if command.informational or set(command.hydra_flags) - {"-m", "--multirun"}:
-            raise UsageError("misubmit takes CONFIG, --priority, -m and key=value overrides")
+            raise UsageError("misubmit takes CONFIG, --priority, --dataset, -m and key=value overrides")
         from mitorch.cli._common import check_overrides
         from mitorch.config import compose
-        from mitorch.service.submit import submission
-        from mitorch.store import DEFAULT_PRIORITY, open_store
+        from mitorch.service.submit import find_dataset, submission
+        from mitorch.store import open_store
 
+        store = open_store()  # an unreachable database fails here, before anything is composed
+        dataset = find_dataset(options["dataset"], store)
         if command.multirun:
             check_overrides(command.overrides, multirun=True)
-            open_store().close()  # an unreachable database fails here, before Hydra starts
-            _queue_sweep(command.overrides, DEFAULT_PRIORITY if priority is None else priority)
+            store.close()
+            _queue_sweep(command.overrides, priority, dataset)
             return
-        store = open_store()
-        config = submission(compose(command.overrides), store)
-        training_id = store.add_training({"config": config, "priority": DEFAULT_PRIORITY
-                                          if priority is None else priority})
+        config = submission(compose(command.overrides), store, dataset)
+        training_id = store.add_training({"config": config, "priority": priority, "dataset": dataset})
     except MiTorchError as e:
         fail(PROG, e)
     print(training_id)
 
 
-def _queue_sweep(overrides: list[str], priority: int) -> None:
+def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> None:
     """Hydra's multirun with the mitorch_queue launcher: it stores the runs instead of running them."""
     import tempfile
 
@@ -73,25 +77,32 @@ def _queue_sweep(overrides: list[str], priority: int) -> None:
         raise RuntimeError("the queue launcher stores trainings; it never runs them here")
 
     with tempfile.TemporaryDirectory() as sweep_dir:
-        sys.argv = [PROG, "-m", "hydra/launcher=mitorch_queue", f"hydra.launcher.priority={priority}",
+        pinned = [] if dataset is None else [f"hydra.launcher.dataset={dataset['name']}:{dataset['version']}"]
+        sys.argv = [PROG, "-m", "hydra/launcher=mitorch_queue", f"hydra.launcher.priority={priority}", *pinned,
                     f"hydra.sweep.dir={sweep_dir}", *overrides]
         hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(not_run)()
 
 
-def _priority(argv: list[str]) -> tuple[int | None, list[str]]:
-    rest, priority = [], None
+def _options(argv: list[str]) -> tuple[dict, list[str]]:
+    """--priority N and --dataset NAME[:VERSION] (also as --option=value); the rest."""
+    rest, options = [], {"priority": None, "dataset": None}
     args = list(argv)
     while args:
         arg = args.pop(0)
-        if arg == "--priority" or arg.startswith("--priority="):
-            value = arg.partition("=")[2] or (args.pop(0) if args else "")
-            try:
-                priority = int(value)
-            except ValueError:
-                raise UsageError(f"--priority needs a whole number, got {value!r}") from None
-        else:
+        name = arg.partition("=")[0].removeprefix("--")
+        if not arg.startswith("--") or name not in options:
             rest.append(arg)
-    return priority, rest
+            continue
+        value = arg.partition("=")[2] or (args.pop(0) if args else "")
+        if not value:
+            raise UsageError(f"--{name} needs a value")
+        options[name] = value
+    if options["priority"] is not None:
+        try:
+            options["priority"] = int(options["priority"])
+        except ValueError:
+            raise UsageError(f"--priority needs a whole number, got {options['priority']!r}") from None
+    return options, rest
 
 
 if __name__ == "__main__":

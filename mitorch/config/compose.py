@@ -65,6 +65,8 @@ _NOT_DELETABLE = re.compile(r"Could not delete from config\. '([^']+)' does not 
 
 def _explain(error: Exception, reference: DictConfig | None) -> ConfigError:
     message = str(error)
+    if type(error).__name__ == "OverrideParseException":
+        return override_error(error)
     cause = str(error.__cause__ or "")
     missing = _MISSING_OPTION.search(message)
     if missing:
@@ -82,6 +84,16 @@ def _explain(error: Exception, reference: DictConfig | None) -> ConfigError:
         return ConfigError(f"cannot delete '{not_deletable.group(1)}': it is not in the config")
     first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
     return ConfigError(first)
+
+
+def override_error(error: Exception) -> ConfigError:
+    """A Hydra override that does not parse, shown without any token it carries."""
+    from mitorch.store.uri import redact
+
+    override = redact(getattr(error, "override", "") or "")
+    reason = str(error).strip().splitlines()[0]
+    return ConfigError(f"cannot parse the override {override} ({reason}); quote a value with special "
+                       "characters, e.g. key='a=b?c'")
 
 
 def _known_groups() -> set[str]:

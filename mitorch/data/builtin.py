@@ -12,7 +12,6 @@ from __future__ import annotations
 import colorsys
 import io
 import math
-import os
 import shutil
 import tempfile
 import zipfile
@@ -21,18 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mitorch.paths import cache_dir
+
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 IMAGE_SIZE = 64
 _VERSION = "shapes-v1"
 _SPLITS = {"train": (1000, 1), "val": (250, 2)}  # images, seed
-
-
-def cache_dir() -> Path:
-    """Where generated data lives: $MITORCH_CACHE_DIR, else $XDG_CACHE_HOME/mitorch, else ~/.cache/mitorch."""
-    if os.environ.get("MITORCH_CACHE_DIR"):
-        return Path(os.environ["MITORCH_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mitorch"
 
 
 def builtin_dataset(multilabel: bool) -> tuple[str, str]:

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 from mitorch.errors import Interrupted, MiTorchError
+from mitorch.service import artifacts, remote
 from mitorch.service.artifacts import training_dir
+from mitorch.service.datasets import SPLITS, local_split
 from mitorch.store import JobStore, StoreError, open_store
 from mitorch.store.base import now
 
@@ -35,7 +39,9 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
     folder = training_dir(training_id)
     started = store.update_training(training_id, {"status": "running", "host": socket.gethostname(),
                                                   "pid": os.getpid(), "started_at": now(), "heartbeat_at": now(),
-                                                  "artifacts": str(folder)}, expected_status=["new", "queued"])
+                                                  "artifacts": artifacts.artifact_url(training_id, "") or str(folder),
+                                                  "log": str(folder / "train.log")},
+                                   expected_status=["new", "queued"])
     if not started:
         raise StoreError(f"training {training_id} is {training['status']}, not new or queued; "
                          "requeue it with micontrol requeue")
@@ -44,18 +50,23 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
 
     def record_epoch(record: dict[str, Any]) -> None:
         store.put_result(training_id, record)
+        if (folder / "last.pt").exists() and artifacts.remote_root() is not None:
+            artifacts.publish(training_id, folder / "last.pt")
         if store.get_training(training_id).get("cancel_requested"):
             raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
 
     try:
         cfg = _training_config(store, training, folder)
+        artifacts.restore_checkpoint(training_id, folder)
         metrics = mitorch.train(cfg, run_dir=folder / "run", epoch_callbacks=[record_epoch])
+        weights = artifacts.publish(training_id, Path(cfg.output))
     except Cancelled as e:
         _finish(store, training_id, stop_heartbeat, {"status": "cancelled", "error": str(e)})
         raise
     except Interrupted as e:
         # Preempted, not failed: back in the queue without using a retry; it resumes from last.pt.
         stop_heartbeat.set()
+        _publish_quietly(training_id, folder / "last.pt")
         store.update_training(training_id, {"status": "new", "requeue_reason": str(e),
                                             "preemptions": training.get("preemptions", 0) + 1},
                               expected_status="running")
@@ -68,8 +79,7 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
         _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": f"{type(e).__name__}: {e}",
                                                      "traceback": tail})
         raise
-    _finish(store, training_id, stop_heartbeat, {"status": "completed", "metrics": metrics,
-                                                 "weights": cfg.output})
+    _finish(store, training_id, stop_heartbeat, {"status": "completed", "metrics": metrics, "weights": weights})
     return metrics
 
 
@@ -85,13 +95,29 @@ def _training_config(store: JobStore, training: dict[str, Any], folder: Any) -> 
         if base is None or base.get("status") != "completed" or not base.get("weights"):
             state = "missing" if base is None else base["status"]
             raise StoreError(f"base training {cfg.base} has no weights to start from (it is {state})")
-        cfg.weights, cfg.base = base["weights"], None
+        cfg.weights, cfg.base = str(remote.fetch(base["weights"])), None
+    if training.get("dataset"):
+        name, version = training["dataset"]["name"], training["dataset"]["version"]
+        dataset = store.get_dataset(name, version)
+        if dataset is None:
+            raise StoreError(f"dataset {name}:{version} is not registered; register it with midataset register")
+        cfg.data.train, cfg.data.val = (local_split(dataset[split]) for split in SPLITS)
     return cfg
 
 
 def _finish(store: JobStore, training_id: str, stop: threading.Event, fields: dict[str, Any]) -> None:
     stop.set()
+    _publish_quietly(training_id, training_dir(training_id) / "train.log")
     store.update_training(training_id, {**fields, "completed_at": now()}, expected_status="running")
+
+
+def _publish_quietly(training_id: str, path: Path) -> None:
+    """Uploads a file on the way out; a failure there must not hide why the training stopped."""
+    if path.exists() and artifacts.remote_root() is not None:
+        try:
+            artifacts.publish(training_id, path)
+        except MiTorchError as e:
+            print(f"mitrain: {e}", file=sys.stderr)
 
 
 def _heartbeat(store: JobStore, training_id: str, stop: threading.Event) -> None:

@@ -7,16 +7,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitorch.build import check_targets
 from mitorch.config import resolve_paths
+from mitorch.config.validate import PATH_KEYS
+from mitorch.errors import ConfigError
 from mitorch.store import JobStore, StoreError
 
 
-def submission(cfg: DictConfig, store: JobStore) -> dict[str, Any]:
+def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | None:
+    """The registered dataset NAME[:VERSION] (the highest version without one), as the training's
+    `dataset` field: {"name", "version"}, pinned to the version found."""
+    if reference is None:
+        return None
+    from mitorch.service.datasets import parse_reference
+
+    name, version = parse_reference(reference)
+    dataset = store.get_dataset(name, version)
+    if dataset is None:
+        shown = name if version is None else f"{name}:{version}"
+        raise StoreError(f"dataset {shown} is not registered; see midataset list, or register it with "
+                         "midataset register FILE")
+    return {"name": dataset["name"], "version": dataset["version"]}
+
+
+def submission(cfg: DictConfig, store: JobStore, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
     """The config to store for a composed, validated cfg: absolute paths, allowed targets, and a
     `base` that names a training of this store.
 
     Raises:
         ConfigError, StoreError: naming what is wrong.
     """
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            raise ConfigError(f"{key} is a URL; register remote data with midataset register and queue it "
+                              "with --dataset NAME (the job store keeps no URLs with tokens)")
+    if dataset is not None and cfg.data.train is not None:
+        raise ConfigError("--dataset gives data.train and data.val; do not set them as well")
     resolve_paths(cfg)
     check_targets(cfg)
     if cfg.base is not None and store.get_training(cfg.base) is None:

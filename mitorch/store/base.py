@@ -7,7 +7,6 @@ timezone-aware UTC datetimes, kept to the millisecond (as MongoDB keeps them).
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -16,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mitorch.errors import MiTorchError
+from mitorch.paths import data_dir
 
 # new -> queued (dispatched to an executor) -> running -> completed | failed | cancelled
 STATUSES = ("new", "queued", "running", "completed", "failed", "cancelled")
@@ -177,5 +177,4 @@ def status_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
 def default_sqlite_path() -> str:
     """$XDG_DATA_HOME/mitorch/mitorch.db, else ~/.local/share/mitorch/mitorch.db."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return os.path.join(base, "mitorch", "mitorch.db")
+    return str(data_dir() / "mitorch.db")

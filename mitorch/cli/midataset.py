@@ -1,0 +1,109 @@
+"""midataset: register datasets in the job store and look them up.
+
+    midataset register FILE               upsert every entry of a JSON list, all or none
+    midataset list [--json]
+    midataset show NAME [--version V] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from mitorch.cli._common import fail, to_json
+from mitorch.errors import MiTorchError
+
+PROG = "midataset"
+EPILOG = """\
+A registration FILE is a JSON list of {"name", "version", "train": {"path", "support_files"},
+"val": {...}}. Paths are local paths (relative to FILE), https URLs, or Azure Blob URLs with a
+SAS token. SAS tokens are kept in the credentials file ($MITORCH_CREDENTIALS, else
+~/.config/mitorch/credentials.json, readable by you only), never in the job store; URLs are
+shown without them. Queue a training on a dataset with misubmit --dataset NAME[:VERSION].
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=PROG, description="Register datasets and look them up.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{register,list,show}")
+    register = commands.add_parser("register", help="register (or replace) the datasets of a JSON file")
+    register.add_argument("file")
+    listing = commands.add_parser("list", help="every registered dataset version")
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    show = commands.add_parser("show", help="one dataset (its highest version unless --version)")
+    show.add_argument("name")
+    show.add_argument("--version", type=int)
+    show.add_argument("--json", action="store_true", help="print JSON for scripts")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        from mitorch.store import StoreError, open_store
+
+        if args.command == "register":
+            from mitorch.service.datasets import read_registration
+
+            records = read_registration(args.file)
+            store = open_store()
+            store.put_datasets(records)
+            for record in records:
+                print(f"registered {record['name']}:{record['version']}")
+            return
+        store = open_store()
+        if args.command == "list":
+            datasets = store.list_datasets()
+        else:
+            dataset = store.get_dataset(args.name, args.version)
+            if dataset is None:
+                shown = args.name if args.version is None else f"{args.name} version {args.version}"
+                raise StoreError(f"dataset {shown} is not registered; see midataset list")
+            datasets = [dataset]
+    except MiTorchError as e:
+        fail(PROG, e)
+    from mitorch.store.uri import redact
+
+    if args.json:
+        print(redact(to_json(datasets if args.command == "list" else datasets[0])))
+    elif args.command == "list":
+        _table(datasets)
+    else:
+        _details(datasets[0])
+
+
+def _split(split: dict[str, Any]) -> str:
+    from mitorch.store.uri import redact
+
+    extra = len(split.get("support_files", []))
+    return redact(split["path"]) + (f" (+{extra} file{'s' * (extra != 1)})" if extra else "")
+
+
+def _table(datasets: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="datasets")
+    for column in ("name", "version", "train", "val", "registered"):
+        table.add_column(column, overflow="fold")
+    for d in datasets:
+        table.add_row(d["name"], str(d["version"]), _split(d["train"]), _split(d["val"]),
+                      d["registered_at"].strftime("%Y-%m-%d %H:%M"))
+    Console().print(table if datasets else "no datasets registered; add some with midataset register FILE")
+
+
+def _details(dataset: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    from mitorch.store.uri import redact
+
+    console = Console(highlight=False)
+    console.print(f"[bold]{dataset['name']}[/bold] version {dataset['version']}, registered "
+                  f"{dataset['registered_at']:%Y-%m-%d %H:%M:%S}")
+    if dataset.get("description"):
+        console.print(dataset["description"])
+    for split in ("train", "val"):
+        console.print(f"{split}: {redact(dataset[split]['path'])}")
+        for f in dataset[split].get("support_files", []):
+            console.print(f"  {redact(f)}")
+
+
+if __name__ == "__main__":
+    main()

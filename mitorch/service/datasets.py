@@ -1,0 +1,148 @@
+"""Registered datasets: checking a registration file, and making a split's files local.
+
+A registration file is a JSON list of entries:
+
+    {"name": "shapes", "version": 1,
+     "train": {"path": "https://acct.blob.core.windows.net/data/train.txt?sv=...&sig=...",
+               "support_files": ["https://acct.blob.core.windows.net/data/images.zip?sv=...&sig=..."]},
+     "val": {"path": "/data/shapes/val.txt", "support_files": []}}
+
+`path` is what mitrain reads (a text-format file or an image folder); `support_files` are the
+files it refers to (image archives, labels.txt), which end up beside it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from mitorch.errors import ConfigError
+from mitorch.service import credentials, remote
+
+SPLITS = ("train", "val")
+
+
+def read_registration(file: str) -> list[dict[str, Any]]:
+    """The dataset records a registration file describes, every entry checked; SAS tokens move to
+    the credentials file, local paths become absolute (relative to the file).
+
+    Raises:
+        ConfigError: naming the file, the entry and what is wrong. Nothing is kept then.
+    """
+    try:
+        entries = json.loads(Path(file).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"dataset file {file} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"dataset file {file} is not valid JSON ({e})") from None
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"dataset file {file} must hold a JSON list of datasets")
+    base = Path(file).resolve().parent
+    checked = [_check_entry(entry, i, file, base) for i, entry in enumerate(entries)]
+    seen = set()
+    for entry in checked:
+        key = (entry["name"], entry["version"])
+        if key in seen:
+            raise ConfigError(f"dataset file {file}: {entry['name']} version {entry['version']} appears twice")
+        seen.add(key)
+    # Only now that every entry is valid do tokens go to the credentials file.
+    for entry in checked:
+        for split in SPLITS:
+            entry[split] = {"path": credentials.remember(entry[split]["path"]),
+                            "support_files": [credentials.remember(f) for f in entry[split]["support_files"]]}
+    return checked
+
+
+def _check_entry(entry: Any, index: int, file: str, base: Path) -> dict[str, Any]:
+    where = f"dataset file {file}, entry {index + 1}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be an object with name, version, train and val")
+    unknown = set(entry) - {"name", "version", "train", "val", "description"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                          "keys are name, version, train, val, description")
+    name, version = entry.get("name"), entry.get("version")
+    if not isinstance(name, str) or not name or ":" in name or name != name.strip():
+        raise ConfigError(f"{where}: name must be a non-empty string without ':' or surrounding spaces")
+    where = f"dataset file {file}, {name}"
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConfigError(f"{where}: version must be a whole number of 1 or more, got {version!r}")
+    record = {"name": name, "version": version}
+    if "description" in entry:
+        record["description"] = str(entry["description"])
+    for split in SPLITS:
+        value = entry.get(split)
+        if not isinstance(value, dict) or not isinstance(value.get("path"), str):
+            raise ConfigError(f"{where}: {split} must be an object with a path")
+        support = value.get("support_files", [])
+        if not isinstance(support, list) or not all(isinstance(f, str) for f in support):
+            raise ConfigError(f"{where}: {split}.support_files must be a list of paths or URLs")
+        extra = set(value) - {"path", "support_files"}
+        if extra:
+            raise ConfigError(f"{where}: {split} has unknown key(s) {', '.join(sorted(extra))}")
+        paths = [_check_path(p, f"{where}: {split}", base) for p in [value["path"], *support]]
+        names = [_file_name(p) for p in paths]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: {split} has two files named alike; they must sit side by side")
+        record[split] = {"path": paths[0], "support_files": paths[1:]}
+    return record
+
+
+def _check_path(path: str, where: str, base: Path) -> str:
+    if remote.is_remote(path):
+        scheme = path.split("://", 1)[0]
+        if scheme == "http" and not _loopback(path):
+            raise ConfigError(f"{where}: {remote.bare(path)} is plain http; use https")
+        return path
+    if "://" in path:
+        raise ConfigError(f"{where}: {path.split('?')[0]} is neither a local path nor an http(s) URL")
+    local = (base / os.path.expanduser(path)).resolve()
+    if not local.exists():
+        raise ConfigError(f"{where}: {local} does not exist")
+    return str(local)
+
+
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _file_name(path: str) -> str:
+    return Path(remote.bare(path).rstrip("/")).name
+
+
+def parse_reference(text: str) -> tuple[str, int | None]:
+    """NAME or NAME:VERSION."""
+    name, _, version = text.partition(":")
+    if not name:
+        raise ConfigError(f"--dataset needs NAME or NAME:VERSION, got {text!r}")
+    if not version:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise ConfigError(f"--dataset {text}: the version must be a whole number of 1 or more")
+    return name, int(version)
+
+
+def local_split(split: dict[str, Any]) -> str:
+    """A local path to read a split from: local files as they are; remote files downloaded (or
+    taken from the cache) and linked side by side into one folder."""
+    files = [split["path"], *split.get("support_files", [])]
+    if not any(remote.is_remote(f) for f in files):
+        return split["path"]
+    copies = [remote.fetch(f) for f in files]
+    key = hashlib.sha256("\n".join(remote.bare(f) for f in files).encode()).hexdigest()[:32]
+    folder = remote.cache_dir() / "datasets" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, copy in zip((_file_name(f) for f in files), copies):
+        link = folder / name
+        if not link.exists():
+            temporary = folder / f".{name}.{os.getpid()}"
+            temporary.unlink(missing_ok=True)
+            temporary.symlink_to(copy.resolve())
+            os.replace(temporary, link)
+    return str(folder / _file_name(files[0]))
