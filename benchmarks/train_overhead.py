@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = compose([f"model={args.model}", f"image_size={args.image_size}"])
-    train_path, val_path = builtin_dataset(multilabel=False)
+    train_path, val_path = builtin_dataset("multiclass_classification")
     train = _tensors(train_path, args.images, args.image_size)
     val = _tensors(val_path, args.images // 4, args.image_size)
     run_hand_written(cfg, train, val, 1)  # warm-up: allocator, kernels

@@ -20,19 +20,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitorch import build
 from mitorch.config import resolve_paths, validate
+from mitorch.data.builtin import DETECTION_IMAGE_SIZE as BUILTIN_DETECTION_SIZE
 from mitorch.data.builtin import IMAGE_SIZE as BUILTIN_IMAGE_SIZE
-from mitorch.data.dataset import ImageDataset
-from mitorch.data.loaders import is_multilabel, load_indices, make_loader
+from mitorch.data.loaders import is_detection, is_multilabel, load_indices, make_dataset, make_loader
 from mitorch.engine import distributed
 from mitorch.engine.averaging import WeightAverage
 from mitorch.engine.progress import PlainProgress, default_progress
-from mitorch.engine.tasks import ClassificationTask
+from mitorch.engine.tasks import make_task
 from mitorch.engine.trainer import Trainer, TrainerOptions, amp_dtype
 from mitorch.engine.trainer import evaluate as evaluate_model
 from mitorch.errors import ConfigError
-from mitorch.models.weights import load_state, read_weights, save_weights
+from mitorch.models.weights import head_prefixes, load_state, read_weights, save_weights
 
 DEFAULT_IMAGE_SIZE = 224
+DEFAULT_DETECTION_SIZE = 512
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainProgress | None = None,
@@ -81,15 +82,14 @@ def _train_process(cfg: DictConfig, run_dir: str | Path | None,
 
 def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | None, progress: PlainProgress | None,
          context: distributed.Distributed, device: torch.device) -> dict[str, Any]:
-    multilabel = is_multilabel(cfg)
     train_index, val_index = load_indices(cfg)
     _default_image_size(cfg)
     seed = _from_main(context, cfg.seed if cfg.seed is not None else random.randrange(2**31))
     train_transform, val_transform = build.build_transforms(cfg)
-    loaders = [make_loader(ImageDataset(index, multilabel, transform), cfg, shuffle, device, seed, context.rank,
+    loaders = [make_loader(make_dataset(cfg, index, transform), cfg, shuffle, device, seed, context.rank,
                            context.world_size)
                for index, transform, shuffle in ((train_index, train_transform, True), (val_index, val_transform, False))]
-    task = ClassificationTask(multilabel, len(train_index.class_names))
+    task = make_task(cfg.task_type, len(train_index.class_names))
     progress = progress or (default_progress() if context.is_main else PlainProgress(stream=open(os.devnull, "w")))
     options = _trainer_options(cfg, seed, run_dir)
     # Every process resumes from the main process's checkpoint (under torchrun each has a run dir).
@@ -100,8 +100,8 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
         if cfg.weights is not None:
             state, _ = read_weights(cfg.weights)
             if load_state(model, state, cfg.weights, replace_head=True) and context.is_main:
-                progress.message(f"weights: the classifier head of {cfg.weights} does not match the dataset's "
-                                 f"{task.num_classes} classes; it is replaced by a new one")
+                progress.message(f"weights: the class-dependent layers of {cfg.weights} ({', '.join(head_prefixes(model))}"
+                                 f"..) do not match the dataset's {task.num_classes} classes; they are replaced by new ones")
         if context.enabled and cfg.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device)
@@ -160,11 +160,16 @@ def _weight_average(cfg: DictConfig, model: nn.Module, max_epochs: int) -> Weigh
     return None
 
 
-def evaluate(cfg: DictConfig, progress: PlainProgress | None = None) -> dict[str, Any]:
+def evaluate(cfg: DictConfig, progress: PlainProgress | None = None,
+             predictions_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluates cfg.weights on cfg.data.val (or the built-in validation set).
 
     Class names come from the weights file when it has them (MiTorch outputs), else from
     the training set.
+
+    Args:
+        predictions_dir: object detection only: also write predictions.json (COCO results)
+            and ground_truth.json (COCO instances of the evaluated images) there.
 
     Returns:
         The same metrics as train() reports.
@@ -181,17 +186,24 @@ def evaluate(cfg: DictConfig, progress: PlainProgress | None = None) -> dict[str
     _, val_index = load_indices(cfg, class_names, need_train=class_names is None and cfg.data.train is not None)
     if class_names is None:
         class_names = val_index.class_names
+    if predictions_dir is not None and not is_detection(cfg):
+        raise ConfigError("--predictions writes COCO files for object_detection only")
     _default_image_size(cfg)
     _, val_transform = build.build_transforms(cfg)
-    multilabel = is_multilabel(cfg)
-    val_loader = make_loader(ImageDataset(val_index, multilabel, val_transform), cfg, False, device)
-    task = ClassificationTask(multilabel, len(class_names))
+    val_loader = make_loader(make_dataset(cfg, val_index, val_transform), cfg, False, device)
+    task = make_task(cfg.task_type, len(class_names))
+    predictions = [] if predictions_dir is not None else None
     with _reproducible(cfg):
         model = build.build_model(cfg, task.num_classes)
         load_state(model, state, cfg.weights, replace_head=False)
         model.to(device)
-        return evaluate_model(model, val_loader, task, device, amp_dtype(device, cfg.amp),
-                              1 if cfg.fast_dev_run else None)
+        metrics = evaluate_model(model, val_loader, task, device, amp_dtype(device, cfg.amp),
+                                 1 if cfg.fast_dev_run else None, predictions=predictions)
+    if predictions_dir is not None:
+        from mitorch.data.coco import write_coco
+
+        write_coco(Path(predictions_dir), val_index, predictions)
+    return metrics
 
 
 def _prepare(cfg: DictConfig) -> DictConfig:
@@ -209,7 +221,10 @@ def _prepare(cfg: DictConfig) -> DictConfig:
 
 def _default_image_size(cfg: DictConfig) -> None:
     if cfg.image_size is None:
-        cfg.image_size = BUILTIN_IMAGE_SIZE if cfg.data.train is None else DEFAULT_IMAGE_SIZE
+        if cfg.data.train is None:
+            cfg.image_size = BUILTIN_DETECTION_SIZE if is_detection(cfg) else BUILTIN_IMAGE_SIZE
+        else:
+            cfg.image_size = DEFAULT_DETECTION_SIZE if is_detection(cfg) else DEFAULT_IMAGE_SIZE
 
 
 def _device(cfg: DictConfig, context: distributed.Distributed | None = None) -> torch.device:
@@ -228,7 +243,7 @@ def _trainer_options(cfg: DictConfig, seed: int = 0, run_dir: str | Path | None 
     folder = cfg.checkpoint_dir or run_dir
     # A fast dev run leaves no checkpoint behind for a real run to resume from.
     checkpoint = Path(folder) / "last.pt" if folder is not None and not fast else None
-    task_metric = "accuracy_50" if is_multilabel(cfg) else "top1_accuracy"
+    task_metric = "mAP" if is_detection(cfg) else "accuracy_50" if is_multilabel(cfg) else "top1_accuracy"
     return TrainerOptions(
         max_epochs=1 if fast else cfg.max_epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches,

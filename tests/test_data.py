@@ -128,7 +128,7 @@ def test_builtin_dataset_is_deterministic(tmp_path: Path, monkeypatch) -> None:
     contents = []
     for name in ("a", "b"):
         monkeypatch.setenv("MITORCH_CACHE_DIR", str(tmp_path / name))
-        train, val = builtin.builtin_dataset(multilabel=True)
+        train, val = builtin.builtin_dataset("multilabel_classification")
         with zipfile.ZipFile(Path(val).parent / "val.zip") as archive:
             contents.append((Path(train).read_text(), archive.read("00007.jpg")))
     assert contents[0] == contents[1]

@@ -1,6 +1,6 @@
 """mitest: evaluate weights on a validation set; prints the metrics as one JSON line.
 
-    mitest CONFIG TRAIN VAL -w WEIGHTS [-d] [key=value ...]
+    mitest CONFIG TRAIN VAL -w WEIGHTS [-d] [--predictions DIR] [key=value ...]
     mitest weights=W [data.train=T data.val=V] [key=value ...]
 """
 from __future__ import annotations
@@ -15,14 +15,16 @@ USAGE = """\
 mitest: evaluate trained weights; the last stdout line is the metrics as JSON.
 
 Usage:
-  mitest CONFIG TRAIN VAL -w WEIGHTS [-d] [key=value ...]
-  mitest -w WEIGHTS [data.train=TRAIN data.val=VAL] [key=value ...]
+  mitest CONFIG TRAIN VAL -w WEIGHTS [-d] [--predictions DIR] [key=value ...]
+  mitest -w WEIGHTS [data.train=TRAIN data.val=VAL] [--predictions DIR] [key=value ...]
   mitest --cfg job [...]              print the resolved config
 
 CONFIG is a JSON or YAML training config, TRAIN/VAL text files or image folders (none: the
 built-in dataset). -w WEIGHTS is a MiTorch output (-o of mitrain) or a torchvision state dict.
 -d evaluates one batch. Class names come from the weights when they carry them, else from TRAIN.
 Precedence: group defaults < CONFIG < command-line overrides.
+--predictions DIR (object_detection) also writes DIR/predictions.json (COCO results) and
+DIR/ground_truth.json (COCO instances of the evaluated images), for any COCO tool to re-score.
 """
 
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, end="")
         return
     try:
+        predictions, argv = _predictions_dir(argv)
         command = parse_command_line(argv, PROG)
         if command.multirun or command.informational:
             raise UsageError("mitest runs one evaluation; -m and Hydra's information flags are for mitrain")
@@ -45,12 +48,26 @@ def main(argv: list[str] | None = None) -> None:
             return
         from mitorch import api
 
-        metrics = api.evaluate(cfg)
+        metrics = api.evaluate(cfg, predictions_dir=predictions)
     except MiTorchError as e:
         fail(PROG, e)
     except KeyboardInterrupt:
         fail(PROG, MiTorchError("interrupted"), code=130)
     api.print_metrics(metrics)
+
+
+def _predictions_dir(argv: list[str]) -> tuple[str | None, list[str]]:
+    rest, folder = [], None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--predictions" or arg.startswith("--predictions="):
+            folder = arg.partition("=")[2] or (args.pop(0) if args else "")
+            if not folder:
+                raise UsageError("--predictions needs a folder")
+        else:
+            rest.append(arg)
+    return folder, rest
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, e)
     import hydra
 
+    from mitorch.config.compose import task_defaults
+
     run = hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(_train)
-    overrides = command.overrides
+    overrides = task_defaults(command.overrides)
     if os.environ.get("RANK", "0") != "0":
         # Under torchrun only rank 0 keeps a run directory; the others write nothing there.
         overrides = [*overrides, "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled"]

@@ -7,7 +7,7 @@ from importlib import resources
 
 from omegaconf import DictConfig, OmegaConf
 
-from mitorch.config.overrides import GROUPS, group_choices
+from mitorch.config.overrides import GROUPS, group_choices, override_key
 from mitorch.config.validate import validate
 from mitorch.errors import ConfigError
 
@@ -33,13 +33,27 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     Raises:
         ConfigError: an unknown group option or key, a wrong type, or a bad value.
     """
-    overrides = list(overrides)
+    overrides = task_defaults(list(overrides))
     # The defaults of the selected options are the reference for key names and types.
     selections = [f"{g}={c}" for g, c in group_choices(overrides).items()]
     reference = _compose(selections, selections)
     cfg = _compose(overrides, overrides, reference)
     validate(cfg, reference)
     return cfg
+
+
+# What a task type sets unless the command line chooses otherwise: group options, and values
+# that apply while their group is the default one (SGD's lr of 0.1 suits classifiers, not detectors).
+TASK_DEFAULTS = {"object_detection": {"model": "fasterrcnn", "augmentation": "detection", "optimizer.lr": "0.02"}}
+
+
+def task_defaults(overrides: list[str]) -> list[str]:
+    """overrides, preceded by the defaults of the task type they set (task_type=...)."""
+    task = next((o.split("=", 1)[1] for o in reversed(overrides) if override_key(o) == "task_type" and "=" in o), None)
+    given = {override_key(o) for o in overrides}
+    extra = [f"{key}={value}" for key, value in TASK_DEFAULTS.get(task, {}).items()
+             if key not in given and key.split(".")[0] not in given]
+    return extra + overrides
 
 
 def _compose(overrides: list[str], shown: Iterable[str], reference: DictConfig | None = None) -> DictConfig:

@@ -8,7 +8,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mitorch.errors import ConfigError
 
-TASK_TYPES = ("multiclass_classification", "multilabel_classification")
+TASK_TYPES = ("multiclass_classification", "multilabel_classification", "object_detection")
+DETECTORS = ("fasterrcnn", "retinanet", "fcos", "ssdlite")
 
 # Types of keys whose shipped default is null, so the default cannot tell.
 _NULLABLE_TYPES: dict[str, type] = {
@@ -46,6 +47,7 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         _check_types(cfg, reference, "")
     if cfg.task_type not in TASK_TYPES:
         raise ConfigError(f"unknown task_type '{cfg.task_type}'; choose from {', '.join(TASK_TYPES)}")
+    _check_task_fits(cfg)
     for key in _POSITIVE:
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
@@ -65,6 +67,27 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         raise ConfigError("set base (a training id) or weights (a file), not both")
     if (cfg.data.train is None) != (cfg.data.val is None):
         raise ConfigError("set both data.train and data.val (TRAIN and VAL), or neither for the built-in dataset")
+
+
+def _check_task_fits(cfg: DictConfig) -> None:
+    """A detector for object detection and a classifier otherwise, with fitting augmentation."""
+    detection = cfg.task_type == "object_detection"
+    model = str(cfg.model.get("_target_", ""))
+    is_detector = model.rsplit(".", 1)[-1] in DETECTORS and model.startswith("mitorch.models")
+    if detection and model.startswith("mitorch.models") and not is_detector:
+        raise ConfigError(f"object_detection needs a detector; choose model= one of {', '.join(DETECTORS)}")
+    if not detection and is_detector:
+        raise ConfigError(f"{model} is a detector; set task_type=object_detection or choose a classifier model")
+    augmentation = str(OmegaConf.select(cfg, "augmentation.train._target_", default=""))
+    if detection and augmentation.startswith("mitorch.data.presets.Classification"):
+        raise ConfigError("object_detection needs box-aware augmentation; choose augmentation=detection or "
+                          "augmentation=detection_val")
+    if not detection and augmentation.startswith("mitorch.data.presets.Detection"):
+        raise ConfigError(f"augmentation {cfg.augmentation.train._target_} is for object_detection; choose a "
+                          "classification augmentation (standard, trivialaugment, randaugment, val)")
+    if detection and (cfg.channels_last or cfg.swa_fraction is not None):
+        key = "channels_last" if cfg.channels_last else "swa_fraction"
+        raise ConfigError(f"{key} is for classification models; leave it unset for object_detection")
 
 
 PATH_KEYS = ("data.train", "data.val", "weights", "output", "checkpoint_dir")

@@ -28,29 +28,38 @@ _VERSION = "shapes-v1"
 _SPLITS = {"train": (1000, 1), "val": (250, 2)}  # images, seed
 
 
-def builtin_dataset(multilabel: bool) -> tuple[str, str]:
+DETECTION_IMAGE_SIZE = 128
+_DETECTION_SPLITS = {"train": (800, 3), "val": (200, 4)}
+
+
+def builtin_dataset(task_type: str) -> tuple[str, str]:
     """Paths of the built-in train and val text files, generating them on first use.
 
     Args:
-        multilabel: the multilabel variant (1-3 shapes an image) instead of one shape an image.
+        task_type: multiclass_classification (one shape an image), multilabel_classification
+            (1-3 shapes) or object_detection (1-3 shapes with their boxes, bigger images, some
+            images with none).
 
     Returns:
         (train.txt, val.txt) paths.
     """
-    variant = "multilabel" if multilabel else "multiclass"
+    variant = {"multilabel_classification": "multilabel", "object_detection": "detection"}.get(task_type, "multiclass")
     root = cache_dir() / "builtin" / _VERSION / variant
     if not (root / "val.txt").is_file():
-        _generate(root, multilabel)
+        _generate(root, variant)
     return str(root / "train.txt"), str(root / "val.txt")
 
 
-def _generate(root: Path, multilabel: bool) -> None:
+def _generate(root: Path, variant: str) -> None:
     root.parent.mkdir(parents=True, exist_ok=True)
     # Write beside the target and rename, so concurrent first runs never see half a dataset.
     work = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
         (work / "labels.txt").write_text("\n".join(SHAPES) + "\n")
-        for split, (count, seed) in _SPLITS.items():
+        if variant == "detection":
+            _generate_detection(work)
+        for split, (count, seed) in _SPLITS.items() if variant != "detection" else ():
+            multilabel = variant == "multilabel"
             rng = np.random.default_rng([seed, int(multilabel)])
             lines = []
             with zipfile.ZipFile(work / f"{split}.zip", "w", zipfile.ZIP_STORED) as archive:
@@ -69,6 +78,35 @@ def _generate(root: Path, multilabel: bool) -> None:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _generate_detection(work: Path) -> None:
+    """images.zip@NAME.jpg labels.zip@NAME.txt lines; each label file "<class> x0 y0 x1 y1" lines."""
+    size = DETECTION_IMAGE_SIZE
+    for split, (count, seed) in _DETECTION_SPLITS.items():
+        rng = np.random.default_rng(seed)
+        lines = []
+        with zipfile.ZipFile(work / f"{split}_images.zip", "w", zipfile.ZIP_STORED) as images, \
+                zipfile.ZipFile(work / f"{split}_labels.zip", "w", zipfile.ZIP_STORED) as labels:
+            for i in range(count):
+                background = rng.integers(0, 256, size=3)
+                pixels = np.clip(background + rng.normal(0, 10, size=(size, size, 3)), 0, 255).astype(np.uint8)
+                image = Image.fromarray(pixels)
+                draw = ImageDraw.Draw(image)
+                boxes = []
+                for _ in range(rng.choice(4, p=[0.1, 0.4, 0.3, 0.2])):  # a tenth of the images are negatives
+                    kind, radius = int(rng.integers(len(SHAPES))), rng.uniform(10, 24)
+                    cx, cy = rng.uniform(radius, size - radius, size=2)
+                    colour = _contrasting(rng, background, kind)
+                    corners = _draw_shape(draw, SHAPES[kind], cx, cy, radius, rng.uniform(0, 2 * math.pi), colour)
+                    x0, y0, x1, y1 = (min(max(v, 0.0), size) for v in corners)
+                    boxes.append(f"{kind} {x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}")
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=90)
+                images.writestr(f"{i:05d}.jpg", buffer.getvalue())
+                labels.writestr(f"{i:05d}.txt", "".join(f"{b}\n" for b in boxes))
+                lines.append(f"{split}_images.zip@{i:05d}.jpg {split}_labels.zip@{i:05d}.txt")
+        (work / f"{split}.txt").write_text("\n".join(lines) + "\n")
 
 
 def _draw(rng: np.random.Generator, multilabel: bool) -> tuple[Image.Image, list[int]]:
@@ -103,17 +141,22 @@ def _polygon(cx: float, cy: float, radii: list[float], angle: float) -> list[tup
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, angle: float,
-                colour: tuple[int, int, int]) -> None:
+                colour: tuple[int, int, int]) -> tuple[float, float, float, float]:
+    """Draws a shape; returns its tight box (x0, y0, x1, y1)."""
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
-    elif shape == "square":
-        draw.polygon(_polygon(cx, cy, [r] * 4, angle), fill=colour)
-    elif shape == "triangle":
-        draw.polygon(_polygon(cx, cy, [r] * 3, angle), fill=colour)
-    elif shape == "star":
-        draw.polygon(_polygon(cx, cy, [r, r * 0.45] * 5, angle), fill=colour)
-    else:  # cross: a plus sign of two bars
+        return cx - r, cy - r, cx + r, cy + r
+    if shape == "cross":  # a plus sign of two bars
         w = r * 0.35
+        cos, sin = math.cos(angle), math.sin(angle)
+        points = []
         for bar in ([(-r, -w), (r, -w), (r, w), (-r, w)], [(-w, -r), (w, -r), (w, r), (-w, r)]):
-            cos, sin = math.cos(angle), math.sin(angle)
-            draw.polygon([(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in bar], fill=colour)
+            corners = [(cx + x * cos - y * sin, cy + x * sin + y * cos) for x, y in bar]
+            draw.polygon(corners, fill=colour)
+            points += corners
+    else:
+        radii = {"square": [r] * 4, "triangle": [r] * 3, "star": [r, r * 0.45] * 5}[shape]
+        points = _polygon(cx, cy, radii, angle)
+        draw.polygon(points, fill=colour)
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    return min(xs), min(ys), max(xs), max(ys)

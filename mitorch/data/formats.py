@@ -53,7 +53,7 @@ def load_index(path: str, multilabel: bool, class_names: list[str] | None = None
         raise DataError(f"dataset not found: {path} (give a text file of '<image> <label>' lines or an image folder)")
     if not index.images:
         raise DataError(f"dataset {path} has no images")
-    _check_images_exist(index)
+    check_images_exist(index)
     return index
 
 
@@ -141,7 +141,7 @@ def _load_folder(path: Path, class_names: list[str] | None) -> DatasetIndex:
     return index
 
 
-def _check_images_exist(index: DatasetIndex) -> None:
+def check_images_exist(index: DatasetIndex) -> None:
     reader = FileReader()
     members: dict[str, set[str]] = {}
     for image, source in zip(index.images, index.sources):

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from mitorch.data.builtin import builtin_dataset
 from mitorch.data.dataset import ImageDataset
+from mitorch.data.detection import DetectionDataset, DetectionIndex, collate, load_detection_index
 from mitorch.data.formats import DatasetIndex, load_index
 from mitorch.data.samplers import EpochSampler
 
@@ -20,18 +21,33 @@ def is_multilabel(cfg: DictConfig) -> bool:
 def dataset_paths(cfg: DictConfig) -> tuple[str, str]:
     """(train, val) paths: the configured ones, or the built-in dataset's."""
     if cfg.data.train is None:
-        return builtin_dataset(is_multilabel(cfg))
+        return builtin_dataset(cfg.task_type)
     return cfg.data.train, cfg.data.val
 
 
+def is_detection(cfg: DictConfig) -> bool:
+    return cfg.task_type == "object_detection"
+
+
 def load_indices(cfg: DictConfig, class_names: list[str] | None = None,
-                 need_train: bool = True) -> tuple[DatasetIndex | None, DatasetIndex]:
+                 need_train: bool = True) -> tuple[DatasetIndex | DetectionIndex | None, DatasetIndex | DetectionIndex]:
     """Loads the train (optional) and val indices; val's labels must fit train's classes."""
     train_path, val_path = dataset_paths(cfg)
-    multilabel = is_multilabel(cfg)
-    train = load_index(train_path, multilabel, class_names) if need_train else None
+    if is_detection(cfg):
+        def load(path: str, names: list[str] | None) -> DetectionIndex:
+            return load_detection_index(path, names)
+    else:
+        def load(path: str, names: list[str] | None) -> DatasetIndex:
+            return load_index(path, is_multilabel(cfg), names)
+    train = load(train_path, class_names) if need_train else None
     names = train.class_names if train is not None else class_names
-    return train, load_index(val_path, multilabel, names)
+    return train, load(val_path, names)
+
+
+def make_dataset(cfg: DictConfig, index: DatasetIndex | DetectionIndex, transform) -> torch.utils.data.Dataset:
+    if is_detection(cfg):
+        return DetectionDataset(index, transform)
+    return ImageDataset(index, is_multilabel(cfg), transform)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -41,7 +57,7 @@ def _seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loader(dataset: ImageDataset, cfg: DictConfig, train: bool, device: torch.device, seed: int = 0,
+def make_loader(dataset: torch.utils.data.Dataset, cfg: DictConfig, train: bool, device: torch.device, seed: int = 0,
                 rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
     """A DataLoader over this process's share: reshuffled per epoch for training, in order for
     validation (each image in exactly one process)."""
@@ -61,5 +77,6 @@ def make_loader(dataset: ImageDataset, cfg: DictConfig, train: bool, device: tor
         # Its own generator (the trainer reseeds it per epoch): starting an epoch's iterator
         # must not draw from the global generator, or a resumed epoch would drift.
         generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate if isinstance(dataset, DetectionDataset) else None,
         **extra,
     )

@@ -62,3 +62,46 @@ class ClassificationValPreset:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return self.transforms(image)
+
+
+class DetectionTrainPreset:
+    """Box-aware training augmentation: photometric distortion, zoom out, random IoU crop,
+    horizontal flip, then a square resize. Boxes move with the image; boxes left too small are
+    removed. Outputs float images in [0, 1] (detectors normalize inside the model).
+
+    Args:
+        image_size: output size in pixels (square).
+        hflip_prob: probability of a horizontal flip.
+        photometric_prob: probability of a random photometric distortion.
+        zoom_out_prob: probability of placing the image on a larger canvas (up to zoom_out_max).
+        iou_crop: whether to take a random crop that keeps boxes (SSD's sampling).
+    """
+
+    def __init__(self, image_size: int, hflip_prob: float = 0.5, photometric_prob: float = 0.5,
+                 zoom_out_prob: float = 0.5, zoom_out_max: float = 2.0, iou_crop: bool = True) -> None:
+        steps: list = []
+        if photometric_prob > 0:
+            steps.append(v2.RandomPhotometricDistort(p=photometric_prob))
+        if zoom_out_prob > 0:
+            steps.append(v2.RandomZoomOut(fill=0, side_range=(1.0, zoom_out_max), p=zoom_out_prob))
+        if iou_crop:
+            steps.append(v2.RandomIoUCrop())
+        if hflip_prob > 0:
+            steps.append(v2.RandomHorizontalFlip(hflip_prob))
+        steps += [v2.Resize((image_size, image_size), antialias=True), v2.ClampBoundingBoxes(),
+                  v2.SanitizeBoundingBoxes(min_size=1.0), v2.ToDtype(torch.float32, scale=True)]
+        self.transforms = v2.Compose(steps)
+
+    def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        return self.transforms(image, target)
+
+
+class DetectionValPreset:
+    """A square resize; float images in [0, 1]."""
+
+    def __init__(self, image_size: int) -> None:
+        self.transforms = v2.Compose([v2.Resize((image_size, image_size), antialias=True),
+                                      v2.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        return self.transforms(image, target)

@@ -1,8 +1,13 @@
-"""What differs between task types: the loss, the metrics, and the reported metric names."""
+"""What differs between task types: moving batches, the loss, the metrics and their names.
+
+The trainer and evaluate() only talk to a task through to_device, count, train_loss,
+eval_batch, metrics and compute.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchmetrics
@@ -53,6 +58,95 @@ class ClassificationTask:
     @property
     def main_metric(self) -> str:
         return "accuracy_50" if self.multilabel else "top1_accuracy"
+
+    # -- what the trainer calls ------------------------------------------------------------
+
+    def to_device(self, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device,
+                  channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = inputs.to(device, non_blocking=True)
+        if channels_last and inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, targets.to(device, non_blocking=True)
+
+    def count(self, inputs: torch.Tensor) -> int:
+        return inputs.shape[0]
+
+    def train_loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(model(inputs), targets)
+
+    def eval_batch(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, metrics: nn.Module,
+                   predictions: list | None = None) -> torch.Tensor:
+        """Updates metrics with one batch; returns the batch's summed loss."""
+        logits = model(inputs).float()
+        self.update_metrics(metrics, logits, targets)
+        return self.loss_sum(logits, targets)
+
+    def compute(self, metrics: nn.Module) -> dict[str, Any]:
+        return {name: to_float(value) for name, value in metrics.compute().items()}
+
+
+@dataclass(frozen=True)
+class DetectionTask:
+    """Object detection with torchvision detectors: the model computes its own losses in
+    training mode and returns boxes in evaluation mode. Dataset class c is model label c + 1.
+
+    Metrics: COCO mAP through torchmetrics with the pycocotools backend, on boxes in the
+    original image coordinates (up to 100 detections an image), named mAP, mAP_50, mAP_75.
+    """
+
+    num_classes: int
+    main_metric: str = "mAP"
+
+    def to_device(self, inputs: list, targets: list, device: torch.device,
+                  channels_last: bool = False) -> tuple[list, list]:
+        images = [image.to(device, non_blocking=True) for image in inputs]
+        moved = [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(device).float(), "labels": (t["labels"] + 1).to(device),
+                  "orig_boxes": t["orig_boxes"], "orig_size": t["orig_size"], "image_id": t["image_id"]}
+                 for t in targets]
+        return images, moved
+
+    def count(self, inputs: list) -> int:
+        return len(inputs)
+
+    def train_loss(self, model: nn.Module, inputs: list, targets: list) -> torch.Tensor:
+        losses = model(inputs, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        return sum(losses.values())
+
+    def eval_batch(self, model: nn.Module, inputs: list, targets: list, metrics: nn.Module,
+                   predictions: list | None = None) -> None:
+        """Updates mAP with one batch (no loss: torchvision detectors report none when evaluating).
+        With predictions, appends (image_id, boxes xyxy, scores, labels) in original pixels."""
+        outputs = model(inputs)
+        preds, truths = [], []
+        for image, output, target in zip(inputs, outputs, targets):
+            width, height = target["orig_size"]
+            scale = torch.tensor([width / image.shape[-1], height / image.shape[-2]] * 2, device=image.device)
+            boxes = (output["boxes"].float() * scale).cpu()
+            scores, labels = output["scores"].float().cpu(), output["labels"].cpu() - 1
+            preds.append({"boxes": boxes, "scores": scores, "labels": labels})
+            truths.append({"boxes": target["orig_boxes"].float(), "labels": target["labels"].cpu() - 1})
+            if predictions is not None:
+                predictions.append((target["image_id"], boxes, scores, labels))
+        metrics.update(preds, truths)
+
+    def metrics(self) -> nn.Module:
+        from torchmetrics.detection import MeanAveragePrecision
+
+        return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+
+    def compute(self, metrics: nn.Module) -> dict[str, Any]:
+        values = metrics.compute()
+        return {"mAP": to_float(values["map"]), "mAP_50": to_float(values["map_50"]),
+                "mAP_75": to_float(values["map_75"])}
+
+
+Task = ClassificationTask | DetectionTask
+
+
+def make_task(task_type: str, num_classes: int) -> Task:
+    if task_type == "object_detection":
+        return DetectionTask(num_classes)
+    return ClassificationTask(task_type == "multilabel_classification", num_classes)
 
 
 def to_float(value: torch.Tensor | float) -> float | None:

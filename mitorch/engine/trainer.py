@@ -25,7 +25,7 @@ from mitorch.engine.averaging import WeightAverage
 from mitorch.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from mitorch.engine.distributed import Distributed
 from mitorch.engine.progress import PlainProgress
-from mitorch.engine.tasks import ClassificationTask, to_float
+from mitorch.engine.tasks import Task, to_float
 from mitorch.errors import DataError, Interrupted, TrainingError
 
 
@@ -83,7 +83,7 @@ class Trainer:
             improves options.best_metric.
     """
 
-    def __init__(self, model: nn.Module, task: ClassificationTask, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, options: TrainerOptions,
                  progress: PlainProgress | None = None,
                  epoch_callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
@@ -198,13 +198,12 @@ class Trainer:
         window: list[torch.Tensor] = []
         loss_sum, images, start = 0.0, 0, time.perf_counter()
         for batch, (inputs, targets) in enumerate(loader, skip + 1):
-            inputs = self._to_device(inputs)
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = self.task.to_device(inputs, targets, self.device, options.channels_last)
             with _autocast(self.device, self.amp_dtype):
-                loss = self.task.loss(self.forward_model(inputs), targets)
+                loss = self.task.train_loss(self.forward_model, inputs, targets)
             self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             window.append(loss.detach())
-            images += inputs.shape[0]
+            images += self.task.count(inputs)
             last = batch == total
             if batch % accumulate == 0 or last:
                 self._optimizer_step()
@@ -217,12 +216,6 @@ class Trainer:
         duration = time.perf_counter() - start
         return {"train_loss": loss_sum / max(total - skip, 1), "lr": self.optimizer.param_groups[0]["lr"],
                 "duration_s": round(duration, 3), "images_per_s": round(images / duration, 1)}
-
-    def _to_device(self, inputs: torch.Tensor) -> torch.Tensor:
-        inputs = inputs.to(self.device, non_blocking=True)
-        if self.options.channels_last and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs
 
     def _optimizer_step(self) -> None:
         if self.options.gradient_clip_norm is not None:
@@ -320,37 +313,43 @@ class Trainer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, task: ClassificationTask, device: torch.device,
+def evaluate(model: nn.Module, loader: Iterable, task: Task, device: torch.device,
              dtype: torch.dtype | None = None, max_batches: int | None = None,
-             distributed: Distributed | None = None) -> dict[str, Any]:
+             distributed: Distributed | None = None, predictions: list | None = None) -> dict[str, Any]:
     """Metrics of model over every image of loader (or its first max_batches batches).
 
     Under distributed training each process evaluates its own share of the images and the
     results are combined, so every image counts exactly once.
 
+    Args:
+        predictions: when given, detection tasks append each image's predictions to it.
+
     Returns:
-        The task's metrics, then loss (mean per image) and num_samples.
+        The task's metrics, then loss (mean per image, where the model reports one) and
+        num_samples.
     """
     distributed = distributed or Distributed()
     model.eval()
     metrics = task.metrics().to(device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+    has_loss = True
     for batch, (inputs, targets) in enumerate(loader, 1):
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
+        inputs, targets = task.to_device(inputs, targets, device)
         with _autocast(device, dtype):
-            logits = model(inputs)
-        logits = logits.float()
-        totals[0] += task.loss_sum(logits, targets)
-        totals[1] += inputs.shape[0]
-        task.update_metrics(metrics, logits, targets)
+            loss_sum = task.eval_batch(model, inputs, targets, metrics, predictions)
+        if loss_sum is None:
+            has_loss = False
+        else:
+            totals[0] += loss_sum
+        totals[1] += task.count(inputs)
         if max_batches is not None and batch >= max_batches:
             break
     distributed.all_sum(totals)
     count = int(totals[1].item())
     if count == 0:
         raise DataError("the validation set yields no images")
-    results = {name: to_float(value) for name, value in metrics.compute().items()}
-    results["loss"] = to_float(totals[0] / count)
+    results = task.compute(metrics)
+    if has_loss:
+        results["loss"] = to_float(totals[0] / count)
     results["num_samples"] = count
     return results

@@ -66,12 +66,22 @@ def classifier_head(model: nn.Module) -> str:
     return name
 
 
+def head_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The class-dependent layers: a classifier's last Linear; a detector's box predictor or
+    classification head."""
+    if hasattr(model, "roi_heads"):
+        return ("roi_heads.box_predictor.",)
+    if hasattr(getattr(model, "head", None), "classification_head"):
+        return ("head.classification_head.",)
+    return (f"{classifier_head(model)}.",)
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, replace_head: bool) -> bool:
     """Loads a state dict into model.
 
     Args:
-        replace_head: when the classifier head's class count differs, keep the model's
-            freshly initialised head instead of failing.
+        replace_head: when the class-dependent layers' class count differs, keep the model's
+            freshly initialised ones instead of failing.
 
     Returns:
         Whether the head was replaced.
@@ -79,9 +89,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Pat
     Raises:
         DataError: the weights do not fit the model (other than a differently sized head).
     """
-    head = classifier_head(model)
     expected = model.state_dict()
-    head_keys = {k for k in expected if k.startswith(f"{head}.")}
+    head_keys = {k for k in expected if k.startswith(head_prefixes(model))}
     mismatched = {k for k, v in state.items() if k in expected and v.shape != expected[k].shape}
     replaced = bool(mismatched) and mismatched <= head_keys
     if mismatched and not (replaced and replace_head):
