@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from mitorch import ConfigError, build
 from mitorch.cli._common import UsageError, parse_command_line
 from mitorch.config import compose, format_value, group_options
+from mitorch.config.validate import DETECTORS
 
 
 def test_group_defaults_then_config_file_then_command_line(tmp_path: Path, monkeypatch) -> None:
@@ -66,7 +67,7 @@ def test_malformed_command_lines(argv: list[str], message: str) -> None:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model=resnt"], "unknown model 'resnt'; choose from convnext_tiny, efficientnet, mobilenet_v3, resnet, vit_b_16"),
+    (["model=resnt"], "unknown model 'resnt'; choose from convnext_tiny, efficientnet, fasterrcnn, fcos, mobilenet_v3, resnet, retinanet, ssdlite, vit_b_16"),
     (["optimizer=lamb"], "unknown optimizer 'lamb'; choose from adam, adamw, rmsprop, sgd"),
     (["model.foo=1"], "unknown key 'model.foo'; valid keys at 'model': depth"),
     (["batch_sise=3"], "unknown key 'batch_sise'; valid keys at the top level: accumulate_grad_batches"),
@@ -110,7 +111,11 @@ def test_disallowed_target_is_refused() -> None:
 
 
 # Every option of every group builds and does its job on a tiny input.
-@pytest.mark.parametrize("option", group_options("model"))
+CLASSIFIERS = [o for o in group_options("model") if o not in DETECTORS]  # detectors: tests/test_detection.py
+CLASSIFICATION_AUGMENTATIONS = [o for o in group_options("augmentation") if not o.startswith("detection")]
+
+
+@pytest.mark.parametrize("option", CLASSIFIERS)
 def test_every_model_option_builds(option: str) -> None:
     cfg = compose([f"model={option}", "image_size=32"])
     model = build.build_model(cfg, num_classes=7).eval()
@@ -155,7 +160,7 @@ def test_cosine_reaches_min_ratio_at_the_last_update() -> None:
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("option", group_options("augmentation"))
+@pytest.mark.parametrize("option", CLASSIFICATION_AUGMENTATIONS)
 def test_every_augmentation_option_builds_both_pipelines(option: str) -> None:
     cfg = compose([f"augmentation={option}", "image_size=32"])
     train, val = build.build_transforms(cfg)

@@ -152,7 +152,7 @@ def test_batches_of_negative_images_train(tmp_path: Path) -> None:
         assert torch.isfinite(loss)
 
 
-DETECTORS = [["model=fasterrcnn"], ["model=fasterrcnn", "model.backbone=resnet18"],
+DETECTORS = [["model=fasterrcnn"], ["model=fasterrcnn", "model.backbone=mobilenet_v3_large"],
              ["model=fasterrcnn", "model.backbone=resnet50"], ["model=retinanet"], ["model=fcos"],
              ["model=fcos", "model.backbone=resnet18"], ["model=ssdlite"]]
 
@@ -265,7 +265,7 @@ def test_train_then_mitest_predictions_agree_with_pycocotools_then_mipredict(tmp
                   "val_every_n_epochs=40", "augmentation=detection_val", "lr_scheduler.warmup_epochs=2",
                   f"output={weights}", cwd=tmp_path, timeout=900)
     assert trained.returncode == 0, trained.stderr
-    assert trained.metrics["mAP_50"] > 0.1, trained.metrics  # untrained, it is about 0
+    assert trained.metrics["mAP_50"] > 0.3, trained.metrics  # untrained, it is about 0
 
     tested = run("mitest", f"data.train={train}", f"data.val={val}", f"weights={weights}", *QUICK_DETECTION, "augmentation=detection_val",
                  "--predictions", tmp_path / "coco", cwd=tmp_path)

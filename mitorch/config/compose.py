@@ -50,6 +50,7 @@ TASK_DEFAULTS = {"object_detection": {"model": "fasterrcnn", "augmentation": "de
 def task_defaults(overrides: list[str]) -> list[str]:
     """overrides, preceded by the defaults of the task type they set (task_type=...)."""
     task = next((o.split("=", 1)[1] for o in reversed(overrides) if override_key(o) == "task_type" and "=" in o), None)
+    task = task.strip("'\" ") if task else task  # config files give quoted values
     given = {override_key(o) for o in overrides}
     extra = [f"{key}={value}" for key, value in TASK_DEFAULTS.get(task, {}).items()
              if key not in given and key.split(".")[0] not in given]

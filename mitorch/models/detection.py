@@ -27,10 +27,10 @@ def _sizes(image_size: int) -> dict:
     return {"min_size": image_size, "max_size": image_size}
 
 
-def fasterrcnn(num_classes: int, image_size: int = 512, backbone: str = "mobilenet_v3_large",
+def fasterrcnn(num_classes: int, image_size: int = 512, backbone: str = "resnet18",
                detections_per_img: int = 100, score_thresh: float = 0.05, rpn_pre_nms_top_n_train: int = 2000,
                rpn_post_nms_top_n_train: int = 2000, box_batch_size_per_image: int = 512) -> nn.Module:
-    """Faster R-CNN with an FPN over MobileNetV3-Large, ResNet-18 or ResNet-50 (v2 recipe for 50).
+    """Faster R-CNN with an FPN over ResNet-18, MobileNetV3-Large or ResNet-50 (v2 recipe for 50).
 
     The rpn_*_train and box_batch_size_per_image counts trade training speed for recall; fewer
     proposals train several times faster on small images with few objects.
