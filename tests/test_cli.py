@@ -45,14 +45,35 @@ def test_multiclass_text_format_train_then_test(tmp_path: Path, text_dataset) ->
     assert tested.returncode == 0, tested.stderr
     assert tested.metrics == pytest.approx(metrics)
 
+    # mipredict on every validation image agrees with mitest's top-1 accuracy.
+    images = [f"data/val.zip@val_{i}.png" for i in range(text_dataset.num_val)]
+    predicted = run("mipredict", config, "out/model.pt", *images, "image_size=32", "-o", "drawn", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    lines = [json.loads(line) for line in predicted.stdout.splitlines()]
+    assert [line["image"] for line in lines] == images
+    assert all(len(line["classes"]) == 3 and sum(c["score"] for c in line["classes"]) == pytest.approx(1, abs=1e-3)
+               for line in lines)
+    correct = [line["classes"][0]["index"] == i % 3 for i, line in enumerate(lines)]
+    assert sum(correct) / len(correct) == pytest.approx(metrics["top1_accuracy"])
+    assert len(list((tmp_path / "drawn").glob("val_*.png"))) == text_dataset.num_val
+
 
 def test_multilabel_text_format(tmp_path: Path) -> None:
     make_text_dataset(tmp_path / "data", multilabel=True, classes=4)
     result = run("mitrain", "task_type=multilabel_classification", "data.train=data/train.txt",
-                 "data.val=data/val.txt", "optimizer.lr=0.01", *QUICK, cwd=tmp_path)
+                 "data.val=data/val.txt", "optimizer.lr=0.01", *QUICK, "output=model.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert set(result.metrics) == {"accuracy_50", "average_precision", "loss", "num_samples"}
     assert result.metrics["num_samples"] == 10
+    (tmp_path / "multilabel.yaml").write_text("task_type: multilabel_classification\nimage_size: 32\n")
+    every = run("mipredict", "multilabel.yaml", "model.pt", "data/val.zip@val_0.png", "--threshold", "0", cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    assert sorted(c["class"] for c in json.loads(every.stdout)["classes"]) == ["class_0", "class_1", "class_2", "class_3"]
+    none = run("mipredict", "multilabel.yaml", "model.pt", "data/val.zip@val_0.png", "--threshold", "1.01",
+               cwd=tmp_path)
+    assert json.loads(none.stdout)["classes"] == []
+    wrong = run("mipredict", "multilabel.yaml", "model.pt", "missing.png", cwd=tmp_path)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("mipredict: error: cannot read image missing.png")
 
 
 def test_image_folder_format_with_learning(tmp_path: Path) -> None:

@@ -252,9 +252,14 @@ def test_fast_dev_run_in_both_formats(tmp_path: Path, fmt: str) -> None:
     config = tmp_path / "detector.yaml"
     config.write_text("task_type: object_detection\nmodel:\n  name: fasterrcnn\n  rpn_post_nms_top_n_train: 100\n"
                       "image_size: 64\nbatch_size: 4\ndata:\n  num_workers: 0\n")
-    result = run("mitrain", config, train, val, "-d", cwd=tmp_path)
+    # A torchvision-style state dict for 90 COCO classes: the class-dependent layers are replaced.
+    from mitorch.models import fasterrcnn
+
+    torch.save(fasterrcnn(90, image_size=64).state_dict(), tmp_path / "coco.pth")
+    result = run("mitrain", config, train, val, "-d", "-w", tmp_path / "coco.pth", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert set(result.metrics) == {"mAP", "mAP_50", "mAP_75", "num_samples"} and result.metrics["num_samples"] == 4
+    assert "roi_heads.box_predictor" in result.stderr and "are replaced" in result.stderr
 
 
 @pytest.mark.slow

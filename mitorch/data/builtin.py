@@ -29,7 +29,7 @@ _SPLITS = {"train": (1000, 1), "val": (250, 2)}  # images, seed
 
 
 DETECTION_IMAGE_SIZE = 128
-_DETECTION_SPLITS = {"train": (800, 3), "val": (200, 4)}
+_DETECTION_SPLITS = {"train": (400, 3), "val": (100, 4)}
 
 
 def builtin_dataset(task_type: str) -> tuple[str, str]:
