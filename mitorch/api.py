@@ -100,8 +100,9 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
         if cfg.weights is not None:
             state, _ = read_weights(cfg.weights)
             if load_state(model, state, cfg.weights, replace_head=True) and context.is_main:
-                progress.message(f"weights: the class-dependent layers of {cfg.weights} ({', '.join(head_prefixes(model))}"
-                                 f"..) do not match the dataset's {task.num_classes} classes; they are replaced by new ones")
+                layers = ", ".join(prefix.rstrip(".") for prefix in head_prefixes(model))
+                progress.message(f"weights: the class-dependent layers ({layers}) of {cfg.weights} do not match the "
+                                 f"dataset's {task.num_classes} classes; they are replaced by new ones")
         if context.enabled and cfg.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(device)
