@@ -152,6 +152,26 @@ def test_batches_of_negative_images_train(tmp_path: Path) -> None:
         assert torch.isfinite(loss)
 
 
+def test_validation_loss_leaves_the_model_and_the_random_state_alone(tmp_path: Path) -> None:
+    from mitorch.build import build_model, build_transforms
+
+    train, _ = make_detection_dataset(tmp_path, "text")
+    cfg = compose(["task_type=object_detection", "image_size=64"])
+    dataset = DetectionDataset(load_detection_index(str(train)), build_transforms(cfg)[1])
+    task = DetectionTask(2)
+    inputs, targets = task.to_device(*collate([dataset[i] for i in range(4)]), torch.device("cpu"))
+    model = build_model(cfg, 2).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    random_state = torch.get_rng_state()
+    with torch.no_grad():
+        first = task.validation_loss(model, inputs, targets)
+        second = task.validation_loss(model, inputs, targets)
+    assert first.item() == second.item() > 0
+    assert not any(module.training for module in model.modules())
+    assert torch.equal(torch.get_rng_state(), random_state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 DETECTORS = [["model=fasterrcnn"], ["model=fasterrcnn", "model.backbone=mobilenet_v3_large"],
              ["model=fasterrcnn", "model.backbone=resnet50"], ["model=retinanet"], ["model=fcos"],
              ["model=fcos", "model.backbone=resnet18"], ["model=ssdlite"]]
@@ -197,6 +217,17 @@ def test_different_class_counts_replace_the_class_dependent_layers() -> None:
 # -- COCO-exact mAP ----------------------------------------------------------------------------
 
 
+class FixedDetector(torch.nn.Module):
+    """Answers with given detections when evaluating, and a constant loss when training."""
+
+    def __init__(self, outputs: list[dict]) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, images: list, targets: list | None = None):
+        return {"loss": torch.tensor(0.5)} if self.training else self.outputs
+
+
 def _pycocotools_map(folder: Path) -> list[float]:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -225,9 +256,10 @@ def test_map_equals_pycocotools_on_the_written_files(tmp_path: Path, fmt: str) -
         labels = torch.where(torch.from_numpy(rng.random(len(labels)) < 0.2), 1 - labels, labels)
         scores = torch.from_numpy(rng.random(len(labels))).float()
         model_output = [{"boxes": boxes * 0.8, "scores": scores, "labels": labels + 1}]  # on a 64 px input
-        target = [{"orig_boxes": truth, "orig_size": index.sizes[i], "labels": torch.tensor(index.labels[i]) + 1,
+        target = [{"boxes": truth * 0.8, "orig_boxes": truth, "orig_size": index.sizes[i],
+                   "labels": torch.tensor(index.labels[i]) + 1,
                    "image_id": index.image_ids[i]}]
-        task.eval_batch(lambda images: model_output, [torch.zeros(3, 64, 64)], target, metrics, predictions)
+        task.eval_batch(FixedDetector(model_output).eval(), [torch.zeros(3, 64, 64)], target, metrics, predictions)
     ours = task.compute(metrics)
     write_coco(tmp_path / "out", index, predictions)
     reference = _pycocotools_map(tmp_path / "out")
@@ -258,7 +290,8 @@ def test_fast_dev_run_in_both_formats(tmp_path: Path, fmt: str) -> None:
     torch.save(fasterrcnn(90, image_size=64).state_dict(), tmp_path / "coco.pth")
     result = run("mitrain", config, train, val, "-d", "-w", tmp_path / "coco.pth", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert set(result.metrics) == {"mAP", "mAP_50", "mAP_75", "num_samples"} and result.metrics["num_samples"] == 4
+    assert set(result.metrics) == {"mAP", "mAP_50", "mAP_75", "loss", "num_samples"}
+    assert result.metrics["num_samples"] == 4 and result.metrics["loss"] > 0
     assert "roi_heads.box_predictor" in result.stderr and "are replaced" in result.stderr
 
 
@@ -275,7 +308,7 @@ def test_train_then_mitest_predictions_agree_with_pycocotools_then_mipredict(tmp
     tested = run("mitest", f"data.train={train}", f"data.val={val}", f"weights={weights}", *QUICK_DETECTION, "augmentation=detection_val",
                  "--predictions", tmp_path / "coco", cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr
-    assert tested.metrics["mAP_50"] == pytest.approx(trained.metrics["mAP_50"], abs=1e-6)
+    assert tested.metrics == pytest.approx(trained.metrics, abs=1e-6)
     reference = _pycocotools_map(tmp_path / "coco")
     printed = tested.metrics
     assert [printed["mAP"], printed["mAP_50"], printed["mAP_75"]] == pytest.approx(reference, abs=1e-4)

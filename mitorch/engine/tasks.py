@@ -91,7 +91,8 @@ class DetectionTask:
     training mode and returns boxes in evaluation mode. Dataset class c is model label c + 1.
 
     Metrics: COCO mAP through torchmetrics with the pycocotools backend, on boxes in the
-    original image coordinates (up to 100 detections an image), named mAP, mAP_50, mAP_75.
+    original image coordinates (up to 100 detections an image), named mAP, mAP_50, mAP_75;
+    the validation loss is the sum of the detector's losses, as in training.
     """
 
     num_classes: int
@@ -113,9 +114,10 @@ class DetectionTask:
         return sum(losses.values())
 
     def eval_batch(self, model: nn.Module, inputs: list, targets: list, metrics: nn.Module,
-                   predictions: list | None = None) -> None:
-        """Updates mAP with one batch (no loss: torchvision detectors report none when evaluating).
+                   predictions: list | None = None) -> torch.Tensor:
+        """Updates mAP with one batch; returns the batch's loss times its image count.
         With predictions, appends (image_id, boxes xyxy, scores, labels) in original pixels."""
+        loss_sum = self.validation_loss(model, inputs, targets) * len(inputs)
         outputs = model(inputs)
         preds, truths = [], []
         for image, output, target in zip(inputs, outputs, targets):
@@ -128,6 +130,28 @@ class DetectionTask:
             if predictions is not None:
                 predictions.append((target["image_id"], boxes, scores, labels))
         metrics.update(preds, truths)
+        return loss_sum
+
+    @staticmethod
+    def validation_loss(model: nn.Module, inputs: list, targets: list) -> torch.Tensor:
+        """The detector's training losses on a batch, without changing the model: torchvision
+        detectors compute losses only in training mode, so batch norms stay in evaluation mode
+        (running statistics, not updated), and the proposal sampling draws from a fixed seed that
+        leaves the global random state alone."""
+        modes = {module: module.training for module in model.modules()}
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        devices = [inputs[0].device] if inputs and inputs[0].device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(0)
+                losses = model(inputs, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+        finally:
+            for module, training in modes.items():
+                module.train(training)
+        return sum(losses.values()).float()
 
     def metrics(self) -> nn.Module:
         from torchmetrics.detection import MeanAveragePrecision

@@ -325,22 +325,16 @@ def evaluate(model: nn.Module, loader: Iterable, task: Task, device: torch.devic
         predictions: when given, detection tasks append each image's predictions to it.
 
     Returns:
-        The task's metrics, then loss (mean per image, where the model reports one) and
-        num_samples.
+        The task's metrics, then loss (mean per image) and num_samples.
     """
     distributed = distributed or Distributed()
     model.eval()
     metrics = task.metrics().to(device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
-    has_loss = True
     for batch, (inputs, targets) in enumerate(loader, 1):
         inputs, targets = task.to_device(inputs, targets, device)
         with _autocast(device, dtype):
-            loss_sum = task.eval_batch(model, inputs, targets, metrics, predictions)
-        if loss_sum is None:
-            has_loss = False
-        else:
-            totals[0] += loss_sum
+            totals[0] += task.eval_batch(model, inputs, targets, metrics, predictions)
         totals[1] += task.count(inputs)
         if max_batches is not None and batch >= max_batches:
             break
@@ -349,7 +343,6 @@ def evaluate(model: nn.Module, loader: Iterable, task: Task, device: torch.devic
     if count == 0:
         raise DataError("the validation set yields no images")
     results = task.compute(metrics)
-    if has_loss:
-        results["loss"] = to_float(totals[0] / count)
+    results["loss"] = to_float(totals[0] / count)
     results["num_samples"] = count
     return results
