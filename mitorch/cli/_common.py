@@ -102,6 +102,45 @@ def parse_command_line(argv: list[str], prog: str) -> CommandLine:
     return command
 
 
+def help_requested(argv: list[str], usage: str) -> bool:
+    """Prints usage when -h or --help is among the arguments; whether it did."""
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage, end="")
+        return True
+    return False
+
+
+def take_options(argv: list[str], spellings: dict[str, tuple[str, str]]) -> tuple[dict[str, str | None], list[str]]:
+    """Takes a command's own valued options out of argv, as `FLAG VALUE` or `FLAG=VALUE`.
+
+    Args:
+        spellings: flag -> (option name, what its value is, for the error), e.g.
+            {"-o": ("output", "a folder"), "--output": ("output", "a folder")}.
+
+    Returns:
+        ({option name: value, or None when absent}, the other arguments in order).
+
+    Raises:
+        UsageError: a flag without a value.
+    """
+    values: dict[str, str | None] = {name: None for name, _ in spellings.values()}
+    rest: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        flag, equals, value = arg.partition("=")
+        if flag not in spellings:
+            rest.append(arg)
+            continue
+        name, what = spellings[flag]
+        if not equals:
+            value = args.pop(0) if args else ""
+        if not value:
+            raise UsageError(f"{flag} needs {what}")
+        values[name] = value
+    return values, rest
+
+
 def check_overrides(overrides: list[str], multirun: bool) -> None:
     """Composes every run the command line describes, so mistakes surface before any work."""
     from mitorch.config import compose

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from mitorch.cli._common import UsageError, fail
+from mitorch.cli._common import UsageError, fail, help_requested, take_options
 from mitorch.errors import MiTorchError
 
 PROG = "mipredict"
@@ -29,8 +29,9 @@ multilabel classes). -o DIR also writes each image with its boxes or top classes
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or any(a in ("-h", "--help") for a in argv):
-        print(USAGE, end="")
+    if not argv:
+        argv = ["--help"]
+    if help_requested(argv, USAGE):
         return
     try:
         positionals, overrides, output, threshold = _parse(argv)
@@ -63,29 +64,23 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _parse(argv: list[str]) -> tuple[list[str], list[str], str | None, float | None]:
-    positionals, overrides, output, threshold = [], [], None, None
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ("-o", "--output", "--threshold") or arg.startswith(("--output=", "--threshold=")):
-            name = arg.split("=", 1)[0]
-            value = arg.partition("=")[2] or (args.pop(0) if args else "")
-            if not value:
-                raise UsageError(f"{name} needs a value")
-            if name == "--threshold":
-                try:
-                    threshold = float(value)
-                except ValueError:
-                    raise UsageError(f"--threshold needs a number, got {value!r}") from None
-            else:
-                output = value
-        elif "=" in arg and not arg.startswith("-") and "@" not in arg.split("=", 1)[0]:
+    options, rest = take_options(argv, {"-o": ("output", "a value"), "--output": ("output", "a value"),
+                                        "--threshold": ("threshold", "a value")})
+    threshold = None
+    if options["threshold"] is not None:
+        try:
+            threshold = float(options["threshold"])
+        except ValueError:
+            raise UsageError(f"--threshold needs a number, got {options['threshold']!r}") from None
+    positionals, overrides = [], []
+    for arg in rest:
+        if "=" in arg and not arg.startswith("-") and "@" not in arg.split("=", 1)[0]:
             overrides.append(arg)
         elif arg.startswith("-"):
             raise UsageError(f"unknown option {arg}; see mipredict --help")
         else:
             positionals.append(arg)
-    return positionals, overrides, output, threshold
+    return positionals, overrides, options["output"], threshold
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from mitorch.cli._common import UsageError, fail, parse_command_line
+from mitorch.cli._common import UsageError, fail, help_requested, parse_command_line, take_options
 from mitorch.errors import MiTorchError
 from mitorch.store.base import DEFAULT_PRIORITY
 
@@ -32,12 +32,11 @@ micontrol dispatches queued trainings; miquery shows them.
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE, end="")
+    if help_requested(argv, USAGE):
         return
     try:
-        options, rest = _options(argv)
-        priority = DEFAULT_PRIORITY if options["priority"] is None else options["priority"]
+        options, rest = take_options(argv, {"--priority": ("priority", "a value"), "--dataset": ("dataset", "a value")})
+        priority = DEFAULT_PRIORITY if options["priority"] is None else _whole_number(options["priority"])
         command = parse_command_line(rest, PROG)
         if command.informational or set(command.hydra_flags) - {"-m", "--multirun"}:
             raise UsageError("misubmit takes CONFIG, --priority, --dataset, -m and key=value overrides")
@@ -83,26 +82,11 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> N
         hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(not_run)()
 
 
-def _options(argv: list[str]) -> tuple[dict, list[str]]:
-    """--priority N and --dataset NAME[:VERSION] (also as --option=value); the rest."""
-    rest, options = [], {"priority": None, "dataset": None}
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        name = arg.partition("=")[0].removeprefix("--")
-        if not arg.startswith("--") or name not in options:
-            rest.append(arg)
-            continue
-        value = arg.partition("=")[2] or (args.pop(0) if args else "")
-        if not value:
-            raise UsageError(f"--{name} needs a value")
-        options[name] = value
-    if options["priority"] is not None:
-        try:
-            options["priority"] = int(options["priority"])
-        except ValueError:
-            raise UsageError(f"--priority needs a whole number, got {options['priority']!r}") from None
-    return options, rest
+def _whole_number(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"--priority needs a whole number, got {value!r}") from None
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from mitorch.cli._common import UsageError, fail, parse_command_line
+from mitorch.cli._common import UsageError, fail, help_requested, parse_command_line, take_options
 from mitorch.errors import MiTorchError
 
 PROG = "mitest"
@@ -30,11 +30,10 @@ DIR/ground_truth.json (COCO instances of the evaluated images), for any COCO too
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE, end="")
+    if help_requested(argv, USAGE):
         return
     try:
-        predictions, argv = _predictions_dir(argv)
+        options, argv = take_options(argv, {"--predictions": ("predictions", "a folder")})
         command = parse_command_line(argv, PROG)
         if command.multirun or command.informational:
             raise UsageError("mitest runs one evaluation; -m and Hydra's information flags are for mitrain")
@@ -48,26 +47,12 @@ def main(argv: list[str] | None = None) -> None:
             return
         from mitorch import api
 
-        metrics = api.evaluate(cfg, predictions_dir=predictions)
+        metrics = api.evaluate(cfg, predictions_dir=options["predictions"])
     except MiTorchError as e:
         fail(PROG, e)
     except KeyboardInterrupt:
         fail(PROG, MiTorchError("interrupted"), code=130)
     api.print_metrics(metrics)
-
-
-def _predictions_dir(argv: list[str]) -> tuple[str | None, list[str]]:
-    rest, folder = [], None
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--predictions" or arg.startswith("--predictions="):
-            folder = arg.partition("=")[2] or (args.pop(0) if args else "")
-            if not folder:
-                raise UsageError("--predictions needs a folder")
-        else:
-            rest.append(arg)
-    return folder, rest
 
 
 if __name__ == "__main__":
