@@ -179,10 +179,7 @@ def evaluate(cfg: DictConfig, progress: PlainProgress | None = None,
     if cfg.weights is None:
         raise ConfigError("mitest needs weights to evaluate: give -w WEIGHTS or weights=PATH")
     device = _device(cfg)
-    state, metadata = read_weights(cfg.weights)
-    trained_for = metadata.get("task_type")
-    if trained_for is not None and trained_for != cfg.task_type:
-        raise ConfigError(f"weights {cfg.weights} were trained for {trained_for}; set task_type={trained_for}")
+    state, metadata = weights_for_task(cfg)
     class_names = metadata.get("class_names")
     _, val_index = load_indices(cfg, class_names, need_train=class_names is None and cfg.data.train is not None)
     if class_names is None:
@@ -205,6 +202,15 @@ def evaluate(cfg: DictConfig, progress: PlainProgress | None = None,
 
         write_coco(Path(predictions_dir), val_index, predictions)
     return metrics
+
+
+def weights_for_task(cfg: DictConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """cfg.weights read: (state dict, metadata), refused when trained for another task type."""
+    state, metadata = read_weights(cfg.weights)
+    trained_for = metadata.get("task_type")
+    if trained_for is not None and trained_for != cfg.task_type:
+        raise ConfigError(f"weights {cfg.weights} were trained for {trained_for}; set task_type={trained_for}")
+    return state, metadata
 
 
 def _prepare(cfg: DictConfig) -> DictConfig:

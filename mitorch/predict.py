@@ -1,20 +1,20 @@
 """Predictions on image files for every task type, and pictures of them (mipredict)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 from torchvision.transforms.v2.functional import pil_to_tensor
 
 from mitorch import build
 from mitorch.data.readers import FileReader
-from mitorch.errors import ConfigError, DataError
-from mitorch.models.weights import load_state, read_weights
+from mitorch.data.dataset import read_image
+from mitorch.errors import ConfigError
+from mitorch.models.weights import load_state
 
 TOP_CLASSES = 5
 
@@ -29,16 +29,13 @@ class Predictor:
     """
 
     def __init__(self, cfg: DictConfig, threshold: float | None = None) -> None:
-        from mitorch.api import _default_image_size, _device, _prepare
+        from mitorch.api import _default_image_size, _device, _prepare, weights_for_task
 
         cfg = _prepare(cfg)
-        state, metadata = read_weights(cfg.weights)
+        state, metadata = weights_for_task(cfg)
         self.class_names = metadata.get("class_names")
         if not self.class_names:
             raise ConfigError(f"weights {cfg.weights} carry no class names; give weights written by mitrain -o")
-        trained_for = metadata.get("task_type")
-        if trained_for is not None and trained_for != cfg.task_type:
-            raise ConfigError(f"weights {cfg.weights} were trained for {trained_for}; set task_type={trained_for}")
         _default_image_size(cfg)
         self.task_type = cfg.task_type
         self.threshold = threshold
@@ -50,13 +47,7 @@ class Predictor:
         self._reader = FileReader()
 
     def load(self, path: str) -> Image.Image:
-        try:
-            with Image.open(io.BytesIO(self._reader.read(path))) as image:
-                return image.convert("RGB")
-        except (OSError, KeyError) as e:
-            if isinstance(e, UnidentifiedImageError):
-                raise DataError(f"cannot decode image {path}: not an image format that Pillow reads") from None
-            raise DataError(f"cannot read image {path}: {e}") from None
+        return read_image(self._reader, path)
 
     @torch.no_grad()
     def predict(self, image: Image.Image) -> dict[str, Any]:

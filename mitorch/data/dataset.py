@@ -39,17 +39,25 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def load_image(self, i: int) -> torch.Tensor:
         """The i-th image as a uint8 RGB tensor (3, H, W)."""
-        path = self.index.images[i]
-        try:
-            data = self._reader.read(path)
-        except (OSError, KeyError) as e:
-            raise DataError(f"{self.index.sources[i]}: cannot read {path}: {e}") from None
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return pil_to_tensor(image.convert("RGB"))
-        except UnidentifiedImageError:
-            raise DataError(f"{self.index.sources[i]}: cannot decode image {path}: not an image format "
-                            "that Pillow reads (or the file is corrupt)") from None
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else "unknown format"
-            raise DataError(f"{self.index.sources[i]}: cannot decode image {path}: {reason}") from None
+        return pil_to_tensor(read_image(self._reader, self.index.images[i], f"{self.index.sources[i]}: "))
+
+
+def read_image(reader: FileReader, path: str, where: str = "") -> Image.Image:
+    """An image file or zip member, decoded by Pillow and converted to RGB.
+
+    Raises:
+        DataError: starting with `where`, naming the file and why it cannot be read or decoded.
+    """
+    try:
+        data = reader.read(path)
+    except (OSError, KeyError) as e:
+        raise DataError(f"{where}cannot read image {path}: {e}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise DataError(f"{where}cannot decode image {path}: not an image format "
+                        "that Pillow reads (or the file is corrupt)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "unknown format"
+        raise DataError(f"{where}cannot decode image {path}: {reason}") from None
