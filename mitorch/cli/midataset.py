@@ -12,6 +12,7 @@ from typing import Any
 
 from mitorch.cli._common import fail, to_json
 from mitorch.errors import MiTorchError
+from mitorch.store.uri import redact
 
 PROG = "midataset"
 EPILOG = """\
@@ -59,8 +60,6 @@ def main(argv: list[str] | None = None) -> None:
             datasets = [dataset]
     except MiTorchError as e:
         fail(PROG, e)
-    from mitorch.store.uri import redact
-
     if args.json:
         print(redact(to_json(datasets if args.command == "list" else datasets[0])))
     elif args.command == "list":
@@ -70,8 +69,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _split(split: dict[str, Any]) -> str:
-    from mitorch.store.uri import redact
-
     extra = len(split.get("support_files", []))
     return redact(split["path"]) + (f" (+{extra} file{'s' * (extra != 1)})" if extra else "")
 
@@ -91,8 +88,6 @@ def _table(datasets: list[dict[str, Any]]) -> None:
 
 def _details(dataset: dict[str, Any]) -> None:
     from rich.console import Console
-
-    from mitorch.store.uri import redact
 
     console = Console(highlight=False)
     console.print(f"[bold]{dataset['name']}[/bold] version {dataset['version']}, registered "

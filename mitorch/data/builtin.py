@@ -58,19 +58,8 @@ def _generate(root: Path, variant: str) -> None:
         (work / "labels.txt").write_text("\n".join(SHAPES) + "\n")
         if variant == "detection":
             _generate_detection(work)
-        for split, (count, seed) in _SPLITS.items() if variant != "detection" else ():
-            multilabel = variant == "multilabel"
-            rng = np.random.default_rng([seed, int(multilabel)])
-            lines = []
-            with zipfile.ZipFile(work / f"{split}.zip", "w", zipfile.ZIP_STORED) as archive:
-                for i in range(count):
-                    image, labels = _draw(rng, multilabel)
-                    name = f"{i:05d}.jpg"
-                    buffer = io.BytesIO()
-                    image.save(buffer, format="JPEG", quality=90)
-                    archive.writestr(name, buffer.getvalue())
-                    lines.append(f"{split}.zip@{name} {','.join(map(str, labels))}")
-            (work / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        else:
+            _generate_classification(work, multilabel=variant == "multilabel")
         try:
             work.rename(root)
         except OSError:
@@ -78,6 +67,26 @@ def _generate(root: Path, variant: str) -> None:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _generate_classification(work: Path, multilabel: bool) -> None:
+    """SPLIT.zip@NAME.jpg lines with their labels."""
+    for split, (count, seed) in _SPLITS.items():
+        rng = np.random.default_rng([seed, int(multilabel)])
+        lines = []
+        with zipfile.ZipFile(work / f"{split}.zip", "w", zipfile.ZIP_STORED) as archive:
+            for i in range(count):
+                image, labels = _draw(rng, multilabel)
+                name = f"{i:05d}.jpg"
+                archive.writestr(name, _jpeg(image))
+                lines.append(f"{split}.zip@{name} {','.join(map(str, labels))}")
+        (work / f"{split}.txt").write_text("\n".join(lines) + "\n")
 
 
 def _generate_detection(work: Path) -> None:
@@ -101,9 +110,7 @@ def _generate_detection(work: Path) -> None:
                     corners = _draw_shape(draw, SHAPES[kind], cx, cy, radius, rng.uniform(0, 2 * math.pi), colour)
                     x0, y0, x1, y1 = (min(max(v, 0.0), size) for v in corners)
                     boxes.append(f"{kind} {x0:.1f} {y0:.1f} {x1:.1f} {y1:.1f}")
-                buffer = io.BytesIO()
-                image.save(buffer, format="JPEG", quality=90)
-                images.writestr(f"{i:05d}.jpg", buffer.getvalue())
+                images.writestr(f"{i:05d}.jpg", _jpeg(image))
                 labels.writestr(f"{i:05d}.txt", "".join(f"{b}\n" for b in boxes))
                 lines.append(f"{split}_images.zip@{i:05d}.jpg {split}_labels.zip@{i:05d}.txt")
         (work / f"{split}.txt").write_text("\n".join(lines) + "\n")

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from mitorch.data.formats import _read_labels_file, _resolve, check_images_exist
+from mitorch.data.formats import _read_labels_file, _resolve, check_images_exist, class_names_for
 from mitorch.data.readers import FileReader
 from mitorch.errors import DataError
 
@@ -99,13 +99,7 @@ def _load_text(path: Path, class_names: list[str] | None) -> DetectionIndex:
             index.labels.append(labels)
             index.sources.append(source)
             index.image_ids.append(len(index.images))
-    count = len(names) if names is not None else max((max(ls) for ls in index.labels if ls), default=-1) + 1
-    for labels, source in zip(index.labels, index.sources):
-        bad = [label for label in labels if label >= count]
-        if bad:
-            where = "labels.txt names" if names is not None else "the training set has"
-            raise DataError(f"{source}: class {bad[0]} is out of range; {where} {count} classes (0..{count - 1})")
-    index.class_names = list(names) if names is not None else [f"class_{i}" for i in range(count)]
+    index.class_names = class_names_for(index.labels, index.sources, names, word="class")
     index.category_ids = list(range(1, len(index.class_names) + 1))
     index.sizes = [_image_size(reader, image, source) for image, source in zip(index.images, index.sources)]
     return index

@@ -74,14 +74,25 @@ def _load_text(path: Path, multilabel: bool, class_names: list[str] | None) -> D
             index.images.append(_resolve(path.parent, image))
             index.labels.append(labels)
             index.sources.append(source)
-    num_classes = len(names) if names is not None else max((max(ls) for ls in index.labels if ls), default=-1) + 1
-    for labels, source in zip(index.labels, index.sources):
-        for label in labels:
-            if label >= num_classes:
-                where = "labels.txt names" if names is not None else "the training set has"
-                raise DataError(f"{source}: label {label} is out of range; {where} {num_classes} classes (0..{num_classes - 1})")
-    index.class_names = names if names is not None else [f"label_{i}" for i in range(num_classes)]
+    index.class_names = class_names_for(index.labels, index.sources, names)
     return index
+
+
+def class_names_for(labels: list[list[int]], sources: list[str], names: list[str] | None,
+                    word: str = "label") -> list[str]:
+    """The class names of a dataset: names (labels.txt, or the training set's), else label_0 ...
+    up to the largest index used; every label must be below their count.
+
+    Raises:
+        DataError: naming the line of the first label out of range (called `word` there).
+    """
+    count = len(names) if names is not None else max((max(ls) for ls in labels if ls), default=-1) + 1
+    for image_labels, source in zip(labels, sources):
+        for label in image_labels:
+            if label >= count:
+                where = "labels.txt names" if names is not None else "the training set has"
+                raise DataError(f"{source}: {word} {label} is out of range; {where} {count} classes (0..{count - 1})")
+    return list(names) if names is not None else [f"label_{i}" for i in range(count)]
 
 
 def _split_line(line: str, multilabel: bool, source: str) -> tuple[str, str]:

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mitorch.errors import ConfigError
 from mitorch.service import credentials, remote
@@ -107,8 +108,6 @@ def _check_path(path: str, where: str, base: Path) -> str:
 
 
 def _loopback(url: str) -> bool:
-    from urllib.parse import urlsplit
-
     return urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
 
 

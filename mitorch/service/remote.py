@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from mitorch.errors import DataError, MiTorchError
 from mitorch.paths import cache_dir
-from mitorch.service.credentials import sas_for, split_sas
+from mitorch.service.credentials import sas_for
 from mitorch.store.uri import redact
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ def is_remote(path: str) -> bool:
 
 def bare(url: str) -> str:
     """The URL as it may be shown or stored: without its query (and so without a SAS token)."""
-    return split_sas(url)[0].split("?")[0]
+    return url.split("?", 1)[0]
 
 
 def is_blob(url: str) -> bool:

@@ -50,8 +50,8 @@ def run_training(training_id: str, store: JobStore | None = None) -> dict[str, A
 
     def record_epoch(record: dict[str, Any]) -> None:
         store.put_result(training_id, record)
-        if (folder / "last.pt").exists() and artifacts.remote_root() is not None:
-            artifacts.publish(training_id, folder / "last.pt")
+        if (folder / "last.pt").exists():
+            artifacts.publish(training_id, folder / "last.pt")  # uploads when artifacts are remote
         if store.get_training(training_id).get("cancel_requested"):
             raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
 
@@ -113,7 +113,7 @@ def _finish(store: JobStore, training_id: str, stop: threading.Event, fields: di
 
 def _publish_quietly(training_id: str, path: Path) -> None:
     """Uploads a file on the way out; a failure there must not hide why the training stopped."""
-    if path.exists() and artifacts.remote_root() is not None:
+    if path.exists():
         try:
             artifacts.publish(training_id, path)
         except MiTorchError as e:

@@ -9,6 +9,7 @@ from mitorch.build import check_targets
 from mitorch.config import resolve_paths
 from mitorch.config.validate import PATH_KEYS
 from mitorch.errors import ConfigError
+from mitorch.service.remote import is_remote
 from mitorch.store import JobStore, StoreError
 
 
@@ -37,7 +38,7 @@ def submission(cfg: DictConfig, store: JobStore, dataset: dict[str, Any] | None 
     """
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key)
-        if isinstance(value, str) and value.startswith(("http://", "https://")):
+        if isinstance(value, str) and is_remote(value):
             raise ConfigError(f"{key} is a URL; register remote data with midataset register and queue it "
                               "with --dataset NAME (the job store keeps no URLs with tokens)")
     if dataset is not None and cfg.data.train is not None:
