@@ -41,10 +41,10 @@ class IdleExecutor(Executor):
         self.launched += 1
         return f"bench:{self.launched}"
 
-    def state(self, run_id: str) -> str:
+    def state(self, training: dict) -> str:
         return "running"
 
-    def cancel(self, run_id: str) -> None:
+    def cancel(self, training: dict, force: bool = False) -> None:
         pass
 
 

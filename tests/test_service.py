@@ -54,12 +54,13 @@ class Service:
     def status(self, training_id: str) -> str:
         return self.training(training_id)["status"]
 
-    def start_slow_training(self, epochs: int) -> str:
-        """Queues a training of a few seconds an epoch, dispatches it, and waits for its first epoch."""
+    def start_slow_training(self, epochs: int, **env: str) -> str:
+        """Queues a training of a few seconds an epoch, dispatches it (with env added to the
+        controller's, and so the training's, environment), and waits for its first epoch."""
         slow = make_text_dataset(self.root / "slow", num_train=400, num_val=8)
         training_id = self("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
                            "batch_size=8", "data.num_workers=0", f"max_epochs={epochs}").stdout.strip()
-        self("micontrol")
+        self("micontrol", **env)
         deadline = time.monotonic() + 600
         while not self.query(training_id)["results"]:
             assert time.monotonic() < deadline, "the training did not finish its first epoch"
@@ -98,7 +99,9 @@ def test_a_killed_training_is_requeued_and_resumes(service: Service) -> None:
     actions = service.tick_until(lambda: service.status(training_id) == "completed")
     assert any(a.startswith(f"requeued {training_id} (retry 1 of 2: its process is gone)") for a in actions)
     training = service.training(training_id)
-    assert training["retries"] == 1
+    assert training["retries"] == 1 and [a["outcome"] for a in training["attempts"]] == ["lost", "completed"]
+    assert Path(training["log"]).parent.name == "attempt-2"
+    assert (Path(training["log"]).parent.parent / "attempt-1" / "train.log").is_file()
     assert [h["status"] for h in training["status_history"]] == ["new", "queued", "running", "new", "queued",
                                                                   "running", "completed"]
     assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
@@ -191,7 +194,9 @@ def test_a_preempted_training_goes_back_to_the_queue_and_resumes(service: Servic
     assert "stopped by SIGTERM" in training["requeue_reason"]
     service.tick_until(lambda: service.status(training_id) == "completed")
     assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
-    assert "resuming from" in (Path(training["log"])).read_text()
+    training = service.training(training_id)
+    assert training["attempt"] == 2 and training["attempts"][0]["outcome"] == "preempted"
+    assert "resuming from" in Path(training["log"]).read_text()  # attempt 2's log
 
 
 def test_base_starts_from_another_trainings_weights(service: Service) -> None:

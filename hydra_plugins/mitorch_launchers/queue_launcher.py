@@ -48,15 +48,17 @@ class QueueLauncher(Launcher):
         dataset = find_dataset(self.dataset, store)
         # Every run is checked before anything is stored.
         configs = [submission(compose(list(overrides)), store, dataset) for overrides in job_overrides]
+        trainings = [{"config": config, "priority": self.priority, "dataset": dataset,
+                      "trial_number": initial_job_idx + i, "overrides": list(overrides)}
+                     for i, (config, overrides) in enumerate(zip(configs, job_overrides))]
         if self.job_id is None:
+            # The job and its first trainings are stored together: all or nothing.
             sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
-            self.job_id = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,
-                                         "priority": self.priority, "dataset": dataset})
+            self.job_id, ids = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,
+                                              "priority": self.priority, "dataset": dataset}, trainings)
             print(f"job {self.job_id}", flush=True)
-        ids = store.add_trainings([{"config": config, "priority": self.priority, "dataset": dataset,
-                                    "job_id": self.job_id,
-                                    "trial_number": initial_job_idx + i, "overrides": list(overrides)}
-                                   for i, (config, overrides) in enumerate(zip(configs, job_overrides))])
+        else:
+            ids = store.add_trainings([{**t, "job_id": self.job_id} for t in trainings])
         returns = []
         for training_id, overrides in zip(ids, job_overrides):
             print(f"{training_id} {' '.join(overrides)}", flush=True)

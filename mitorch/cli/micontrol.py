@@ -17,22 +17,34 @@ PROG = "micontrol"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Reconcile running trainings, then dispatch queued "
-                                     "ones to the local executor; each action prints one line.")
+                                     "ones to this host's local executor; each action prints one line.")
     parser.add_argument("--loop", action="store_true", help="tick again and again (foreground use)")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks with --loop (60)")
     commands = parser.add_subparsers(dest="command")
-    cancel = commands.add_parser("cancel", help="cancel trainings (running ones stop at their epoch's end)")
+    cancel = commands.add_parser("cancel", help="cancel trainings (running ones are stopped, with a checkpoint)")
     cancel.add_argument("ids", nargs="+")
     requeue = commands.add_parser("requeue", help="queue failed, cancelled or completed trainings again")
     requeue.add_argument("ids", nargs="+")
     priority = commands.add_parser("set-priority", help="change a training's priority (lower runs first)")
     priority.add_argument("id")
-    priority.add_argument("priority", type=int)
+    priority.add_argument("priority", type=_priority)
     return parser
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a priority is a whole number, got {text[:40]!r}") from None
+    if not -2**63 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a priority must fit in 64 bits, got {text[:40]}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.interval <= 0 or args.interval != args.interval:
+        fail(PROG, MiTorchError(f"--interval must be a positive number of seconds, got {args.interval}"), code=2)
     try:
         from mitorch.store import open_store
 
@@ -43,53 +55,92 @@ def main(argv: list[str] | None = None) -> None:
             _requeue(store, args.ids)
         elif args.command == "set-priority":
             _set_priority(store, args.id, args.priority)
+        elif args.loop:
+            _loop(store, args.interval)
         else:
             from mitorch.service.controller import tick
 
-            while True:
-                tick(store)
-                if not args.loop:
-                    break
-                time.sleep(args.interval)
+            tick(store)
     except MiTorchError as e:
         fail(PROG, e)
     except KeyboardInterrupt:
         pass
 
 
-def _get(store, training_id: str) -> dict:
-    from mitorch.store import StoreError
+def _loop(store, interval: float) -> None:
+    """Ticks every interval seconds; a failing tick is one line on stderr, and the next tick comes."""
+    from mitorch.service.controller import tick
 
-    training = store.get_training(training_id)
-    if training is None:
-        raise StoreError(f"no training {training_id}; see miquery for the ids")
-    return training
+    while True:
+        started = time.monotonic()
+        try:
+            tick(store)
+        except MiTorchError as e:
+            print(f"{PROG}: tick failed: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - a bug in one tick must not stop the service
+            print(f"{PROG}: tick failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        time.sleep(max(interval - (time.monotonic() - started), 0))
 
 
 def _cancel(store, ids: list[str]) -> None:
+    from mitorch.service.executors import LocalExecutor
+
+    executor, unknown = None, []
     for training_id in ids:
-        status = _get(store, training_id)["status"]
-        if store.update_training(training_id, {"status": "cancelled"}, expected_status="new"):
+        training = store.get_training(training_id)
+        if training is None:
+            unknown.append(training_id)
+        elif store.update_training(training_id, {"status": "cancelled", "cancel_requested": True},
+                                   expected_status=["new", "queued"]):
+            # A dispatched run that has not started finds its training cancelled and never trains.
             print(f"cancelled {training_id}")
-        elif store.update_training(training_id, {"cancel_requested": True}, expected_status=["queued", "running"]):
-            print(f"cancel-requested {training_id} (it stops at the end of its current epoch)")
+        elif store.update_training(training_id, {"cancel_requested": True}, expected_status="running"):
+            executor = executor or LocalExecutor(capacity=0)
+            if training.get("executor") == executor.name and executor.state(training) == "running":
+                executor.cancel(training)  # on this host: stop it now (it checkpoints first)
+                print(f"cancel-requested {training_id} (stopping its process)")
+            else:
+                print(f"cancel-requested {training_id} (its controller stops it at its next tick; "
+                      "it also stops at the end of its current epoch)")
         else:
-            print(f"unchanged {training_id} (already {status})")
+            print(f"unchanged {training_id} (already {store.get_training(training_id)['status']})")
+    _report_unknown(unknown)
 
 
 def _requeue(store, ids: list[str]) -> None:
+    unknown = []
     for training_id in ids:
-        status = _get(store, training_id)["status"]
-        fields = {"status": "new", "retries": 0, "cancel_requested": False, "error": None}
-        if store.update_training(training_id, fields, expected_status=["failed", "cancelled", "completed"]):
-            print(f"requeued {training_id}")
+        training = store.get_training(training_id)
+        if training is None:
+            unknown.append(training_id)
+            continue
+        fields = {"status": "new", "retries": 0, "launch_failures": 0, "cancel_requested": False, "error": None}
+        if training["status"] == "completed":
+            # A fresh run, not a resume at the end: the earlier result moves to the history.
+            earlier = {k: training.get(k) for k in ("metrics", "weights", "completed_at", "attempt")}
+            fields.update({"history": [*training.get("history", []), earlier], "metrics": None, "weights": None,
+                           "resume_from_attempt": training.get("attempt", 0) + 1})
+        if store.update_training(training_id, fields, expected_status=["failed", "cancelled", "completed"],
+                                 attempt=training.get("attempt", 0)):
+            fresh = " (a fresh run; the earlier result is kept in its history)" if "history" in fields else ""
+            print(f"requeued {training_id}{fresh}")
         else:
-            print(f"unchanged {training_id} (it is {status}; cancel it first)")
+            print(f"unchanged {training_id} (it is {store.get_training(training_id)['status']}; cancel it first)")
+    _report_unknown(unknown)
+
+
+def _report_unknown(unknown: list[str]) -> None:
+    if unknown:
+        from mitorch.store import StoreError
+
+        raise StoreError(f"no training {', '.join(unknown)}; see miquery for the ids")
 
 
 def _set_priority(store, training_id: str, priority: int) -> None:
-    _get(store, training_id)
-    store.update_training(training_id, {"priority": priority})
+    from mitorch.store import StoreError
+
+    if not store.update_training(training_id, {"priority": priority}):
+        raise StoreError(f"no training {training_id}; see miquery for the ids")
     print(f"priority {training_id} {priority}")
 
 

@@ -1,7 +1,7 @@
 """miquery: where trainings stand, as Rich tables or JSON.
 
-    miquery [--json]          running, queue (dispatch order), recent results, counts
-    miquery ID [--json]       one training (config, history, epochs, result) or one job
+    miquery [--json] [--limit N]   running, queue (dispatch order, first N), recent results, counts
+    miquery ID [--json]            one training (config, history, attempts, epochs, result) or one job
 """
 from __future__ import annotations
 
@@ -22,14 +22,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=PROG, description="Show trainings and jobs in the job store.")
     parser.add_argument("id", nargs="?", help="a training or job id")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.add_argument("--recent", type=int, default=10, help="how many finished trainings to list (10)")
+    parser.add_argument("--recent", type=_count, default=10, help="how many finished trainings to list (10)")
+    parser.add_argument("--limit", type=_count, default=20, help="how many queued trainings to list (20)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         from mitorch.store import StoreError, open_store
 
         store = open_store()
         if args.id is None:
-            view = _overview(store, args.recent)
+            view = _overview(store, args.recent, args.limit)
         elif (training := store.get_training(args.id)) is not None:
             view = {"training": training, "results": store.list_results(args.id)}
         elif (job := store.get_job(args.id)) is not None:
@@ -44,10 +45,18 @@ def main(argv: list[str] | None = None) -> None:
         _show(view)
 
 
-def _overview(store, recent: int) -> dict[str, Any]:
+def _count(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"needs a whole number of 0 or more, got {text[:40]!r}")
+    return int(text)
+
+
+def _overview(store, recent: int, limit: int) -> dict[str, Any]:
     finished = store.list_trainings(["completed", "failed", "cancelled"], order="recent", limit=recent)
-    return {"counts": store.count_trainings(), "running": store.list_trainings(["queued", "running"]),
-            "queue": store.list_trainings(["new"]), "recent": finished}
+    counts = store.count_trainings()
+    queue = store.list_trainings(["new"], limit=limit) if limit else []
+    return {"counts": counts, "running": store.list_trainings(["queued", "running"]), "queue": queue,
+            "queue_more": max(counts["new"] - len(queue), 0), "recent": finished}
 
 
 def _when(value: Any) -> str:
@@ -70,58 +79,81 @@ def _summary(config: dict) -> str:
 
 def _show(view: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
+
+    def table(*columns: str, title: str) -> Table:
+        # Ids are never cut: the id column neither wraps nor shrinks.
+        shown = Table(title=title)
+        for column in columns:
+            shown.add_column(column, no_wrap=column == "id", min_width=24 if column == "id" else None)
+        return shown
+
+    def row(shown: Table, *cells: Any) -> None:
+        shown.add_row(*(escape(str(c)) if c is not None else "" for c in cells))
+
     if "counts" in view:
         counts = Table(title="trainings by status")
         for status in view["counts"]:
             counts.add_column(status, justify="right")
         counts.add_row(*map(str, view["counts"].values()))
-        running = Table("id", "status", "run", "started", "heartbeat", title="running")
+        running = table("id", "status", "attempt", "run", "started", "heartbeat", title="running")
         for t in view["running"]:
-            running.add_row(t["id"], t["status"], t.get("run_id", ""), _when(t.get("started_at")),
-                            _when(t.get("heartbeat_at")))
-        queue = Table("id", "priority", "submitted", "config", title="queue (dispatch order)")
+            row(running, t["id"], t["status"], t.get("attempt", ""), t.get("run_id") or "",
+                _when(t.get("started_at")), _when(t.get("heartbeat_at")))
+        queue = table("id", "priority", "submitted", "config", title="queue (dispatch order)")
         for t in view["queue"]:
-            queue.add_row(t["id"], str(t["priority"]), _when(t["created_at"]), _summary(t["config"]))
-        recent = Table("id", "status", "finished", "result", title="recently finished")
+            row(queue, t["id"], t["priority"], _when(t["created_at"]), _summary(t["config"]))
+        if view.get("queue_more"):
+            queue.caption = f"and {view['queue_more']} more (miquery --limit N shows more)"
+        recent = table("id", "status", "finished", "result", title="recently finished")
         for t in view["recent"]:
-            recent.add_row(t["id"], t["status"], _when(t.get("completed_at")),
-                           _main_metric(t.get("metrics")) or (t.get("error") or "")[:80])
-        for table in (counts, running, queue, recent):
-            console.print(table)
+            row(recent, t["id"], t["status"], _when(t.get("completed_at")),
+                _main_metric(t.get("metrics")) or (t.get("error") or "")[:80])
+        for shown in (counts, running, queue, recent):
+            console.print(shown)
         return
     if "job" in view:
-        console.print(f"job {view['job']['id']} ({view['job'].get('job_type', '')}): {view['job']['status']}")
-        table = Table("id", "status", "result")
+        job = view["job"]
+        console.print(escape(f"job {job['id']} ({job.get('job_type', '')}): {job['status']}"))
+        trainings = table("id", "status", "result", title="trainings")
         for t in view["trainings"]:
-            table.add_row(t["id"], t["status"], _main_metric(t.get("metrics")))
-        console.print(table)
+            row(trainings, t["id"], t["status"], _main_metric(t.get("metrics")))
+        console.print(trainings)
         return
     t = view["training"]
-    console.print(f"training {t['id']}: [bold]{t['status']}[/bold]  priority {t['priority']}  {_summary(t['config'])}")
-    history = Table("status", "at", title="history")
+    console.print(escape(f"training {t['id']}: {t['status']}  priority {t['priority']}  {_summary(t['config'])}"))
+    history = table("status", "at", title="history")
     for entry in t.get("status_history", []):
-        history.add_row(entry["status"], _when(entry["at"]))
+        row(history, entry["status"], _when(entry["at"]))
     console.print(history)
+    if t.get("attempts"):
+        attempts = table("attempt", "executor", "run", "host", "started", "ended", "outcome", title="attempts")
+        for number, a in enumerate(t["attempts"], 1):
+            row(attempts, number, a.get("executor", ""), a.get("run_id") or "", a.get("host") or "",
+                _when(a.get("started_at")), _when(a.get("ended_at")),
+                a.get("outcome") or ("current" if number == t.get("attempt") else ""))
+        console.print(attempts)
     if view["results"]:
         metric_names = sorted({k for r in view["results"] for k in (r.get("val") or {})})
-        epochs = Table("epoch", "train_loss", "lr", "duration_s", *metric_names, title="epochs")
+        epochs = table("epoch", "train_loss", "lr", "duration_s", *metric_names, title="epochs")
         for r in view["results"]:
             val = r.get("val") or {}
-            epochs.add_row(str(r["epoch"]), f"{r.get('train_loss', 0):.4f}", f"{r.get('lr', 0):.3g}",
-                           str(r.get("duration_s", "")), *(f"{val[m]:.4g}" if isinstance(val.get(m), float)
-                                                          else str(val.get(m, "")) for m in metric_names))
+            row(epochs, r["epoch"], f"{r.get('train_loss', 0):.4f}", f"{r.get('lr', 0):.3g}", r.get("duration_s", ""),
+                *(f"{val[m]:.4g}" if isinstance(val.get(m), float) else val.get(m, "") for m in metric_names))
         console.print(epochs)
+    for earlier in t.get("history", []):
+        console.print(escape(f"earlier run (attempt {earlier.get('attempt')}): {json.dumps(earlier.get('metrics'))}"))
     if t.get("metrics"):
-        console.print("final metrics: " + json.dumps(t["metrics"]))
+        console.print(escape("final metrics: " + json.dumps(t["metrics"])))
     if t.get("error"):
-        console.print(f"[red]error:[/red] {t['error']}", markup=True)
+        console.print("[red]error:[/red] " + escape(t["error"]))
     if t.get("artifacts"):
-        console.print(f"artifacts: {t['artifacts']}")
+        console.print(escape(f"artifacts: {t['artifacts']}"))
     if t.get("log"):
-        console.print(f"log: {t['log']}")
+        console.print(escape(f"log: {t['log']}"))
 
 
 if __name__ == "__main__":

@@ -84,9 +84,12 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> N
 
 def _whole_number(value: str) -> int:
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise UsageError(f"--priority needs a whole number, got {value!r}") from None
+        raise UsageError(f"--priority needs a whole number, got {value[:40]!r}") from None
+    if not -2**63 <= number < 2**63:
+        raise UsageError(f"--priority must fit in 64 bits, got {value[:40]}")
+    return number
 
 
 if __name__ == "__main__":

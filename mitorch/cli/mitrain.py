@@ -2,7 +2,7 @@
 
     mitrain [key=value ...] [-m]
     mitrain CONFIG TRAIN VAL [-w WEIGHTS] [-o OUTPUT] [-d] [key=value ...]
-    mitrain --training-id ID        (run a training queued with misubmit)
+    mitrain --training-id ID [--attempt N]   (run a training queued with misubmit)
 """
 from __future__ import annotations
 
@@ -45,15 +45,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run_queued(argv: list[str]) -> None:
-    """mitrain --training-id ID: run a training that misubmit queued."""
-    position = argv.index("--training-id")
-    if len(argv) != 2 or position != 0:
-        fail(PROG, MiTorchError("--training-id takes one id and nothing else: mitrain --training-id ID"), code=2)
+    """mitrain --training-id ID [--attempt N]: run a training that misubmit queued."""
+    usage = "--training-id takes one id and, from a controller, --attempt N: mitrain --training-id ID [--attempt N]"
+    attempt = None
+    if len(argv) == 4 and argv[2] == "--attempt" and argv[3].isdigit() and int(argv[3]) >= 1:
+        attempt = int(argv[3])
+    elif len(argv) != 2:
+        fail(PROG, MiTorchError(usage), code=2)
+    if argv[0] != "--training-id":
+        fail(PROG, MiTorchError(usage), code=2)
     from mitorch import api
     from mitorch.service.runner import run_training
 
     try:
-        metrics = run_training(argv[1])
+        metrics = run_training(argv[1], attempt)
     except MiTorchError as e:
         fail(PROG, e)
     api.print_metrics(metrics)

@@ -9,6 +9,8 @@ another machine resumes), then model.pt and train.log. Records keep the URLs wit
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 from mitorch.errors import ConfigError
@@ -39,10 +41,29 @@ def artifacts_root() -> Path:
 
 
 def training_dir(training_id: str) -> Path:
-    """A training's local folder: model.pt, last.pt (so a retry resumes), train.log, run/."""
+    """A training's local folder, which holds one folder per attempt."""
     if remote_root() is not None:
         return cache_dir() / "trainings" / training_id
     return artifacts_root() / training_id
+
+
+def attempt_name(attempt: int) -> str:
+    return f"attempt-{attempt}"
+
+
+def attempt_dir(training_id: str, attempt: int) -> Path:
+    """An attempt's local folder: model.pt, last.pt (so a later attempt resumes), train.log, run/."""
+    return training_dir(training_id) / attempt_name(attempt)
+
+
+def log_tail(training_id: str, attempt: int, lines: int = 5) -> str:
+    """The last lines of an attempt's local log ("" when there is none), for a record."""
+    try:
+        text = (attempt_dir(training_id, attempt) / "train.log").read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-2000:]
 
 
 def artifact_url(training_id: str, name: str) -> str | None:
@@ -51,17 +72,46 @@ def artifact_url(training_id: str, name: str) -> str | None:
     return None if root is None else f"{root}/{training_id}/{name}"
 
 
-def publish(training_id: str, path: Path) -> str:
-    """Uploads a training's file when artifacts are remote; returns where it is kept."""
-    url = artifact_url(training_id, path.name)
+def publish(training_id: str, path: Path, attempt: int) -> str:
+    """Uploads an attempt's file when artifacts are remote; returns where it is kept."""
+    url = artifact_url(training_id, f"{attempt_name(attempt)}/{path.name}")
     return str(path) if url is None else remote.upload(path, url)
 
 
-def restore_checkpoint(training_id: str, folder: Path) -> None:
-    """Before a retry on a fresh machine: brings last.pt back from remote artifacts, if any."""
-    url = artifact_url(training_id, "last.pt")
-    if url is None or (folder / "last.pt").exists() or not remote.exists(url):
-        return
+def restore_checkpoint(training_id: str, attempt: int, folder: Path, first: int = 1) -> Path | None:
+    """Puts the newest last.pt of attempts first..attempt-1 into folder, so this attempt resumes.
+
+    Returns:
+        Where the checkpoint came from, or None when no earlier attempt left one.
+    """
+    target = folder / "last.pt"
     folder.mkdir(parents=True, exist_ok=True)
-    copy = remote.fetch(url)
-    os.replace(copy, folder / "last.pt")
+    for earlier in range(attempt - 1, first - 1, -1):
+        local = attempt_dir(training_id, earlier) / "last.pt"
+        if local.is_file():
+            _copy_atomically(local, target)
+            return local
+        url = artifact_url(training_id, f"{attempt_name(earlier)}/last.pt")
+        if url is not None and remote.exists(url):
+            os.replace(remote.fetch(url), target)
+            return Path(url)
+    return None
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def remove_checkpoints(training_id: str) -> list[Path]:
+    """Deletes the local last.pt of every attempt (weights and logs stay), unless
+    MITORCH_KEEP_CHECKPOINTS=1. Returns what was removed."""
+    if os.environ.get("MITORCH_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes"):
+        return []
+    removed = []
+    for folder in training_dir(training_id).glob("attempt-*"):
+        if re.fullmatch(r"attempt-\d+", folder.name) and (folder / "last.pt").is_file():
+            (folder / "last.pt").unlink()
+            removed.append(folder / "last.pt")
+    return removed

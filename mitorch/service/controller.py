@@ -1,104 +1,247 @@
-"""One controller tick: reconcile what executors report, then dispatch queued trainings."""
+"""One controller tick: reconcile what the executor reports, then dispatch queued trainings.
+
+Several controllers (one per host, each with its own executor) may share one database. A tick
+holds a lease per executor in the store, so two ticks of one executor take turns counting and
+filling its capacity; it reconciles and counts only its own executor's trainings, and takes over
+another executor's training only once that executor has stopped ticking and the training's
+heartbeat has expired. Every time is judged on the database's clock.
+"""
 from __future__ import annotations
 
-import fcntl
 import os
+import secrets
+import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from datetime import timedelta
-from typing import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
-from mitorch.service.artifacts import artifacts_root
-from mitorch.service.executors import Executor, LocalExecutor
+from mitorch.envvars import env_float, env_int
+from mitorch.service.artifacts import log_tail
+from mitorch.service.executors import Executor, LaunchError, LocalExecutor
 from mitorch.store import JobStore
-from mitorch.store.base import now
+from mitorch.store.base import DB_NOW
 
-HEARTBEAT_TIMEOUT = timedelta(seconds=float(os.environ.get("MITORCH_HEARTBEAT_TIMEOUT_S", "600")))
-MAX_RETRIES = int(os.environ.get("MITORCH_MAX_RETRIES", "2"))
+_FINISHED = ("completed", "failed", "cancelled")
 
 
-@contextmanager
-def _tick_lock() -> Iterator[None]:
-    # Capacity is counted, then filled: two ticks on one machine take turns.
-    root = artifacts_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".micontrol.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+@dataclass
+class Settings:
+    """How patient a controller is; each has a MITORCH_* variable (seconds unless said)."""
+
+    heartbeat_timeout: timedelta = field(default_factory=lambda: timedelta(
+        seconds=env_float("MITORCH_HEARTBEAT_TIMEOUT_S", 600.0, minimum=1)))
+    # A claimed training with no recorded run after this long: its tick died before launching.
+    start_grace: timedelta = field(default_factory=lambda: timedelta(
+        seconds=env_float("MITORCH_START_GRACE_S", 60.0, minimum=1)))
+    # A run asked to stop (SIGTERM) that is still alive after this long is killed.
+    kill_grace: timedelta = field(default_factory=lambda: timedelta(
+        seconds=env_float("MITORCH_KILL_GRACE_S", 120.0, minimum=0)))
+    max_retries: int = field(default_factory=lambda: env_int("MITORCH_MAX_RETRIES", 2, minimum=0))
+    max_launch_failures: int = field(default_factory=lambda: env_int("MITORCH_MAX_LAUNCH_FAILURES", 3, minimum=1))
+    # How long a tick waits for another tick of the same executor before it skips.
+    tick_wait_s: float = field(default_factory=lambda: env_float("MITORCH_TICK_WAIT_S", 60.0, minimum=0))
+    # A tick's lease (renewed while it dispatches): how long a killed tick blocks the next one.
+    tick_lease_s: float = field(default_factory=lambda: env_float("MITORCH_TICK_LEASE_S", 120.0, minimum=1))
 
 
 def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str], None] = print,
-         heartbeat_timeout: timedelta = HEARTBEAT_TIMEOUT, max_retries: int = MAX_RETRIES) -> list[str]:
-    """Reconciles running and queued trainings, then dispatches new ones while there is capacity.
+         settings: Settings | None = None) -> list[str]:
+    """Reconciles the executor's trainings, dispatches new ones while there is capacity, and
+    completes jobs whose trainings have all ended.
 
     Returns:
         One line per action ("dispatched ID ...", "requeued ID ...", "failed ID ...", ...).
     """
     executor = executor or LocalExecutor()
+    settings = settings or Settings()
     actions: list[str] = []
 
     def act(line: str) -> None:
         actions.append(line)
         say(line)
 
-    with _tick_lock():
-        active = _reconcile(store, executor, act, heartbeat_timeout, max_retries)
-        _dispatch(store, executor, act, active)
-        _finish_jobs(store, act)
+    holder = f"{executor.name}:{os.getpid()}:{secrets.token_hex(4)}"
+    lease = f"tick:{executor.name}"
+    if not _wait_for_lease(store, lease, holder, settings):
+        act(f"skipped: another tick of {executor.name} still holds its lease")
+        return actions
+    try:
+        # Other hosts take this executor's trainings over only once this marker has expired.
+        store.acquire_lease(f"executor:{executor.name}", executor.name, settings.heartbeat_timeout.total_seconds())
+        active = _Reconciler(store, executor, act, settings).run()
+        _dispatch(store, executor, act, active, settings,
+                  lambda: store.acquire_lease(lease, holder, settings.tick_lease_s))
+        if store.acquire_lease("jobs", holder, settings.tick_lease_s):  # once across hosts
+            try:
+                _finish_jobs(store, act)
+            finally:
+                store.release_lease("jobs", holder)
+    finally:
+        store.release_lease(lease, holder)
     return actions
+
+
+def _wait_for_lease(store: JobStore, name: str, holder: str, settings: Settings) -> bool:
+    deadline = time.monotonic() + settings.tick_wait_s
+    while not store.acquire_lease(name, holder, settings.tick_lease_s):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _finish_jobs(store: JobStore, act: Callable[[str], None]) -> None:
     for job in store.list_jobs(["running"]):
         trainings = store.list_trainings(job_id=job["id"])
-        if trainings and all(t["status"] in ("completed", "failed", "cancelled") for t in trainings):
-            counts = {s: sum(t["status"] == s for t in trainings) for s in ("completed", "failed", "cancelled")}
-            store.update_job(job["id"], {"status": "completed", "completed_at": now(), "counts": counts})
+        if trainings and all(t["status"] in _FINISHED for t in trainings):
+            counts = {s: sum(t["status"] == s for t in trainings) for s in _FINISHED}
+            store.update_job(job["id"], {"status": "completed", "completed_at": store.clock(), "counts": counts})
             act(f"completed job {job['id']} ({', '.join(f'{n} {s}' for s, n in counts.items() if n)})")
 
 
-def _reconcile(store: JobStore, executor: Executor, act: Callable[[str], None], heartbeat_timeout: timedelta,
-               max_retries: int) -> list[dict]:
-    """Acts on the executor's lost or silent trainings; returns those still active."""
-    active = []
-    for training in store.list_trainings(["queued", "running"]):
-        if training.get("executor") != executor.name:
-            continue
-        state = executor.state(training.get("run_id", ""))
+class _Reconciler:
+    """Acts on the executor's lost, silent, cancelled or never-launched trainings."""
+
+    def __init__(self, store: JobStore, executor: Executor, act: Callable[[str], None], settings: Settings) -> None:
+        self.store, self.executor, self.act, self.settings = store, executor, act, settings
+        self.clock = store.clock()
+
+    def run(self) -> list[dict[str, Any]]:
+        """Returns the executor's trainings that still hold a slot."""
+        active = []
+        for training in self.store.list_trainings(["queued", "running"]):
+            if training.get("executor") != self.executor.name:
+                self._maybe_take_over(training)
+            elif self._reconcile(training):
+                active.append(training)
+        return active
+
+    def _age(self, moment: datetime | None) -> timedelta:
+        return timedelta(0) if moment is None else self.clock - moment
+
+    def _reconcile(self, training: dict[str, Any]) -> bool:
+        """Whether the training still holds a slot."""
+        if training["status"] == "queued" and not training.get("run_id") and not training.get("pid"):
+            if self._age(training.get("dispatched_at")) <= self.settings.start_grace:
+                return True
+            self._requeue(training, "it was claimed but never launched (its tick stopped)", retry=False)
+            return False
+        state = self.executor.state(training)
         beat = training.get("heartbeat_at") or training.get("dispatched_at")
-        stale = beat is not None and now() - beat > heartbeat_timeout
-        if state != "gone" and not stale:
-            active.append(training)
-            continue
-        reason = "its process is gone" if state == "gone" else f"no heartbeat for {heartbeat_timeout}"
-        if training.get("cancel_requested"):
-            if store.update_training(training["id"], {"status": "cancelled", "completed_at": now()},
-                                     expected_status=training["status"]):
-                act(f"cancelled {training['id']} ({reason})")
-            continue
+        stale = self._age(beat) > self.settings.heartbeat_timeout
         if state == "running":
-            executor.cancel(training["run_id"])  # alive but silent: stop it before running it again
+            if training.get("cancel_requested") or stale:
+                self._stop(training, "cancelled" if training.get("cancel_requested") else
+                           f"no heartbeat for {self.settings.heartbeat_timeout}")
+            return True
+        if state == "unknown" and not stale:
+            return True
+        # Gone, or silent where the executor cannot tell: the attempt fencing makes a live
+        # process of it harmless, since its next write is refused and it stops.
+        if state == "gone":
+            reason = "its process is gone" if training["status"] == "running" else "it exited before it started"
+        else:
+            reason = f"no heartbeat for {self.settings.heartbeat_timeout} and its executor cannot tell"
+        tail = log_tail(training["id"], training.get("attempt", 0), lines=3)
+        if tail and training["status"] == "queued":  # a crash at start-up: its log says why
+            reason += " (log: " + " | ".join(tail.splitlines()) + ")"
+        if training.get("cancel_requested"):
+            self._end(training, {"status": "cancelled", "completed_at": DB_NOW}, "cancelled",
+                      f"cancelled {training['id']} ({reason})")
+        else:
+            self._requeue(training, reason, retry=True)
+        return False
+
+    def _stop(self, training: dict[str, Any], why: str) -> None:
+        """Stops a live run before its training runs again: SIGTERM first, then, past the kill
+        grace, at once. The training keeps its slot until its run is gone."""
+        asked = training.get("stop_requested_at")
+        if asked is None:
+            self.executor.cancel(training)
+            self.store.update_training(training["id"], {"stop_requested_at": DB_NOW},
+                                       expected_status=training["status"], attempt=training.get("attempt", 0))
+            self.act(f"stopping {training['id']} ({why})")
+        elif self._age(asked) > self.settings.kill_grace:
+            self.executor.cancel(training, force=True)
+            self.act(f"killed {training['id']} ({why}; still running {self.settings.kill_grace} after SIGTERM)")
+
+    def _requeue(self, training: dict[str, Any], reason: str, retry: bool) -> None:
         retries = training.get("retries", 0)
-        if retries < max_retries:
-            if store.update_training(training["id"], {"status": "new", "retries": retries + 1, "requeue_reason": reason},
-                                     expected_status=training["status"]):
-                act(f"requeued {training['id']} (retry {retries + 1} of {max_retries}: {reason})")
-        elif store.update_training(training["id"], {"status": "failed", "completed_at": now(),
-                                                    "error": f"lost after {retries} retries: {reason}"},
-                                   expected_status=training["status"]):
-            act(f"failed {training['id']} ({reason}; no retries left)")
-    return active
+        if not retry:
+            fields = {"status": "new", "requeue_reason": reason}
+            self._end(training, fields, "requeued", f"requeued {training['id']} ({reason}; no retry used)")
+        elif retries < self.settings.max_retries:
+            fields = {"status": "new", "retries": retries + 1, "requeue_reason": reason}
+            self._end(training, fields, "lost",
+                      f"requeued {training['id']} (retry {retries + 1} of {self.settings.max_retries}: {reason})")
+        else:
+            fields = {"status": "failed", "completed_at": DB_NOW, "error": f"lost after {retries} retries: {reason}"}
+            self._end(training, fields, "lost", f"failed {training['id']} ({reason}; no retries left)")
+
+    def _end(self, training: dict[str, Any], fields: dict[str, Any], outcome: str, line: str) -> None:
+        attempt = training.get("attempt", 0)
+        if attempt:
+            fields = {**fields, f"attempts.{attempt - 1}.ended_at": DB_NOW, f"attempts.{attempt - 1}.outcome": outcome}
+        fields.update({"run_id": None, "pid": None, "stop_requested_at": None, "heartbeat_at": None})
+        if self.store.update_training(training["id"], fields, expected_status=training["status"], attempt=attempt):
+            self.act(line)
+
+    def _maybe_take_over(self, training: dict[str, Any]) -> None:
+        """Requeues another executor's training once that executor stopped ticking (its marker
+        lease expired) and the training's heartbeat expired too."""
+        beat = training.get("heartbeat_at") or training.get("dispatched_at")
+        if self._age(beat) <= self.settings.heartbeat_timeout:
+            return
+        owner = training.get("executor") or ""
+        marker = self.store.get_lease(f"executor:{owner}")
+        if marker is not None and marker["expires_at"] > self.clock:
+            return  # its own controller is alive and will act
+        self._requeue(training, f"its executor {owner} stopped ticking and no heartbeat for "
+                                f"{self.settings.heartbeat_timeout}", retry=True)
 
 
-def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], active: list[dict]) -> None:
+def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], active: list[dict[str, Any]],
+              settings: Settings, renew: Callable[[], bool]) -> None:
     busy_gpus = {t["gpu"] for t in active if t.get("gpu") is not None}
-    for _ in range(executor.capacity - len(active)):
-        training = store.claim_training({"executor": executor.name, "dispatched_at": now()})
+    free = executor.capacity - len(active)
+    failed_launches: list[tuple[dict[str, Any], str]] = []
+    while free > 0:
+        training = store.claim_training(
+            {"executor": executor.name, "dispatched_at": DB_NOW, "run_id": None, "pid": None, "host": None,
+             "heartbeat_at": None, "stop_requested_at": None},
+            new_attempt={"executor": executor.name, "dispatched_at": DB_NOW})
         if training is None:
             break
+        attempt = training["attempt"]
         gpu = executor.free_gpu(busy_gpus)
-        run_id = executor.launch(training, gpu)
-        store.update_training(training["id"], {"run_id": run_id, "gpu": gpu})
+        try:
+            run_id = executor.launch(training, gpu)
+        except LaunchError as e:
+            failed_launches.append((training, str(e)))  # back to the queue after this tick's claims
+            continue
+        store.update_training(training["id"], {"run_id": run_id, "gpu": gpu, f"attempts.{attempt - 1}.run_id": run_id},
+                              attempt=attempt)
         if gpu is not None:
             busy_gpus.add(gpu)
+        free -= 1
+        renew()
         act(f"dispatched {training['id']} to {run_id}" + (f" (GPU {gpu})" if gpu is not None else ""))
+    for training, error in failed_launches:
+        _launch_failed(store, training, error, settings, act)
+
+
+def _launch_failed(store: JobStore, training: dict[str, Any], error: str, settings: Settings,
+                   act: Callable[[str], None]) -> None:
+    failures = training.get("launch_failures", 0) + 1
+    attempt = training["attempt"]
+    ended = {f"attempts.{attempt - 1}.ended_at": DB_NOW, f"attempts.{attempt - 1}.outcome": f"launch failed: {error}"}
+    if failures >= settings.max_launch_failures:
+        fields = {"status": "failed", "completed_at": DB_NOW, "launch_failures": failures,
+                  "error": f"could not be launched {failures} times: {error}"}
+        line = f"failed {training['id']} (launch failed {failures} times: {error})"
+    else:
+        fields = {"status": "new", "launch_failures": failures, "requeue_reason": f"launch failed: {error}"}
+        line = f"launch failed {training['id']} ({failures} of {settings.max_launch_failures}: {error}); requeued"
+    if store.update_training(training["id"], {**fields, **ended}, expected_status="queued", attempt=attempt):
+        act(line)

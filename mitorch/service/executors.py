@@ -1,4 +1,4 @@
-"""Executors run trainings: launch one, tell whether a run is still going, cancel one."""
+"""Executors run trainings: launch one attempt, tell whether it is still going, stop it."""
 from __future__ import annotations
 
 import os
@@ -7,90 +7,161 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
-from mitorch.service.artifacts import training_dir
+from mitorch.envvars import env_int
+from mitorch.errors import MiTorchError
+from mitorch.service.artifacts import attempt_dir
+
+
+class LaunchError(MiTorchError):
+    """A run could not be started (no space, a bad interpreter, no permission, ...)."""
 
 
 class Executor(ABC):
-    """Where trainings run. `name` is recorded on each training it launches."""
+    """Where trainings run.
+
+    `name` is the executor's identity, recorded on each training it launches: a controller
+    reconciles and counts only the trainings of its own executor.
+    """
 
     name: str
     capacity: int
 
     @abstractmethod
     def launch(self, training: dict[str, Any], gpu: int | None = None) -> str:
-        """Starts `mitrain --training-id` for the training (on that GPU); returns the run id."""
+        """Starts `mitrain --training-id ID --attempt N` for the training's current attempt
+        (on that GPU).
+
+        Returns:
+            The run id.
+
+        Raises:
+            LaunchError: the run could not be started; the message says why.
+        """
 
     def free_gpu(self, busy: set[int]) -> int | None:
         """A GPU for the next launch that no running training uses; None: the executor decides."""
         return None
 
     @abstractmethod
-    def state(self, run_id: str) -> str:
-        """"running", "gone" (ended or lost), or "unknown" (cannot tell from here)."""
+    def state(self, training: dict[str, Any]) -> str:
+        """Whether the training's current attempt runs: "running", "gone" (ended or lost), or
+        "unknown" (cannot tell from here)."""
 
     @abstractmethod
-    def cancel(self, run_id: str) -> None:
-        """Asks the run to stop (it checkpoints first)."""
+    def cancel(self, training: dict[str, Any], force: bool = False) -> None:
+        """Asks the training's run to stop (it checkpoints first); force: stops it at once."""
+
+
+def local_host() -> str:
+    """This machine's name as the service records it ($MITORCH_HOSTNAME, else the host name)."""
+    return os.environ.get("MITORCH_HOSTNAME", "").strip() or socket.gethostname()
 
 
 class LocalExecutor(Executor):
     """Processes on this machine that outlive the controller's tick, one GPU each where GPUs exist.
 
+    Its identity is `local:<host>`, so controllers on several machines can share one database.
+
     Args:
         capacity: trainings at once; default $MITORCH_LOCAL_CAPACITY, else the number of GPUs, else 1.
     """
 
-    name = "local"
-
     def __init__(self, capacity: int | None = None) -> None:
         self.gpus = _gpu_count()
-        env_capacity = os.environ.get("MITORCH_LOCAL_CAPACITY")
-        self.capacity = capacity or (int(env_capacity) if env_capacity else max(self.gpus, 1))
-        self.host = socket.gethostname()
+        self.capacity = capacity if capacity is not None else env_int("MITORCH_LOCAL_CAPACITY", max(self.gpus, 1),
+                                                                      minimum=0)
+        self.host = local_host()
+        self.name = f"local:{self.host}"
 
     def launch(self, training: dict[str, Any], gpu: int | None = None) -> str:
-        folder = training_dir(training["id"])
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = attempt_dir(training["id"], training["attempt"])
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        with open(folder / "train.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "mitorch.cli.mitrain", "--training-id", training["id"]],
-                                       stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                       start_new_session=True)  # survives the controller's exit
-        return f"local:{self.host}:{process.pid}"
+        python = os.environ.get("MITORCH_LOCAL_PYTHON", "").strip() or sys.executable
+        command = [python, "-m", "mitorch.cli.mitrain", "--training-id", training["id"],
+                   "--attempt", str(training["attempt"])]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / "train.log", "ab") as log:
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=env, start_new_session=True)  # survives the controller's exit
+        except OSError as e:
+            raise LaunchError(f"cannot start {command[0]} in {folder}: {e.strerror or e}") from None
+        return f"{self.name}:{process.pid}:{_start_time(process.pid) or ''}"
 
     def free_gpu(self, busy: set[int]) -> int | None:
         """A GPU index no running training uses, or None without GPUs."""
         free = [g for g in range(self.gpus) if g not in busy]
         return free[0] if free else None
 
-    def _pid(self, run_id: str) -> int | None:
-        kind, host, pid = (run_id.split(":") + ["", "", ""])[:3]
-        return int(pid) if kind == "local" and host == self.host and pid.isdigit() else None
+    def _process(self, training: dict[str, Any]) -> tuple[int, str] | None:
+        """(pid, start time or "") of the training's run on this machine; None when it is elsewhere."""
+        run_id = training.get("run_id") or ""
+        if run_id.startswith(self.name + ":"):
+            pid, _, started = run_id[len(self.name) + 1:].partition(":")
+            return (int(pid), started) if pid.isdigit() else None
+        # A tick killed after launching, before it recorded the run: the process records itself.
+        if not run_id and training.get("host") == self.host and isinstance(training.get("pid"), int):
+            return training["pid"], ""
+        return None
 
-    def state(self, run_id: str) -> str:
-        pid = self._pid(run_id)
-        if pid is None:
+    def state(self, training: dict[str, Any]) -> str:
+        process = self._process(training)
+        if process is None:
             return "unknown"
+        pid, started = process
+        # The pid alone is not enough: after a reboot or a wrap-around it may be another process.
+        expected = f"--training-id\0{training['id']}\0--attempt\0{training.get('attempt', 0)}\0".encode()
         try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                alive = b"--training-id" in f.read()
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                alive = alive and f.read().split(b")")[-1].split()[0] != b"Z"  # a zombie has ended
+            alive = not _zombie(pid) and expected in _command_line(pid) + b"\0"
+            alive = alive and (not started or _start_time(pid) == started)
         except OSError:
             alive = False
         if not alive:
             _reap(pid)
         return "running" if alive else "gone"
 
-    def cancel(self, run_id: str) -> None:
-        pid = self._pid(run_id)
-        if pid is not None and self.state(run_id) == "running":
-            os.kill(pid, signal.SIGTERM)
+    def cancel(self, training: dict[str, Any], force: bool = False) -> None:
+        process = self._process(training)
+        if process is None or self.state(training) != "running":
+            return
+        try:
+            if force:
+                os.killpg(process[0], signal.SIGKILL)  # its data-loading workers too
+            else:
+                os.kill(process[0], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _command_line(pid: int) -> bytes:
+    # Empty for a moment while a just-started process is still being set up by exec().
+    for _ in range(20):
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read()
+        if command:
+            return command
+        time.sleep(0.05)
+    return b""
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # a zombie has ended
 
 
 def _reap(pid: int) -> None:

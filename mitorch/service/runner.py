@@ -1,95 +1,254 @@
-"""`mitrain --training-id ID`: run one queued training and keep its record up to date."""
+"""`mitrain --training-id ID --attempt N`: run one attempt of a queued training and keep its
+record up to date.
+
+Every write of this process is fenced by its attempt: once a controller has given the training
+to a newer attempt (or cancelled it), the first refused write stops this process at once, with
+a line in its log, and it writes nothing more.
+"""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from mitorch.envvars import env_float
 from mitorch.errors import Interrupted, MiTorchError
 from mitorch.service import artifacts, remote
-from mitorch.service.artifacts import training_dir
+from mitorch.service.artifacts import attempt_dir
 from mitorch.service.datasets import SPLITS, local_split
+from mitorch.service.executors import local_host
 from mitorch.store import JobStore, StoreError, open_store
-from mitorch.store.base import now
+from mitorch.store.base import DB_NOW
 
-HEARTBEAT_S = float(os.environ.get("MITORCH_HEARTBEAT_S", "30"))
+T = TypeVar("T")
+# Exit status of a process whose attempt was replaced: it stopped on purpose, wrote nothing more.
+REPLACED_EXIT = 75
 
 
 class Cancelled(MiTorchError):
-    """The training was cancelled (micontrol cancel) and stopped at an epoch's end."""
+    """The training was cancelled (micontrol cancel)."""
 
 
-def run_training(training_id: str, store: JobStore | None = None) -> dict[str, Any]:
-    """Runs a stored training to its end and records it: running (host, pid, heartbeats),
-    one result per epoch, then completed (metrics, weights), failed (error) or cancelled.
+class Replaced(MiTorchError):
+    """This attempt is no longer the training's current one: another process owns the training."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = REPLACED_EXIT
+
+
+def _say(message: str) -> None:
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    print(f"mitrain: {stamp} {message}", file=sys.stderr, flush=True)
+
+
+def run_training(training_id: str, attempt: int | None = None, store: JobStore | None = None) -> dict[str, Any]:
+    """Runs one attempt of a stored training to its end and records it: running (host, pid,
+    heartbeats), one result per epoch, then completed (metrics, weights), failed (error),
+    cancelled, or back in the queue when preempted (SIGTERM).
+
+    Args:
+        attempt: the attempt the controller dispatched; None (a user runs a `new` training by
+            hand): this process starts a new attempt itself.
 
     Returns:
         The final validation metrics.
-    """
-    import mitorch
 
+    Raises:
+        Replaced: a newer attempt (or a cancel) took the training over; nothing more was written.
+    """
     store = store or open_store()
-    training = store.get_training(training_id)
+    training = _with_retry(lambda: store.get_training(training_id), "reading the training")
     if training is None:
         raise StoreError(f"no training {training_id}; see miquery for the ids")
-    folder = training_dir(training_id)
-    started = store.update_training(training_id, {"status": "running", "host": socket.gethostname(),
-                                                  "pid": os.getpid(), "started_at": now(), "heartbeat_at": now(),
-                                                  "artifacts": artifacts.artifact_url(training_id, "") or str(folder),
-                                                  "log": str(folder / "train.log")},
-                                   expected_status=["new", "queued"])
-    if not started:
-        raise StoreError(f"training {training_id} is {training['status']}, not new or queued; "
-                         "requeue it with micontrol requeue")
-    stop_heartbeat = threading.Event()
-    threading.Thread(target=_heartbeat, args=(store, training_id, stop_heartbeat), daemon=True).start()
-
-    def record_epoch(record: dict[str, Any]) -> None:
-        store.put_result(training_id, record)
-        if (folder / "last.pt").exists():
-            artifacts.publish(training_id, folder / "last.pt")  # uploads when artifacts are remote
-        if store.get_training(training_id).get("cancel_requested"):
-            raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
-
+    if attempt is None:
+        attempt = _start_by_hand(store, training)
+    run = _Attempt(store, training_id, attempt)
+    run.start()
     try:
-        cfg = _training_config(store, training, folder)
-        artifacts.restore_checkpoint(training_id, folder)
-        metrics = mitorch.train(cfg, run_dir=folder / "run", epoch_callbacks=[record_epoch])
-        weights = artifacts.publish(training_id, Path(cfg.output))
+        metrics, weights = _train(run, store.get_training(training_id))
+    except Replaced:
+        run.stop_heartbeat()
+        raise
     except Cancelled as e:
-        _finish(store, training_id, stop_heartbeat, {"status": "cancelled", "error": str(e)})
+        run.finish({"status": "cancelled", "error": str(e)}, "cancelled")
         raise
     except Interrupted as e:
         # Preempted, not failed: back in the queue without using a retry; it resumes from last.pt.
-        stop_heartbeat.set()
-        _publish_quietly(training_id, folder / "last.pt")
-        store.update_training(training_id, {"status": "new", "requeue_reason": str(e),
-                                            "preemptions": training.get("preemptions", 0) + 1},
-                              expected_status="running")
+        if run.cancel_requested():
+            run.finish({"status": "cancelled", "error": "cancelled (micontrol cancel)"}, "cancelled")
+            raise Cancelled(f"training {training_id} was cancelled") from None
+        run.finish({"status": "new", "requeue_reason": str(e),
+                    "preemptions": training.get("preemptions", 0) + 1}, "preempted", completed=False)
         raise
     except MiTorchError as e:
-        _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": str(e)})
+        run.finish({"status": "failed", "error": str(e)}, "failed")
         raise
     except BaseException as e:
         tail = "".join(traceback.format_exception(e))[-4000:]
-        _finish(store, training_id, stop_heartbeat, {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                                                     "traceback": tail})
+        run.finish({"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tail}, "failed")
         raise
-    _finish(store, training_id, stop_heartbeat, {"status": "completed", "metrics": metrics, "weights": weights})
+    run.finish({"status": "completed", "metrics": metrics, "weights": weights}, "completed")
+    for path in artifacts.remove_checkpoints(training_id):
+        _say(f"removed {path} (the weights are kept; MITORCH_KEEP_CHECKPOINTS=1 keeps checkpoints)")
     return metrics
 
 
-def _training_config(store: JobStore, training: dict[str, Any], folder: Any) -> Any:
+def _start_by_hand(store: JobStore, training: dict[str, Any]) -> int:
+    """Takes a `new` training as a new attempt, as a controller's claim would."""
+    current = training.get("attempt", 0)
+    entry = {"executor": f"hand:{local_host()}", "dispatched_at": training["created_at"]}
+    taken = store.update_training(training["id"], {"status": "queued", "attempt": current + 1,
+                                                   "attempts": [*training.get("attempts", []), entry]},
+                                  expected_status="new", attempt=current)
+    if not taken:
+        raise StoreError(f"training {training['id']} is {training['status']}, not new; "
+                         "requeue it with micontrol requeue")
+    return current + 1
+
+
+def _train(run: _Attempt, training: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    import mitorch
+
+    store, training_id = run.store, run.training_id
+
+    def record_epoch(record: dict[str, Any]) -> None:
+        run.write(lambda: store.put_result(training_id, record, attempt=run.attempt), f"epoch {record['epoch']}")
+        if (run.folder / "last.pt").exists():
+            artifacts.publish(training_id, run.folder / "last.pt", run.attempt)  # uploads when artifacts are remote
+        if run.cancel_requested():
+            raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
+
+    cfg = _training_config(store, training, run.folder)
+    source = artifacts.restore_checkpoint(training_id, run.attempt, run.folder, training.get("resume_from_attempt", 1))
+    if source is not None:
+        _say(f"attempt {run.attempt} starts from the checkpoint of {source}")
+    metrics = mitorch.train(cfg, run_dir=run.folder / "run", epoch_callbacks=[record_epoch])
+    return metrics, artifacts.publish(training_id, Path(cfg.output), run.attempt)
+
+
+class _Attempt:
+    """The fenced writes of one attempt, and its heartbeat."""
+
+    def __init__(self, store: JobStore, training_id: str, attempt: int) -> None:
+        self.store, self.training_id, self.attempt = store, training_id, attempt
+        self.index = attempt - 1  # attempt N is attempts[N - 1]
+        self.folder = attempt_dir(training_id, attempt)
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        host, pid = local_host(), os.getpid()
+        fields = {"status": "running", "host": host, "pid": pid, "started_at": DB_NOW, "heartbeat_at": DB_NOW,
+                  "artifacts": artifacts.artifact_url(self.training_id, "") or str(self.folder.parent),
+                  "log": str(self.folder / "train.log"), f"attempts.{self.index}.host": host,
+                  f"attempts.{self.index}.pid": pid, f"attempts.{self.index}.started_at": DB_NOW,
+                  f"attempts.{self.index}.log": str(self.folder / "train.log")}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        started = _with_retry(lambda: self.store.update_training(self.training_id, fields, expected_status="queued",
+                                                                 attempt=self.attempt), "starting")
+        if not started:
+            self._refused("start")
+        _say(f"training {self.training_id} attempt {self.attempt} started on {host}, pid {pid}")
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+
+    def write(self, action: Callable[[], bool], what: str) -> None:
+        """A fenced write that rides out a store outage; a refusal means this attempt was replaced."""
+        if not _with_retry(action, what):
+            self._refused(what)
+
+    def cancel_requested(self) -> bool:
+        training = _with_retry(lambda: self.store.get_training(self.training_id), "reading the training")
+        if training is None or training.get("attempt") != self.attempt:
+            self._refused("a cancel check")
+        return bool(training.get("cancel_requested"))
+
+    def finish(self, fields: dict[str, Any], outcome: str, completed: bool = True) -> None:
+        self.stop_heartbeat()
+        log = self.folder / "train.log"
+        if log.exists():
+            try:
+                artifacts.publish(self.training_id, log, self.attempt)
+            except MiTorchError as e:  # a failed upload must not hide why the training stopped
+                _say(str(e))
+        fields = {**fields, f"attempts.{self.index}.ended_at": DB_NOW, f"attempts.{self.index}.outcome": outcome}
+        if completed:
+            fields["completed_at"] = DB_NOW
+        self.write(lambda: self.store.update_training(self.training_id, fields, expected_status="running",
+                                                      attempt=self.attempt), f"recording {outcome}")
+        _say(f"training {self.training_id} attempt {self.attempt} ended: {outcome}")
+
+    def stop_heartbeat(self) -> None:
+        self._stop.set()
+
+    def _refused(self, what: str) -> None:
+        self._stop.set()
+        try:
+            training = self.store.get_training(self.training_id) or {}
+        except StoreError:
+            training = {}
+        now_held = training.get("attempt", self.attempt)
+        why = (f"attempt {now_held} replaced it" if now_held != self.attempt
+               else f"it is {training.get('status')} (cancelled or requeued by micontrol)")
+        message = (f"training {self.training_id} attempt {self.attempt}: {what} refused, {why}; "
+                   "this process stops and writes nothing more")
+        _say(message)
+        raise Replaced(message)
+
+    def _heartbeat(self) -> None:
+        failing_since: float | None = None
+        interval = env_float("MITORCH_HEARTBEAT_S", 30.0, minimum=0.05)
+        while not self._stop.wait(interval):
+            try:
+                beat = self.store.update_training(self.training_id, {"heartbeat_at": DB_NOW},
+                                                  expected_status="running", attempt=self.attempt)
+            except Exception as e:  # noqa: BLE001 - any store error: keep beating, never die
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    _say(f"heartbeat failed ({e}); retrying every {interval:g} s")
+                continue
+            if failing_since is not None:
+                _say(f"heartbeat back after {time.monotonic() - failing_since:.0f} s")
+                failing_since = None
+            if not beat and not self._stop.is_set():
+                # Replaced (or cancelled by a controller that could not reach this process): stop
+                # at once, from this thread, before the training writes a file more.
+                try:
+                    self._refused("heartbeat")
+                except Exception:  # noqa: BLE001 - Replaced, or the store failing while it explains
+                    pass
+                os._exit(REPLACED_EXIT)
+
+
+def _with_retry(action: Callable[[], T], what: str) -> T:
+    """Runs a store request, retrying through an outage (a locked SQLite file, a MongoDB
+    failover) of up to $MITORCH_STORE_OUTAGE_S seconds (default 300)."""
+    limit = env_float("MITORCH_STORE_OUTAGE_S", 300.0, minimum=0)
+    deadline, delay = time.monotonic() + limit, 0.5
+    while True:
+        try:
+            return action()
+        except StoreError as e:
+            if time.monotonic() >= deadline:
+                raise StoreError(f"the job store failed for more than {limit:g} s (MITORCH_STORE_OUTAGE_S) "
+                                 f"while {what}: {e}") from None
+            _say(f"job store error while {what} ({e}); retrying")
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.05)))
+            delay = min(delay * 2, 10.0)
+
+
+def _training_config(store: JobStore, training: dict[str, Any], folder: Path) -> Any:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create(training["config"])
     OmegaConf.set_struct(cfg, True)
     cfg.output = str(folder / "model.pt")
-    cfg.checkpoint_dir = str(folder)  # a retry resumes from last.pt
+    cfg.checkpoint_dir = str(folder)  # this attempt's own last.pt
     if cfg.get("base") is not None:
         base = store.get_training(cfg.base)
         if base is None or base.get("status") != "completed" or not base.get("weights"):
@@ -103,26 +262,3 @@ def _training_config(store: JobStore, training: dict[str, Any], folder: Any) -> 
             raise StoreError(f"dataset {name}:{version} is not registered; register it with midataset register")
         cfg.data.train, cfg.data.val = (local_split(dataset[split]) for split in SPLITS)
     return cfg
-
-
-def _finish(store: JobStore, training_id: str, stop: threading.Event, fields: dict[str, Any]) -> None:
-    stop.set()
-    _publish_quietly(training_id, training_dir(training_id) / "train.log")
-    store.update_training(training_id, {**fields, "completed_at": now()}, expected_status="running")
-
-
-def _publish_quietly(training_id: str, path: Path) -> None:
-    """Uploads a file on the way out; a failure there must not hide why the training stopped."""
-    if path.exists():
-        try:
-            artifacts.publish(training_id, path)
-        except MiTorchError as e:
-            print(f"mitrain: {e}", file=sys.stderr)
-
-
-def _heartbeat(store: JobStore, training_id: str, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_S):
-        try:
-            store.update_training(training_id, {"heartbeat_at": now()}, expected_status="running")
-        except StoreError:
-            pass  # the next beat tries again; the controller tolerates a missed one

@@ -27,6 +27,18 @@ class StoreError(MiTorchError):
     """The database cannot be reached or refuses a request."""
 
 
+class _DatabaseNow:
+    """A field value the backend replaces with the database's own clock at the moment of the write."""
+
+    def __repr__(self) -> str:
+        return "DB_NOW"
+
+
+# Heartbeats, leases and staleness are judged on one clock, the database's, never by comparing
+# the clocks of two machines.
+DB_NOW = _DatabaseNow()
+
+
 def now() -> datetime:
     """The current UTC time, to the millisecond."""
     moment = datetime.now(timezone.utc)
@@ -61,8 +73,9 @@ def dataset_record(fields: dict[str, Any]) -> dict[str, Any]:
     name, version = fields.get("name"), fields.get("version")
     if not isinstance(name, str) or not name:
         raise ValueError("a dataset needs a name")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ValueError(f"dataset {name}: version must be a whole number of 1 or more, got {version!r}")
+    # Whole numbers from 0 (the original MiTorch's examples use 0), stored as 64-bit integers.
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version < 2**63:
+        raise ValueError(f"dataset {name}: version must be a whole number from 0 to 2**63-1, got {version!r}")
     return {**fields, "id": f"{name}:{version}", "registered_at": now()}
 
 
@@ -97,10 +110,15 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def claim_training(self, fields: dict[str, Any], from_status: str = "new",
-                       to_status: str = "queued") -> dict[str, Any] | None:
+    def claim_training(self, fields: dict[str, Any], from_status: str = "new", to_status: str = "queued",
+                       new_attempt: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Atomically takes the first training in queue order with from_status, moves it to
         to_status and sets fields. Two racing claims never take the same training.
+
+        Args:
+            new_attempt: when given, the claim starts a new attempt: `attempt` (the fencing
+                token, 0 before the first) goes up by one and this entry is appended to
+                `attempts`, so attempt N is `attempts[N - 1]`.
 
         Returns:
             The updated training, or None when there is none to take.
@@ -108,9 +126,14 @@ class JobStore(ABC):
 
     @abstractmethod
     def update_training(self, training_id: str, fields: dict[str, Any],
-                        expected_status: str | Sequence[str] | None = None) -> bool:
+                        expected_status: str | Sequence[str] | None = None,
+                        attempt: int | None = None) -> bool:
         """Sets fields (a "status" among them moves it and is recorded in status_history),
-        only if the training's status is one of expected_status (any when None).
+        only if the training's status is one of expected_status (any when None) and, when
+        attempt is given, the training still holds that attempt (a write fenced by it).
+
+        A key "attempts.I.name" sets one field of the entry at index I; a value DB_NOW is the
+        database's clock at the write.
 
         Returns:
             Whether the training was updated.
@@ -123,8 +146,15 @@ class JobStore(ABC):
     # -- per-epoch results ----------------------------------------------------------------
 
     @abstractmethod
-    def put_result(self, training_id: str, result: dict[str, Any]) -> None:
-        """Stores one epoch's result (result["epoch"]); a second one for that epoch replaces it."""
+    def put_result(self, training_id: str, result: dict[str, Any], attempt: int | None = None) -> bool:
+        """Stores one epoch's result (result["epoch"]); a second one for that epoch replaces it.
+
+        Args:
+            attempt: when given, the result is stored only while the training holds that attempt.
+
+        Returns:
+            Whether it was stored.
+        """
 
     @abstractmethod
     def list_results(self, training_id: str) -> list[dict[str, Any]]:
@@ -133,8 +163,12 @@ class JobStore(ABC):
     # -- jobs -----------------------------------------------------------------------------
 
     @abstractmethod
-    def add_job(self, job: dict[str, Any]) -> str:
-        """Stores a job (a sweep or a search); returns its id."""
+    def add_job(self, job: dict[str, Any], trainings: Sequence[dict[str, Any]] = ()) -> tuple[str, list[str]]:
+        """Stores a job (a sweep or a search) and its first trainings, all or none.
+
+        Returns:
+            The job's id and its trainings' ids, in order.
+        """
 
     @abstractmethod
     def get_job(self, job_id: str) -> dict[str, Any] | None:
@@ -162,8 +196,43 @@ class JobStore(ABC):
     def list_datasets(self) -> list[dict[str, Any]]:
         """Every dataset version, by name then version."""
 
+    # -- the database's clock and leases ---------------------------------------------------
+
+    @abstractmethod
+    def clock(self) -> datetime:
+        """The database's current time (the clock that DB_NOW stamps)."""
+
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Takes (or renews, for its holder) the lease `name` until ttl_s from now on the
+        database's clock. A lease whose time ran out (a crashed holder) can be taken by anyone.
+
+        Returns:
+            Whether holder holds the lease now.
+        """
+
+    @abstractmethod
+    def release_lease(self, name: str, holder: str) -> None:
+        """Gives the lease up, if holder holds it."""
+
+    @abstractmethod
+    def get_lease(self, name: str) -> dict[str, Any] | None:
+        """The lease's record ({"holder", "expires_at"}), expired or not, or None."""
+
     def close(self) -> None:
         """Releases connections."""
+
+
+def set_path(record: dict[str, Any], key: str, value: Any) -> None:
+    """Sets record[key] where key may be dotted ("attempts.0.run_id"), as MongoDB's $set does."""
+    *parents, last = key.split(".")
+    target: Any = record
+    for part in parents:
+        target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
+    if isinstance(target, list):
+        target[int(last)] = value
+    else:
+        target[last] = value
 
 
 def status_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -3,10 +3,10 @@ an index behind every sort."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mitorch.store.base import (STATUSES, JobStore, StoreError, dataset_record, new_id, now, status_fields,
+from mitorch.store.base import (DB_NOW, STATUSES, JobStore, StoreError, dataset_record, new_id, now, status_fields,
                                 training_record)
 from mitorch.store.uri import redact
 
@@ -66,6 +66,7 @@ class MongoStore(JobStore):
             raise StoreError(f"cannot reach the database at {redact(uri or '')} ({reason}); "
                              "check MITORCH_DB_URI and that the server is up") from None
         self._errors = PyMongoError
+        self._duplicate = pymongo.errors.DuplicateKeyError
         self._return_after = pymongo.ReturnDocument.AFTER
 
     def _create_indexes(self) -> None:
@@ -108,38 +109,55 @@ class MongoStore(JobStore):
         cursor = self._db.trainings.find(query, sort=_QUEUE if order == "queue" else _RECENT, limit=limit or 0)
         return [_out(d) for d in self._call(list, cursor)]
 
-    def claim_training(self, fields: dict[str, Any], from_status: str = "new",
-                       to_status: str = "queued") -> dict[str, Any] | None:
+    def claim_training(self, fields: dict[str, Any], from_status: str = "new", to_status: str = "queued",
+                       new_attempt: dict[str, Any] | None = None) -> dict[str, Any] | None:
         update = self._update({**fields, "status": to_status})
+        if new_attempt is not None:
+            # The entry's times come from the client: $currentDate cannot reach into a pushed entry.
+            update["$inc"] = {"attempt": 1}
+            update.setdefault("$push", {})["attempts"] = {k: now() if v is DB_NOW else v for k, v in new_attempt.items()}
         return _out(self._call(self._db.trainings.find_one_and_update, {"status": from_status}, update, sort=_QUEUE,
                                return_document=self._return_after))
 
     def update_training(self, training_id: str, fields: dict[str, Any],
-                        expected_status: str | Sequence[str] | None = None) -> bool:
+                        expected_status: str | Sequence[str] | None = None,
+                        attempt: int | None = None) -> bool:
         query: dict[str, Any] = {"_id": training_id}
         if expected_status is not None:
             expected = [expected_status] if isinstance(expected_status, str) else list(expected_status)
             query["status"] = {"$in": expected}
+        if attempt is not None:
+            query["attempt"] = attempt if attempt else {"$in": [0, None]}
         result = self._call(self._db.trainings.update_one, query, self._update(fields))
         return result.matched_count == 1
 
     @staticmethod
     def _update(fields: dict[str, Any]) -> dict[str, Any]:
         fields, history = status_fields(fields)
-        update: dict[str, Any] = {"$set": dict(fields)}
+        stamped = [key for key, value in fields.items() if value is DB_NOW]
+        update: dict[str, Any] = {"$set": {k: v for k, v in fields.items() if v is not DB_NOW}, "$push": {}}
+        if stamped:
+            update["$currentDate"] = dict.fromkeys(stamped, True)
         if history is not None:
-            update["$push"] = {"status_history": history}
-        return update
+            update["$push"]["status_history"] = history
+        return {k: v for k, v in update.items() if v}
 
     def count_trainings(self) -> dict[str, int]:
         return {s: self._call(self._db.trainings.count_documents, {"status": s}) for s in STATUSES}
 
     # -- per-epoch results ----------------------------------------------------------------
 
-    def put_result(self, training_id: str, result: dict[str, Any]) -> None:
+    def put_result(self, training_id: str, result: dict[str, Any], attempt: int | None = None) -> bool:
         record = {**result, "training_id": training_id, "recorded_at": now()}
+        if attempt is not None:
+            # Checked, then written: a successor that takes over in between writes its own
+            # result for the same epoch, which replaces this one.
+            record["attempt"] = attempt
+            if self._call(self._db.trainings.count_documents, {"_id": training_id, "attempt": attempt}) == 0:
+                return False
         self._call(self._db.training_results.replace_one, {"training_id": training_id, "epoch": int(result["epoch"])},
                    record, upsert=True)
+        return True
 
     def list_results(self, training_id: str) -> list[dict[str, Any]]:
         cursor = self._db.training_results.find({"training_id": training_id}, {"_id": 0},
@@ -148,10 +166,22 @@ class MongoStore(JobStore):
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def add_job(self, job: dict[str, Any]) -> str:
+    def add_job(self, job: dict[str, Any], trainings: Sequence[dict[str, Any]] = ()) -> tuple[str, list[str]]:
+        # Without multi-document transactions (a standalone server, Cosmos DB): the trainings go
+        # first, the job last; a failure on the way removes what was written.
         record = {"status": "new", **job, "id": job.get("id") or new_id(), "created_at": now()}
-        self._call(self._db.jobs.insert_one, _in(record))
-        return record["id"]
+        children = [training_record({**t, "job_id": record["id"]}) for t in trainings]
+        try:
+            if children:
+                self._call(self._db.trainings.insert_many, [_in(t) for t in children], ordered=True)
+            self._call(self._db.jobs.insert_one, _in(record))
+        except StoreError:
+            try:
+                self._db.trainings.delete_many({"job_id": record["id"]})
+            except self._errors:
+                pass
+            raise
+        return record["id"], [t["id"] for t in children]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return _out(self._call(self._db.jobs.find_one, {"_id": job_id}))
@@ -179,6 +209,33 @@ class MongoStore(JobStore):
 
     def list_datasets(self) -> list[dict[str, Any]]:
         return [_out(d) for d in self._call(list, self._db.datasets.find({}, sort=[("name", 1), ("version", 1)]))]
+
+    # -- the database's clock and leases ---------------------------------------------------
+
+    def clock(self) -> datetime:
+        document = self._call(self._db.leases.find_one_and_update, {"_id": "$clock"},
+                              {"$currentDate": {"now": True}}, upsert=True, return_document=self._return_after)
+        return _utc(document["now"])
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        moment = self.clock()
+        query = {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lte": moment}}]}
+        update = {"$set": {"holder": holder, "expires_at": moment + timedelta(seconds=ttl_s)}}
+        try:
+            self._db.leases.update_one(query, update, upsert=True)
+        except self._duplicate:
+            return False  # held by another: the filter missed and the insert met its _id
+        except self._errors as e:
+            raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        self._call(self._db.leases.delete_one, {"_id": name, "holder": holder})
+
+    def get_lease(self, name: str) -> dict[str, Any] | None:
+        document = self._call(self._db.leases.find_one, {"_id": name})
+        return None if document is None else {"name": name, "holder": document["holder"],
+                                              "expires_at": _utc(document["expires_at"])}
 
     def close(self) -> None:
         self._client.close()

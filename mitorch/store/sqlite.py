@@ -1,4 +1,5 @@
-"""The embedded backend: one SQLite file, safe for several processes (WAL, immediate transactions)."""
+"""The embedded backend: one SQLite file, safe for several processes on one machine (WAL,
+immediate transactions). The machine's clock is the database's clock."""
 from __future__ import annotations
 
 import json
@@ -6,12 +7,16 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from mitorch.store.base import (STATUSES, JobStore, StoreError, dataset_record, new_id, now, status_fields,
-                                training_record)
+from mitorch.envvars import env_float
+from mitorch.store.base import (DB_NOW, STATUSES, JobStore, StoreError, dataset_record, new_id, now, set_path,
+                                status_fields, training_record)
+
+# Version 2: attempts and leases. A database written by a newer MiTorch is refused, not misread.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trainings (
@@ -26,6 +31,7 @@ CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, created_at TE
 CREATE INDEX IF NOT EXISTS jobs_recent ON jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS datasets (
     name TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TEXT NOT NULL);
 """
 
 
@@ -59,14 +65,23 @@ class SQLiteStore(JobStore):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        # How long a request waits for another process's write lock (MITORCH_SQLITE_BUSY_TIMEOUT_S).
+        busy_s = env_float("MITORCH_SQLITE_BUSY_TIMEOUT_S", 30.0, minimum=0)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(self.path, timeout=busy_s, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_s * 1000)}")
             with self._transaction() as db:
+                version = db.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise StoreError(f"the database sqlite:///{self.path} was written by a newer MiTorch (schema "
+                                     f"{version}, this one reads up to {SCHEMA_VERSION}); upgrade MiTorch")
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except StoreError:
+            raise
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the database sqlite:///{self.path}: {e}; check MITORCH_DB_URI") from None
 
@@ -74,13 +89,19 @@ class SQLiteStore(JobStore):
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock at once: a claim's read and write are one step.
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"database request failed: {e} (sqlite:///{self.path})") from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.ProgrammingError):
+                    raise StoreError(f"database request failed: {e} (sqlite:///{self.path})") from None
                 raise
-            self._db.execute("COMMIT")
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._transaction() as db:
@@ -91,10 +112,14 @@ class SQLiteStore(JobStore):
     def add_trainings(self, trainings: Sequence[dict[str, Any]]) -> list[str]:
         records = [training_record(t) for t in trainings]
         with self._transaction() as db:
-            for r in records:
-                db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?, ?)",
-                           (r["id"], r["status"], r["priority"], _key(r["created_at"]), r.get("job_id"), _encode(r)))
+            self._insert_trainings(db, records)
         return [r["id"] for r in records]
+
+    @staticmethod
+    def _insert_trainings(db: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> None:
+        for r in records:
+            db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?, ?)",
+                       (r["id"], r["status"], r["priority"], _key(r["created_at"]), r.get("job_id"), _encode(r)))
 
     def get_training(self, training_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT data FROM trainings WHERE id = ?", (training_id,))
@@ -115,18 +140,22 @@ class SQLiteStore(JobStore):
             sql += f" LIMIT {int(limit)}"
         return self._rows(sql, args)
 
-    def claim_training(self, fields: dict[str, Any], from_status: str = "new",
-                       to_status: str = "queued") -> dict[str, Any] | None:
+    def claim_training(self, fields: dict[str, Any], from_status: str = "new", to_status: str = "queued",
+                       new_attempt: dict[str, Any] | None = None) -> dict[str, Any] | None:
         with self._transaction() as db:
             row = db.execute("SELECT data FROM trainings WHERE status = ? ORDER BY priority, created_at, id LIMIT 1",
                              (from_status,)).fetchone()
             if row is None:
                 return None
             record = _decode(row[0])
+            if new_attempt is not None:
+                record["attempt"] = record.get("attempt", 0) + 1
+                record["attempts"] = [*record.get("attempts", []), _stamped(new_attempt)]
             return self._apply(db, record, {**fields, "status": to_status})
 
     def update_training(self, training_id: str, fields: dict[str, Any],
-                        expected_status: str | Sequence[str] | None = None) -> bool:
+                        expected_status: str | Sequence[str] | None = None,
+                        attempt: int | None = None) -> bool:
         expected = [expected_status] if isinstance(expected_status, str) else expected_status
         with self._transaction() as db:
             row = db.execute("SELECT data FROM trainings WHERE id = ?", (training_id,)).fetchone()
@@ -135,13 +164,16 @@ class SQLiteStore(JobStore):
             record = _decode(row[0])
             if expected is not None and record["status"] not in expected:
                 return False
+            if attempt is not None and record.get("attempt", 0) != attempt:
+                return False
             self._apply(db, record, fields)
             return True
 
     @staticmethod
     def _apply(db: sqlite3.Connection, record: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
-        fields, history = status_fields(fields)
-        record.update(fields)
+        fields, history = status_fields(_stamped(fields))
+        for key, value in fields.items():
+            set_path(record, key, value)
         if history is not None:
             record["status_history"] = [*record.get("status_history", []), history]
         db.execute("UPDATE trainings SET status = ?, priority = ?, job_id = ?, data = ? WHERE id = ?",
@@ -155,23 +187,32 @@ class SQLiteStore(JobStore):
 
     # -- per-epoch results ----------------------------------------------------------------
 
-    def put_result(self, training_id: str, result: dict[str, Any]) -> None:
+    def put_result(self, training_id: str, result: dict[str, Any], attempt: int | None = None) -> bool:
         record = {**result, "training_id": training_id, "recorded_at": now()}
+        if attempt is not None:
+            record["attempt"] = attempt
         with self._transaction() as db:
+            if attempt is not None:
+                row = db.execute("SELECT data FROM trainings WHERE id = ?", (training_id,)).fetchone()
+                if row is None or _decode(row[0]).get("attempt", 0) != attempt:
+                    return False
             db.execute("INSERT OR REPLACE INTO training_results VALUES (?, ?, ?)",
                        (training_id, int(result["epoch"]), _encode(record)))
+        return True
 
     def list_results(self, training_id: str) -> list[dict[str, Any]]:
         return self._rows("SELECT data FROM training_results WHERE training_id = ? ORDER BY epoch", (training_id,))
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def add_job(self, job: dict[str, Any]) -> str:
+    def add_job(self, job: dict[str, Any], trainings: Sequence[dict[str, Any]] = ()) -> tuple[str, list[str]]:
         record = {"status": "new", **job, "id": job.get("id") or new_id(), "created_at": now()}
+        children = [training_record({**t, "job_id": record["id"]}) for t in trainings]
         with self._transaction() as db:
             db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?)",
                        (record["id"], record["status"], _key(record["created_at"]), _encode(record)))
-        return record["id"]
+            self._insert_trainings(db, children)
+        return record["id"], [t["id"] for t in children]
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT data FROM jobs WHERE id = ?", (job_id,))
@@ -211,5 +252,34 @@ class SQLiteStore(JobStore):
     def list_datasets(self) -> list[dict[str, Any]]:
         return self._rows("SELECT data FROM datasets ORDER BY name, version")
 
+    # -- the database's clock and leases ---------------------------------------------------
+
+    def clock(self) -> datetime:
+        return now()
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        with self._transaction() as db:
+            moment = now()
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and datetime.fromisoformat(row[1]) > moment:
+                return False
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
+                       (name, holder, (moment + timedelta(seconds=ttl_s)).isoformat()))
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+
+    def get_lease(self, name: str) -> dict[str, Any] | None:
+        with self._transaction() as db:
+            row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+        return None if row is None else {"name": name, "holder": row[0], "expires_at": datetime.fromisoformat(row[1])}
+
     def close(self) -> None:
         self._db.close()
+
+
+def _stamped(fields: dict[str, Any]) -> dict[str, Any]:
+    stamp = now()
+    return {key: stamp if value is DB_NOW else value for key, value in fields.items()}
