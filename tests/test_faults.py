@@ -70,7 +70,7 @@ def test_a_silent_live_run_is_stopped_before_its_training_runs_again(service: Se
     actions = service("micontrol", **env).stdout.splitlines()
     assert actions[0].startswith(f"killed {training_id}")
     wait_for(lambda: not alive(pid), "the killed process to end", timeout=30)
-    actions = service.tick_until(lambda: service.status(training_id) == "completed", **env)
+    actions = service.tick_until(lambda: service.status(training_id) == "completed")
     assert any(a.startswith(f"requeued {training_id} (retry 1 of 2: its process is gone") for a in actions)
     attempts = service.training(training_id)["attempts"]
     assert [a["outcome"] for a in attempts] == ["lost", "completed"]

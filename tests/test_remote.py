@@ -74,7 +74,7 @@ def test_register_list_show_and_upsert(tmp_path: Path, home: dict) -> None:
 
 
 @pytest.mark.parametrize("entry, message", [
-    ({"name": "x", "version": 0}, "version must be a whole number"),
+    ({"name": "x", "version": -1}, "version must be a whole number"),
     ({"name": "x", "version": 1, "train": {"path": "missing.txt"}, "val": {"path": "missing.txt"}},
      "missing.txt does not exist"),
     ({"name": "x", "version": 1, "train": {"path": "ftp://host/a.txt"}, "val": {"path": "a"}},
@@ -122,6 +122,28 @@ def test_misubmit_dataset_is_checked_and_pinned(tmp_path: Path, home: dict) -> N
     assert sweep.returncode == 0, sweep.stderr
     job_id = sweep.stdout.split()[1]
     assert [t["dataset"]["version"] for t in store.list_trainings(job_id=job_id)] == [1, 1]
+
+
+def test_the_original_mitorch_dataset_file_registers_from_version_0(tmp_path: Path, home: dict) -> None:
+    # The dataset definition of the original MiTorch's README, with files that exist.
+    make_text_dataset(tmp_path / "data")
+    original = [{"name": "dataset_name", "version": 0,
+                 "train": {"path": "data/train.txt", "support_files": ["data/train.zip"]},
+                 "val": {"path": "data/val.txt", "support_files": ["data/val.zip"]}}]
+    (tmp_path / "datasets.json").write_text(json.dumps(original))
+    registered = run("midataset", "register", "datasets.json", cwd=tmp_path, env=home)
+    assert registered.returncode == 0, registered.stderr
+    assert registered.stdout == "registered dataset_name:0\n"
+    shown = run("midataset", "show", "dataset_name", "--version", "0", "--json", cwd=tmp_path, env=home)
+    assert json.loads(shown.stdout)["version"] == 0
+
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    pinned = run("misubmit", "--dataset", "dataset_name:0", cwd=tmp_path, env=home)
+    assert pinned.returncode == 0, pinned.stderr
+    assert store.get_training(pinned.stdout.strip())["dataset"] == {"name": "dataset_name", "version": 0}
+    sweep = run("misubmit", "--dataset", "dataset_name:0", "-m", "optimizer.lr=0.1,0.01", cwd=tmp_path, env=home)
+    assert sweep.returncode == 0, sweep.stderr
+    assert [t["dataset"]["version"] for t in store.list_trainings(job_id=sweep.stdout.split()[1])] == [0, 0]
 
 
 # -- downloads over http(s) --------------------------------------------------------------------
@@ -182,6 +204,22 @@ def test_downloads_retry_then_come_from_the_cache(tmp_path: Path, home: dict, ht
             del os.environ["MITORCH_TRANSFER_RETRIES"]
             FlakyFiles.failures = 2
     assert not list((Path(home["MITORCH_CACHE_DIR"]) / "downloads").glob("*/val.txt"))  # no partial file kept
+
+
+def test_a_presigned_url_keeps_its_signature_out_of_the_store(tmp_path: Path, home: dict, http_files) -> None:
+    folder, url = http_files
+    data = make_text_dataset(folder)
+    signed = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=5EC7E7"
+    entry = _entry("signed", 0, str(data.train), f"{url}/val.txt?{signed}")
+    (tmp_path / "datasets.json").write_text(json.dumps([entry]))
+    assert run("midataset", "register", "datasets.json", cwd=tmp_path, env=home).returncode == 0
+
+    record = SQLiteStore(tmp_path / "db.sqlite").get_dataset("signed", 0)
+    assert record["val"]["path"] == f"{url}/val.txt"
+    assert "5EC7E7" not in Path(home["MITORCH_DB_URI"].removeprefix("sqlite:///")).read_bytes().decode("latin-1")
+    # The download puts the signature back.
+    assert Path(datasets.local_split(record["val"])).read_text() == data.val.read_text()
+    assert FlakyFiles.requests[f"/val.txt?{signed}"] == 3
 
 
 # -- Azure Blob Storage through Azurite --------------------------------------------------------
@@ -274,11 +312,11 @@ def test_blob_dataset_trains_and_weights_round_trip_with_no_secret_anywhere(tmp_
     assert training["status"] == "completed", training.get("error")
     assert [r["epoch"] for r in record["results"]] == [1, 2]
     artifacts = outputs.split("?")[0]
-    assert training["weights"] == f"{artifacts}/{first}/model.pt"
+    assert training["weights"] == f"{artifacts}/{first}/attempt-1/model.pt"
     assert training["artifacts"] == f"{artifacts}/{first}/"
-    for name in ("model.pt", "last.pt"):
-        assert BlobClient.from_blob_url(_blob(outputs, f"{first}/{name}")).exists(), name
-    uploaded = BlobClient.from_blob_url(_blob(outputs, f"{first}/model.pt")).download_blob().readall()
+    for name, kept in (("model.pt", True), ("train.log", True), ("last.pt", False)):  # weights stored: no last.pt
+        assert BlobClient.from_blob_url(_blob(outputs, f"{first}/attempt-1/{name}")).exists() == kept, name
+    uploaded = BlobClient.from_blob_url(_blob(outputs, f"{first}/attempt-1/model.pt")).download_blob().readall()
 
     # Another machine: an empty cache, and only the URL in the record to find the weights by.
     second = cli("misubmit", "--dataset", "shapes:1", f"base={first}", *quick, "max_epochs=1").strip()

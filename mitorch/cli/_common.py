@@ -6,7 +6,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from mitorch.config import config_file_overrides, format_value, merge
 from mitorch.errors import MiTorchError
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument.
@@ -50,6 +49,9 @@ def parse_command_line(argv: list[str], prog: str) -> CommandLine:
         UsageError: wrong number of positional arguments or a flag without its value.
         ConfigError: the CONFIG file is missing or does not parse.
     """
+    # Imported here: miquery, micontrol and midataset share this module and never compose configs.
+    from mitorch.config import config_file_overrides, format_value, merge
+
     command = CommandLine()
     positionals: list[str] = []
     legacy: list[str] = []
@@ -180,7 +182,9 @@ def to_json(value: Any) -> str:
 
 
 def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:
-    """Prints a user error as one line on stderr and exits."""
-    message = " ".join(str(error).split()) or type(error).__name__
+    """Prints a user error as one line on stderr, without any credential it may quote, and exits."""
+    from mitorch.store.uri import redact
+
+    message = redact(" ".join(str(error).split()) or type(error).__name__)
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
     sys.exit(2 if isinstance(error, UsageError) else getattr(error, "exit_code", code))

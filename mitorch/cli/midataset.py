@@ -17,10 +17,11 @@ from mitorch.store.uri import redact
 PROG = "midataset"
 EPILOG = """\
 A registration FILE is a JSON list of {"name", "version", "train": {"path", "support_files"},
-"val": {...}}. Paths are local paths (relative to FILE), https URLs, or Azure Blob URLs with a
-SAS token. SAS tokens are kept in the credentials file ($MITORCH_CREDENTIALS, else
-~/.config/mitorch/credentials.json, readable by you only), never in the job store; URLs are
-shown without them. Queue a training on a dataset with misubmit --dataset NAME[:VERSION].
+"val": {...}}; versions are whole numbers from 0. Paths are local paths (relative to FILE),
+https URLs, or Azure Blob URLs with a SAS token. SAS tokens are kept in the credentials file
+($MITORCH_CREDENTIALS, else ~/.config/mitorch/credentials.json, readable by you only), never in
+the job store; URLs are shown without them. Queue a training on a dataset with
+misubmit --dataset NAME[:VERSION].
 """
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
     show = commands.add_parser("show", help="one dataset (its highest version unless --version)")
     show.add_argument("name")
-    show.add_argument("--version", type=int)
+    show.add_argument("--version", help="a whole number from 0")
     show.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "list":
             datasets = store.list_datasets()
         else:
+            from mitorch.service.datasets import parse_version
+
+            if args.version is not None:
+                args.version = parse_version(args.version)
             dataset = store.get_dataset(args.name, args.version)
             if dataset is None:
                 shown = args.name if args.version is None else f"{args.name} version {args.version}"
@@ -68,9 +73,18 @@ def main(argv: list[str] | None = None) -> None:
         _details(datasets[0])
 
 
-def _split(split: dict[str, Any]) -> str:
+# Stored strings reach Rich as Text, never as markup: a name like "x[/y]" is shown as it is.
+
+
+def _shown(value: Any) -> Any:
+    from rich.text import Text
+
+    return Text(redact(str(value)))
+
+
+def _split(split: dict[str, Any]) -> Any:
     extra = len(split.get("support_files", []))
-    return redact(split["path"]) + (f" (+{extra} file{'s' * (extra != 1)})" if extra else "")
+    return _shown(split["path"] + (f" (+{extra} file{'s' * (extra != 1)})" if extra else ""))
 
 
 def _table(datasets: list[dict[str, Any]]) -> None:
@@ -81,23 +95,24 @@ def _table(datasets: list[dict[str, Any]]) -> None:
     for column in ("name", "version", "train", "val", "registered"):
         table.add_column(column, overflow="fold")
     for d in datasets:
-        table.add_row(d["name"], str(d["version"]), _split(d["train"]), _split(d["val"]),
+        table.add_row(_shown(d["name"]), _shown(d["version"]), _split(d["train"]), _split(d["val"]),
                       d["registered_at"].strftime("%Y-%m-%d %H:%M"))
     Console().print(table if datasets else "no datasets registered; add some with midataset register FILE")
 
 
 def _details(dataset: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(highlight=False)
-    console.print(f"[bold]{dataset['name']}[/bold] version {dataset['version']}, registered "
-                  f"{dataset['registered_at']:%Y-%m-%d %H:%M:%S}")
+    console.print(Text.assemble((redact(str(dataset["name"])), "bold"), f" version {dataset['version']}, registered "
+                                f"{dataset['registered_at']:%Y-%m-%d %H:%M:%S}"))
     if dataset.get("description"):
-        console.print(dataset["description"])
+        console.print(_shown(dataset["description"]))
     for split in ("train", "val"):
-        console.print(f"{split}: {redact(dataset[split]['path'])}")
+        console.print(Text(f"{split}: ") + _shown(dataset[split]["path"]))
         for f in dataset[split].get("support_files", []):
-            console.print(f"  {redact(f)}")
+            console.print(Text("  ") + _shown(f))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from importlib import resources
 from omegaconf import DictConfig, OmegaConf
 
 from mitorch.config.overrides import GROUPS, group_choices, override_key
+from mitorch.config.screen import screen_overrides, shorten
 from mitorch.config.validate import validate
 from mitorch.errors import ConfigError
 
@@ -31,9 +32,11 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         The composed config (interpolations unresolved, struct mode on).
 
     Raises:
-        ConfigError: an unknown group option or key, a wrong type, or a bad value.
+        ConfigError: an unknown group option or key, a wrong type, or a bad value (a value that
+            carries a credential among them).
     """
     overrides = task_defaults(list(overrides))
+    screen_overrides(overrides)
     # The defaults of the selected options are the reference for key names and types.
     selections = [f"{g}={c}" for g, c in group_choices(overrides).items()]
     reference = _compose(selections, selections)
@@ -108,8 +111,8 @@ def override_error(error: Exception) -> ConfigError:
     """A Hydra override that does not parse, shown without any token it carries."""
     from mitorch.store.uri import redact
 
-    override = redact(getattr(error, "override", "") or "")
-    reason = str(error).strip().splitlines()[0]
+    override = shorten(redact(getattr(error, "override", "") or ""), 100)
+    reason = shorten(redact(str(error).strip().splitlines()[0]), 200)
     return ConfigError(f"cannot parse the override {override} ({reason}); quote a value with special "
                        "characters, e.g. key='a=b?c'")
 

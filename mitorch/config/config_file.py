@@ -14,36 +14,76 @@ from typing import Any
 from mitorch.config.overrides import GROUPS, format_value, group_choices
 from mitorch.errors import ConfigError
 
+# A training config nests a few levels (group, key, list) and holds a few hundred values; anything
+# far beyond is a mistake or hostile (YAML aliases can make a short file hold billions).
+MAX_DEPTH = 16
+MAX_VALUES = 100_000
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Reads a JSON or YAML training config into a dict.
 
     Raises:
-        ConfigError: the file is missing, does not parse, or is not a mapping.
+        ConfigError: the file is missing, does not parse, is not a mapping, nests more than
+            MAX_DEPTH levels or holds more than MAX_VALUES values.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        try:
-            content = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
-    else:
-        import yaml
-
-        try:
-            content = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    try:
+        content = _parse(path, path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests deeper than {MAX_DEPTH} levels; a config nests a few") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if content is None:
         content = {}
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config keys, not a {type(content).__name__}")
+    _check_shape(content, path)
     return content
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+        except ValueError as e:  # an integer beyond Python's limit of 4300 digits
+            raise ConfigError(f"config file {path} holds a number beyond 64 bits ({_first_line(e)})") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    except ValueError as e:  # an integer beyond Python's digit limit, a date like 2024-13-45
+        raise ConfigError(f"config file {path} holds a value that cannot be read ({_first_line(e)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).split(";")[0].strip()
+
+
+def _check_shape(content: dict[str, Any], path: Path) -> None:
+    """Refuses content nested deeper than MAX_DEPTH or holding more than MAX_VALUES values, walking
+    it level by level (no recursion) and stopping as soon as it is too big."""
+    depth, level, values = 0, [content], 0
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"config file {path} nests deeper than {MAX_DEPTH} levels; a config nests a few")
+        children: list[Any] = []
+        for item in level:
+            children.extend(item.values() if isinstance(item, Mapping) else item)
+            values += len(item)
+            if values > MAX_VALUES:
+                raise ConfigError(f"config file {path} holds more than {MAX_VALUES} values; a config holds a few "
+                                  "hundred")
+        level = [child for child in children if isinstance(child, (Mapping, list))]
 
 
 def config_file_overrides(path: str | Path, command_line: Iterable[str] = ()) -> list[str]:

@@ -1,6 +1,7 @@
 """Checks of a composed config: key types (against the shipped defaults) and values."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
     """
     if reference is not None:
         _check_types(cfg, reference, "")
+    _check_numbers(cfg, "")
     if cfg.task_type not in TASK_TYPES:
         raise ConfigError(f"unknown task_type '{cfg.task_type}'; choose from {', '.join(TASK_TYPES)}")
     _check_task_fits(cfg)
@@ -67,6 +69,54 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         raise ConfigError("set base (a training id) or weights (a file), not both")
     if (cfg.data.train is None) != (cfg.data.val is None):
         raise ConfigError("set both data.train and data.val (TRAIN and VAL), or neither for the built-in dataset")
+    _check_intervals(cfg)
+
+
+# Whole numbers are kept as 64-bit integers by PyTorch, SQLite and MongoDB.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _check_numbers(node: DictConfig | ListConfig, prefix: str) -> None:
+    """Every number in the config (+extra keys and list items too) fits in 64 bits and is finite."""
+    items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node._iter_ex(resolve=False))
+    for key, _ in items:
+        full_key = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
+        if full_key == "hydra":
+            continue
+        child = node._get_node(key)
+        if isinstance(child, (DictConfig, ListConfig)):
+            _check_numbers(child, f"{full_key}.")
+            continue
+        value = child._value()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            raise ConfigError(f"{full_key} must be a whole number from -2**63 to 2**63-1, got {_digits(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{full_key} must be a finite number, got {value}")
+
+
+def _digits(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:28]}... ({len(text)} digits)"
+
+
+def _check_intervals(cfg: DictConfig) -> None:
+    """Lengths and intervals that a negative or reversed value would turn into nonsense."""
+    warmup = OmegaConf.select(cfg, "lr_scheduler.warmup_epochs", default=None)
+    if _number(warmup) and warmup < 0:
+        raise ConfigError(f"lr_scheduler.warmup_epochs must be 0 or more, got {warmup}")
+    step = OmegaConf.select(cfg, "lr_scheduler.step_epochs", default=None)
+    if _number(step) and step <= 0:
+        raise ConfigError(f"lr_scheduler.step_epochs (the interval between lr steps) must be more than 0, got {step}")
+    min_scale = OmegaConf.select(cfg, "augmentation.train.min_scale", default=None)
+    if _number(min_scale) and not 0 < min_scale <= 1:
+        raise ConfigError(f"augmentation.train.min_scale must be in (0, 1] (crops cover min_scale to all of the "
+                          f"image), got {min_scale}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_task_fits(cfg: DictConfig) -> None:

@@ -9,7 +9,6 @@ another machine resumes), then model.pt and train.log. Records keep the URLs wit
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -104,14 +103,18 @@ def _copy_atomically(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def remove_checkpoints(training_id: str) -> list[Path]:
-    """Deletes the local last.pt of every attempt (weights and logs stay), unless
-    MITORCH_KEEP_CHECKPOINTS=1. Returns what was removed."""
+def remove_checkpoints(training_id: str, attempts: int) -> list[str]:
+    """Deletes the last.pt of attempts 1..attempts, local and remote (weights and logs stay),
+    unless MITORCH_KEEP_CHECKPOINTS=1. Returns what was removed."""
     if os.environ.get("MITORCH_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes"):
         return []
     removed = []
-    for folder in training_dir(training_id).glob("attempt-*"):
-        if re.fullmatch(r"attempt-\d+", folder.name) and (folder / "last.pt").is_file():
-            (folder / "last.pt").unlink()
-            removed.append(folder / "last.pt")
+    for attempt in range(1, attempts + 1):
+        local = attempt_dir(training_id, attempt) / "last.pt"
+        if local.is_file():
+            local.unlink()
+            removed.append(str(local))
+        url = artifact_url(training_id, f"{attempt_name(attempt)}/last.pt")
+        if url is not None and remote.delete(url):
+            removed.append(url)
     return removed

@@ -2,13 +2,14 @@
 
 A registration file is a JSON list of entries:
 
-    {"name": "shapes", "version": 1,
+    {"name": "shapes", "version": 0,
      "train": {"path": "https://acct.blob.core.windows.net/data/train.txt?sv=...&sig=...",
                "support_files": ["https://acct.blob.core.windows.net/data/images.zip?sv=...&sig=..."]},
      "val": {"path": "/data/shapes/val.txt", "support_files": []}}
 
 `path` is what mitrain reads (a text-format file or an image folder); `support_files` are the
-files it refers to (image archives, labels.txt), which end up beside it.
+files it refers to (image archives, labels.txt), which end up beside it. Versions are whole
+numbers from 0, as in the original MiTorch's dataset definitions.
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ from urllib.parse import urlsplit
 
 from mitorch.errors import ConfigError
 from mitorch.service import credentials, remote
+from mitorch.store.uri import credential_forms, redact
+
+# Versions are stored as 64-bit integers (SQLite INTEGER, MongoDB long).
+MAX_VERSION = 2**63 - 1
 
 SPLITS = ("train", "val")
 
@@ -38,6 +43,8 @@ def read_registration(file: str) -> list[dict[str, Any]]:
         raise ConfigError(f"dataset file {file} does not exist") from None
     except (OSError, ValueError) as e:
         raise ConfigError(f"dataset file {file} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"dataset file {file} nests too deeply; an entry is {{name, version, train, val}}") from None
     if isinstance(entries, dict):
         entries = [entries]
     if not isinstance(entries, list) or not entries:
@@ -67,14 +74,18 @@ def _check_entry(entry: Any, index: int, file: str, base: Path) -> dict[str, Any
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
                           "keys are name, version, train, val, description")
     name, version = entry.get("name"), entry.get("version")
-    if not isinstance(name, str) or not name or ":" in name or name != name.strip():
-        raise ConfigError(f"{where}: name must be a non-empty string without ':' or surrounding spaces")
+    if not isinstance(name, str) or not name or ":" in name or name != name.strip() or not name.isprintable():
+        raise ConfigError(f"{where}: name must be a non-empty string without ':', surrounding spaces or "
+                          "control characters")
     where = f"dataset file {file}, {name}"
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ConfigError(f"{where}: version must be a whole number of 1 or more, got {version!r}")
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= MAX_VERSION:
+        raise ConfigError(f"{where}: version must be a whole number from 0 to 2**63-1, got {_short(version)}")
     record = {"name": name, "version": version}
     if "description" in entry:
         record["description"] = str(entry["description"])
+        if credential_forms(record["description"]):
+            raise ConfigError(f"{where}: the description carries a credential "
+                              f"({', '.join(credential_forms(record['description']))}); leave secrets out of it")
     for split in SPLITS:
         value = entry.get(split)
         if not isinstance(value, dict) or not isinstance(value.get("path"), str):
@@ -97,10 +108,15 @@ def _check_path(path: str, where: str, base: Path) -> str:
     if remote.is_remote(path):
         scheme = path.split("://", 1)[0]
         if scheme == "http" and not _loopback(path):
-            raise ConfigError(f"{where}: {remote.bare(path)} is plain http; use https")
+            raise ConfigError(f"{where}: {redact(remote.bare(path))} is plain http; use https")
+        # A token in the query moves to the credentials file; one anywhere else would be stored.
+        kept = credential_forms(credentials.split_sas(path)[0])
+        if kept:
+            raise ConfigError(f"{where}: {redact(remote.bare(path))} carries a credential outside its query "
+                              f"({', '.join(kept)}); give a SAS token or a presigned URL instead")
         return path
     if "://" in path:
-        raise ConfigError(f"{where}: {path.split('?')[0]} is neither a local path nor an http(s) URL")
+        raise ConfigError(f"{where}: {redact(path.split('?')[0])} is neither a local path nor an http(s) URL")
     local = (base / os.path.expanduser(path)).resolve()
     if not local.exists():
         raise ConfigError(f"{where}: {local} does not exist")
@@ -119,12 +135,30 @@ def parse_reference(text: str) -> tuple[str, int | None]:
     """NAME or NAME:VERSION."""
     name, _, version = text.partition(":")
     if not name:
-        raise ConfigError(f"--dataset needs NAME or NAME:VERSION, got {text!r}")
+        raise ConfigError(f"--dataset needs NAME or NAME:VERSION, got {_short(text)}")
     if not version:
         return name, None
-    if not version.isdigit() or int(version) < 1:
-        raise ConfigError(f"--dataset {text}: the version must be a whole number of 1 or more")
-    return name, int(version)
+    return name, parse_version(version, f"--dataset {name}")
+
+
+def parse_version(text: str, what: str = "--version") -> int:
+    """A dataset version given as text: a whole number from 0 to 2**63-1.
+
+    Raises:
+        ConfigError: naming what and the value.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > MAX_VERSION:
+        raise ConfigError(f"{what}: the version must be a whole number from 0 to 2**63-1, got {_short(text)}")
+    return int(text)
+
+
+def _short(value: Any) -> str:
+    """value for an error message, cut short: a hostile value may be megabytes long."""
+    try:
+        shown = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit
+        return "a number too long to show"
+    return shown if len(shown) <= 40 else f"{shown[:37]}..."
 
 
 def local_split(split: dict[str, Any]) -> str:

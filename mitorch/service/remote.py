@@ -3,8 +3,9 @@
 A URL is an Azure Blob URL when its host is `*.blob.core.windows.net` or a SAS token is known
 for it (see mitorch.service.credentials); those go through azure-storage-blob (a SAS token, or
 azure-identity's DefaultAzureCredential where it is installed). Other http(s) URLs are plain
-GETs. Transient failures are retried with exponential backoff; a file already in the cache is
-reused. Errors and messages only ever show URLs without their query.
+GETs, with the URL's kept credential (a presigned URL's query) put back. Transient failures are
+retried with exponential backoff; a file already in the cache is reused. Errors and messages
+only ever show URLs without their query.
 """
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from mitorch.envvars import env_float, env_int
 from mitorch.errors import DataError, MiTorchError
 from mitorch.paths import cache_dir
-from mitorch.service.credentials import sas_for
+from mitorch.service.credentials import is_sas, sas_for
 from mitorch.store.uri import redact
 
 T = TypeVar("T")
@@ -42,7 +44,7 @@ def bare(url: str) -> str:
 
 def is_blob(url: str) -> bool:
     host = urlsplit(url).hostname or ""
-    return host.endswith(".blob.core.windows.net") or sas_for(url) is not None
+    return host.endswith(".blob.core.windows.net") or is_sas(sas_for(url))
 
 
 def fetch(path: str) -> Path:
@@ -87,10 +89,25 @@ def exists(url: str) -> bool:
     return bool(_retry(lambda: _blob_client(url).exists(), f"check {bare(url)}"))
 
 
+def delete(url: str) -> bool:
+    """Deletes a blob if it exists; returns whether it existed."""
+    def remove() -> bool:
+        client = _blob_client(url)
+        if not client.exists():
+            return False
+        client.delete_blob()
+        return True
+
+    return bool(_retry(remove, f"delete {bare(url)}"))
+
+
 # -- transfers ---------------------------------------------------------------------------------
 
 
 def _download_http(url: str, destination: Path) -> None:
+    token = sas_for(url)
+    if token is not None:
+        url = f"{bare(url)}?{token}"
     request = urllib.request.Request(url, headers={"User-Agent": "mitorch"})
     with urllib.request.urlopen(request, timeout=60) as response, open(destination, "wb") as f:
         shutil.copyfileobj(response, f, 1 << 20)
@@ -129,8 +146,8 @@ def _blob_client(url: str) -> Any:
 def _retry(action: Callable[[], T], what: str) -> T:
     """Runs action, retrying transient failures with exponential backoff (MITORCH_TRANSFER_RETRIES
     further attempts, default 4, waiting MITORCH_TRANSFER_BACKOFF_S (default 1) times 1, 2, 4...)."""
-    retries = int(os.environ.get("MITORCH_TRANSFER_RETRIES", "4"))
-    backoff = float(os.environ.get("MITORCH_TRANSFER_BACKOFF_S", "1"))
+    retries = env_int("MITORCH_TRANSFER_RETRIES", 4, minimum=0)
+    backoff = env_float("MITORCH_TRANSFER_BACKOFF_S", 1.0, minimum=0)
     for attempt in range(retries + 1):
         try:
             return action()
@@ -164,5 +181,5 @@ def _reason(error: Exception) -> str:
             if status in (401, 403) else ""
         return f"HTTP {status} {code}{hint}"
     if isinstance(error, urllib.error.URLError):
-        return str(error.reason)
+        return redact(str(error.reason))
     return redact(str(error).splitlines()[0] if str(error) else type(error).__name__)

@@ -95,8 +95,11 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         run.finish({"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tail}, "failed")
         raise
     run.finish({"status": "completed", "metrics": metrics, "weights": weights}, "completed")
-    for path in artifacts.remove_checkpoints(training_id):
-        _say(f"removed {path} (the weights are kept; MITORCH_KEEP_CHECKPOINTS=1 keeps checkpoints)")
+    try:
+        for path in artifacts.remove_checkpoints(training_id, run.attempt):
+            _say(f"removed {path} (the weights are kept; MITORCH_KEEP_CHECKPOINTS=1 keeps checkpoints)")
+    except MiTorchError as e:  # the training is complete; a leftover checkpoint costs only space
+        _say(f"could not remove a checkpoint: {e}")
     return metrics
 
 

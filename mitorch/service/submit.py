@@ -11,6 +11,7 @@ from mitorch.config.validate import PATH_KEYS
 from mitorch.errors import ConfigError
 from mitorch.service.remote import is_remote
 from mitorch.store import JobStore, StoreError
+from mitorch.store.uri import credential_forms
 
 
 def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | None:
@@ -36,6 +37,7 @@ def submission(cfg: DictConfig, store: JobStore, dataset: dict[str, Any] | None 
     Raises:
         ConfigError, StoreError: naming what is wrong.
     """
+    _refuse_credentials(OmegaConf.to_container(cfg, resolve=False), "")
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and is_remote(value):
@@ -48,3 +50,16 @@ def submission(cfg: DictConfig, store: JobStore, dataset: dict[str, Any] | None 
     if cfg.base is not None and store.get_training(cfg.base) is None:
         raise StoreError(f"base training {cfg.base} is not in the job store; see miquery for the ids")
     return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _refuse_credentials(value: Any, key: str) -> None:
+    """The job store never keeps a secret: no string of a stored config may carry a credential."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_credentials(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_credentials(item, f"{key}[{index}]")
+    elif isinstance(value, str) and credential_forms(value):
+        raise ConfigError(f"{key} carries a credential ({', '.join(credential_forms(value))}); the job store keeps "
+                          "no secrets: register remote data with midataset register and queue it with --dataset NAME")

@@ -23,12 +23,17 @@ def open_store(uri: str | None = None) -> JobStore:
         StoreError: an unknown scheme, or a database that cannot be reached (within about 5 s).
     """
     uri = uri or os.environ.get("MITORCH_DB_URI") or f"sqlite:///{default_sqlite_path()}"
-    if uri.startswith(("mongodb://", "mongodb+srv://")):
-        from mitorch.store.mongo import MongoStore
+    try:
+        if uri.startswith(("mongodb://", "mongodb+srv://")):
+            from mitorch.store.mongo import MongoStore
 
-        return MongoStore(uri)
-    if uri.startswith("sqlite:///"):
-        from mitorch.store.sqlite import SQLiteStore
+            return MongoStore(uri)
+        if uri.startswith("sqlite:///"):
+            from mitorch.store.sqlite import SQLiteStore
 
-        return SQLiteStore(uri[len("sqlite:///"):])
+            return SQLiteStore(uri[len("sqlite:///"):])
+    except ValueError as e:
+        # pymongo checks some parts of a URI (an out-of-range port) with ValueError; sqlite3 refuses a NUL byte.
+        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise StoreError(f"malformed database URI {redact(uri)!r} ({reason}); check MITORCH_DB_URI") from None
     raise StoreError(f"unsupported database URI {redact(uri)}; use mongodb://, mongodb+srv:// or sqlite:///PATH")

@@ -1,0 +1,83 @@
+"""Overrides screened before Hydra composes them: values that carry a credential, and numbers no
+config can hold, are refused with one line that names the key and never echoes a secret.
+
+Configs are stored in the job store and shown by miquery and --cfg job, so a value with a SAS
+token, a presigned-URL signature, a URI password or a URL fragment is refused in every key,
+`+extra=` keys and the values of a CONFIG file (which become overrides) included.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from mitorch.config.overrides import override_key
+from mitorch.errors import ConfigError
+from mitorch.store.uri import credential_forms
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_WHOLE_NUMBER = re.compile(r"[+-]?\d[\d_]*")
+_CREDENTIAL_HINT = ("configs are stored and shown, so they take no secrets: register remote data with "
+                    "midataset register and queue it with --dataset NAME")
+
+
+def screen_overrides(overrides: Sequence[str]) -> None:
+    """Refuses overrides that do not parse, carry a credential or hold a whole number beyond 64 bits.
+
+    Raises:
+        ConfigError: naming the key (and for a credential only its kind, e.g. sig=***).
+    """
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        if equals and _WHOLE_NUMBER.fullmatch(value.strip()):
+            check_whole_number(key.lstrip("+~"), value.strip())
+    for key, value in _parsed_values(overrides):
+        forms = credential_forms(value)
+        if forms:
+            raise ConfigError(f"{key} carries a credential ({', '.join(forms)}); {_CREDENTIAL_HINT}")
+
+
+def check_whole_number(key: str, text: str) -> None:
+    """Refuses a whole number (given as text) that does not fit in 64 bits."""
+    digits = text.lstrip("+-").replace("_", "").lstrip("0")
+    if len(digits) > 19 or not INT64_MIN <= int(text.replace("_", "")) <= INT64_MAX:
+        raise ConfigError(f"{key} must be a whole number from -2**63 to 2**63-1, got {shorten(text)}")
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """text cut to limit characters for an error message, saying how long it was."""
+    return text if len(text) <= limit else f"{text[:limit - 12]}... ({len(text)} characters)"
+
+
+def _parsed_values(overrides: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(key, string) for every string an override sets, inside lists, dicts and sweeps too."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    from mitorch.config.compose import override_error
+
+    parser = OverridesParser.create()
+    for text in overrides:
+        try:
+            override = parser.parse_overrides([text])[0]
+        except (OverrideParseException, ValueError) as e:
+            if "integer string conversion" in str(e):  # Python's own limit of 4300 digits
+                raise ConfigError(f"{override_key(text)} holds a whole number beyond 64 bits; numbers must be "
+                                  "from -2**63 to 2**63-1") from None
+            raise override_error(e) from None
+        yield from _strings(override.key_or_group, override.value())
+
+
+def _strings(key: str, value: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _strings(f"{key}.{name}", item)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _strings(f"{key}[{index}]", item)
+    elif isinstance(getattr(value, "list", None), list):  # choice(...) and a,b sweeps
+        yield from _strings(key, value.list)
+    elif value is not None and not isinstance(value, (bool, int, float)):
+        yield key, str(value)  # other sweeps (glob) hold their strings in their text
