@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 HOSTS = ("host-a", "host-b")
 EPOCHS = 3
 ENV = {"MITORCH_HEARTBEAT_S": "0.5", "MITORCH_HEARTBEAT_TIMEOUT_S": "6", "MITORCH_START_GRACE_S": "3",
+       "MITORCH_START_TIMEOUT_S": "180",
        "MITORCH_KILL_GRACE_S": "2", "MITORCH_MAX_RETRIES": "100", "MITORCH_TICK_LEASE_S": "3",
        "MITORCH_TICK_WAIT_S": "1", "MITORCH_SQLITE_BUSY_TIMEOUT_S": "1", "MITORCH_LOCAL_CAPACITY": "1"}
 _STAMP = re.compile(r"^mitrain: (\S+) training \S+ attempt (\d+) (started on|ended:)", re.MULTILINE)

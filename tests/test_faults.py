@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mitorch.service.executors import LocalExecutor
+from mitorch.store.base import DB_NOW
 from tests.test_service import Service
 
 pytestmark = pytest.mark.slow
@@ -144,7 +145,7 @@ def test_a_lost_hosts_training_is_taken_over_after_its_lease_and_fenced(service:
     os.kill(old["pid"], signal.SIGCONT)  # the old process wakes up: its first write is refused
     wait_for(lambda: not alive(old["pid"]), "the old attempt to stop", timeout=60)
     assert "refused, attempt 2 replaced it" in Path(old["log"]).read_text()
-    service.tick_until(lambda: service.status(training_id) == "completed", **env_b)
+    service.tick_until(lambda: service.status(training_id) == "completed", MITORCH_HOSTNAME="host-b")
     training = service.training(training_id)
     assert [a["executor"] for a in training["attempts"]] == ["local:host-a", "local:host-b"]
     assert training["attempts"][1]["outcome"] == "completed"
@@ -184,7 +185,8 @@ def test_a_claim_whose_tick_died_is_requeued_within_the_grace_period(service: Se
     training_id = service.submit("max_epochs=1")
     store = open_store(service.env["MITORCH_DB_URI"])
     executor = f"local:{local_host()}"
-    assert store.claim_training({"executor": executor}, new_attempt={"executor": executor})  # then the tick died
+    # A tick's claim, as _dispatch makes it; then the tick died before launching.
+    assert store.claim_training({"executor": executor, "dispatched_at": DB_NOW}, new_attempt={"executor": executor})
     time.sleep(1.5)
     actions = service("micontrol", MITORCH_START_GRACE_S="1").stdout.splitlines()
     assert actions[0] == f"requeued {training_id} (it was claimed but never launched (its tick stopped); no retry used)"

@@ -31,6 +31,10 @@ class Settings:
 
     heartbeat_timeout: timedelta = field(default_factory=lambda: timedelta(
         seconds=env_float("MITORCH_HEARTBEAT_TIMEOUT_S", 600.0, minimum=1)))
+    # How long a launched run may take to start training (install, pull, import) before it is
+    # treated as silent; once it runs, its heartbeat counts.
+    start_timeout: timedelta = field(default_factory=lambda: timedelta(
+        seconds=env_float("MITORCH_START_TIMEOUT_S", 600.0, minimum=1)))
     # A claimed training with no recorded run after this long: its tick died before launching.
     start_grace: timedelta = field(default_factory=lambda: timedelta(
         seconds=env_float("MITORCH_START_GRACE_S", 60.0, minimum=1)))
@@ -123,17 +127,27 @@ class _Reconciler:
     def _reconcile(self, training: dict[str, Any]) -> bool:
         """Whether the training still holds a slot."""
         if training["status"] == "queued" and not training.get("run_id") and not training.get("pid"):
-            if self._age(training.get("dispatched_at")) <= self.settings.start_grace:
+            if self._age(training.get("dispatched_at") or training["created_at"]) <= self.settings.start_grace:
                 return True
             self._requeue(training, "it was claimed but never launched (its tick stopped)", retry=False)
             return False
         state = self.executor.state(training)
-        beat = training.get("heartbeat_at") or training.get("dispatched_at")
-        stale = self._age(beat) > self.settings.heartbeat_timeout
+        if state == "running" and _waiting(self.executor, training) and not training.get("cancel_requested"):
+            # Queued for capacity (or building its image): no heartbeat is due yet, and the
+            # heartbeat timeout counts from the last tick that saw it waiting.
+            self.store.update_training(training["id"], {"waiting_at": DB_NOW}, expected_status=training["status"],
+                                       attempt=training.get("attempt", 0))
+            return True
+        if training["status"] == "running":
+            beat, limit = training.get("heartbeat_at"), self.settings.heartbeat_timeout
+            silence = f"no heartbeat for {limit}"
+        else:
+            beat, limit = training.get("dispatched_at"), self.settings.start_timeout
+            silence = f"not started after {limit}"
+        stale = self._age(max(filter(None, (beat, training.get("waiting_at"))), default=None)) > limit
         if state == "running":
             if training.get("cancel_requested") or stale:
-                self._stop(training, "cancelled" if training.get("cancel_requested") else
-                           f"no heartbeat for {self.settings.heartbeat_timeout}")
+                self._stop(training, "cancelled" if training.get("cancel_requested") else silence)
             return True
         if state == "unknown" and not stale:
             return True
@@ -142,7 +156,7 @@ class _Reconciler:
         if state == "gone":
             reason = "its process is gone" if training["status"] == "running" else "it exited before it started"
         else:
-            reason = f"no heartbeat for {self.settings.heartbeat_timeout} and its executor cannot tell"
+            reason = f"{silence} and its executor cannot tell"
         tail = log_tail(training["id"], training.get("attempt", 0), lines=3)
         if tail and training["status"] == "queued":  # a crash at start-up: its log says why
             reason += " (log: " + " | ".join(tail.splitlines()) + ")"
@@ -199,6 +213,13 @@ class _Reconciler:
             return  # its own controller is alive and will act
         self._requeue(training, f"its executor {owner} stopped ticking and no heartbeat for "
                                 f"{self.settings.heartbeat_timeout}", retry=True)
+
+
+def _waiting(executor: Executor, training: dict[str, Any]) -> bool:
+    """Whether the executor says the training's run waits to start (an AzureML job queued for
+    nodes); executors without a queue of their own have no `waiting`."""
+    waiting = getattr(executor, "waiting", None)
+    return bool(waiting(training)) if waiting is not None else False
 
 
 def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], active: list[dict[str, Any]],
