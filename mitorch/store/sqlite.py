@@ -72,25 +72,32 @@ class SQLiteStore(JobStore):
             self._db = sqlite3.connect(self.path, timeout=busy_s, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA busy_timeout={int(busy_s * 1000)}")
-            with self._transaction() as db:
-                version = db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(f"the database sqlite:///{self.path} was written by a newer MiTorch (schema "
-                                     f"{version}, this one reads up to {SCHEMA_VERSION}); upgrade MiTorch")
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # Only a database older than this schema needs the write lock at opening.
+            if self._schema_version() != SCHEMA_VERSION:
+                with self._transaction() as db:
+                    version = db.execute("PRAGMA user_version").fetchone()[0]
+                    if version > SCHEMA_VERSION:
+                        raise StoreError(f"the database sqlite:///{self.path} was written by a newer MiTorch "
+                                         f"(schema {version}, this one reads up to {SCHEMA_VERSION}); upgrade MiTorch")
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except StoreError:
             raise
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the database sqlite:///{self.path}: {e}; check MITORCH_DB_URI") from None
 
+    def _schema_version(self) -> int:
+        with self._transaction(write=False) as db:
+            return db.execute("PRAGMA user_version").fetchone()[0]
+
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, write: bool = True) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock at once: a claim's read and write are one step.
+        # Reads take no lock (WAL): they go on while another process writes.
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.Error as e:
                 raise StoreError(f"database request failed: {e} (sqlite:///{self.path})") from None
             try:
@@ -104,7 +111,7 @@ class SQLiteStore(JobStore):
                 raise
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return [_decode(row[0]) for row in db.execute(sql, args).fetchall()]
 
     # -- trainings ------------------------------------------------------------------------
@@ -181,7 +188,7 @@ class SQLiteStore(JobStore):
         return record
 
     def count_trainings(self) -> dict[str, int]:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             counts = dict(db.execute("SELECT status, COUNT(*) FROM trainings GROUP BY status").fetchall())
         return {status: counts.get(status, 0) for status in STATUSES}
 
@@ -272,7 +279,7 @@ class SQLiteStore(JobStore):
             db.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     def get_lease(self, name: str) -> dict[str, Any] | None:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
         return None if row is None else {"name": name, "holder": row[0], "expires_at": datetime.fromisoformat(row[1])}
 
