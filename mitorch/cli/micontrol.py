@@ -1,11 +1,12 @@
 """micontrol: one controller tick (a systemd timer runs it), or manage queued trainings.
 
-    micontrol [--loop [--interval S]]
+    micontrol [--executor local|azureml] [--loop [--interval S]]
     micontrol cancel ID...  |  requeue ID...  |  set-priority ID N
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -13,11 +14,15 @@ from mitorch.cli._common import fail
 from mitorch.errors import MiTorchError
 
 PROG = "micontrol"
+EXECUTORS = ("local", "azureml")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Reconcile running trainings, then dispatch queued "
-                                     "ones to this host's local executor; each action prints one line.")
+                                     "ones to this host's executor (local processes, or AzureML jobs); each action prints one line.")
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help="where trainings run: local processes on this host, or AzureML jobs "
+                             "(default $MITORCH_EXECUTOR, else local)")
     parser.add_argument("--loop", action="store_true", help="tick again and again (foreground use)")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks with --loop (60)")
     commands = parser.add_subparsers(dest="command")
@@ -56,25 +61,42 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "set-priority":
             _set_priority(store, args.id, args.priority)
         elif args.loop:
-            _loop(store, args.interval)
+            _loop(store, args.interval, args.executor)
         else:
             from mitorch.service.controller import tick
 
-            tick(store)
+            tick(store, _executor(args.executor, store))
     except MiTorchError as e:
         fail(PROG, e)
     except KeyboardInterrupt:
         pass
 
 
-def _loop(store, interval: float) -> None:
+def _executor(choice: str | None, store):
+    """The executor of --executor, else $MITORCH_EXECUTOR, else local; azure.ai.ml is imported
+    only for AzureML."""
+    choice = choice or os.environ.get("MITORCH_EXECUTOR", "").strip() or "local"
+    if choice == "azureml":
+        from mitorch.service.azureml_executor import AzureMLExecutor
+
+        return AzureMLExecutor(store=store)
+    if choice != "local":
+        raise MiTorchError(f"MITORCH_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {choice[:40]!r}")
+    from mitorch.service.executors import LocalExecutor
+
+    return LocalExecutor()
+
+
+def _loop(store, interval: float, executor_choice: str | None) -> None:
     """Ticks every interval seconds; a failing tick is one line on stderr, and the next tick comes."""
     from mitorch.service.controller import tick
 
+    executor = None
     while True:
         started = time.monotonic()
         try:
-            tick(store)
+            executor = executor or _executor(executor_choice, store)
+            tick(store, executor)
         except MiTorchError as e:
             print(f"{PROG}: tick failed: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         except Exception as e:  # noqa: BLE001 - a bug in one tick must not stop the service

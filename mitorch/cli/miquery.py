@@ -150,6 +150,8 @@ def _show(view: dict[str, Any]) -> None:
         console.print(escape("final metrics: " + json.dumps(t["metrics"])))
     if t.get("error"):
         console.print("[red]error:[/red] " + escape(t["error"]))
+    if t.get("azureml_job"):
+        console.print(escape(f"azureml job: {t['azureml_job']}  {t.get('studio_url') or ''}"))
     if t.get("artifacts"):
         console.print(escape(f"artifacts: {t['artifacts']}"))
     if t.get("log"):

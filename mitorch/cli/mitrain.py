@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         command = parse_command_line(argv, PROG)
+        if command.multirun:
+            _register_launchers()
         if not command.informational:
             check_overrides(command.overrides, command.multirun)
     except MiTorchError as e:
@@ -42,6 +44,19 @@ def main(argv: list[str] | None = None) -> None:
         run()
     except KeyboardInterrupt:
         fail(PROG, MiTorchError("interrupted"), code=130)
+
+
+def _register_launchers() -> None:
+    """MiTorch's launchers (hydra/launcher=azureml, mitorch_queue), also where Hydra's plugin
+    discovery cannot list the hydra_plugins namespace (an editable install). Importing a module
+    also stores its config node; heavy imports wait for launch()."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.mitorch_launchers.azureml_launcher import AzureMLLauncher
+    from hydra_plugins.mitorch_launchers.queue_launcher import QueueLauncher
+
+    for launcher in (AzureMLLauncher, QueueLauncher):
+        Plugins.instance().register(launcher)
 
 
 def _run_queued(argv: list[str]) -> None:

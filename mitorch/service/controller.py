@@ -132,7 +132,7 @@ class _Reconciler:
             self._requeue(training, "it was claimed but never launched (its tick stopped)", retry=False)
             return False
         state = self.executor.state(training)
-        if state == "running" and _waiting(self.executor, training) and not training.get("cancel_requested"):
+        if state == "running" and self.executor.waiting(training) and not training.get("cancel_requested"):
             # Queued for capacity (or building its image): no heartbeat is due yet, and the
             # heartbeat timeout counts from the last tick that saw it waiting.
             self.store.update_training(training["id"], {"waiting_at": DB_NOW}, expected_status=training["status"],
@@ -213,13 +213,6 @@ class _Reconciler:
             return  # its own controller is alive and will act
         self._requeue(training, f"its executor {owner} stopped ticking and no heartbeat for "
                                 f"{self.settings.heartbeat_timeout}", retry=True)
-
-
-def _waiting(executor: Executor, training: dict[str, Any]) -> bool:
-    """Whether the executor says the training's run waits to start (an AzureML job queued for
-    nodes); executors without a queue of their own have no `waiting`."""
-    waiting = getattr(executor, "waiting", None)
-    return bool(waiting(training)) if waiting is not None else False
 
 
 def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], active: list[dict[str, Any]],

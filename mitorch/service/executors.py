@@ -55,6 +55,11 @@ class Executor(ABC):
     def cancel(self, training: dict[str, Any], force: bool = False) -> None:
         """Asks the training's run to stop (it checkpoints first); force: stops it at once."""
 
+    def waiting(self, training: dict[str, Any]) -> bool:
+        """Whether the training's run waits for the executor to start it (an AzureML job queued
+        for nodes): a sign of life while no heartbeat is due yet."""
+        return False
+
 
 def local_host() -> str:
     """This machine's name as the service records it ($MITORCH_HOSTNAME, else the host name)."""

@@ -63,7 +63,9 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
     Raises:
         Replaced: a newer attempt (or a cancel) took the training over; nothing more was written.
     """
-    store = store or open_store()
+    if store is None:
+        uri = _key_vault_db_uri()
+        store = _with_retry(lambda: open_store(uri), "opening the job store")
     training = _with_retry(lambda: store.get_training(training_id), "reading the training")
     if training is None:
         raise StoreError(f"no training {training_id}; see miquery for the ids")
@@ -101,6 +103,14 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
     except MiTorchError as e:  # the training is complete; a leftover checkpoint costs only space
         _say(f"could not remove a checkpoint: {e}")
     return metrics
+
+
+def _key_vault_db_uri() -> str | None:
+    """An AzureML job's database URI, read from its workspace's Key Vault (its spec holds only
+    the names); None elsewhere (MITORCH_DB_URI)."""
+    from mitorch.azureml import keyvault
+
+    return keyvault.db_uri() if keyvault.wanted() else None
 
 
 def _start_by_hand(store: JobStore, training: dict[str, Any]) -> int:

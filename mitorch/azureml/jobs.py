@@ -1,0 +1,118 @@
+"""The AzureML command job of one attempt of a queued training.
+
+A job carries no secret, not even in its environment variables (AzureML shows them to anyone who
+can read the job): it holds the *names* of the Key Vault and of the secret with the database URI,
+and reads the value at start-up through the compute's managed identity (see keyvault.py).
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Any
+
+from mitorch.azureml.settings import AzureMLSettings
+from mitorch.service import remote
+
+# The SDK warns on every use that queue settings are "experimental": not news to a user, and
+# micontrol's output is one line per action.
+for _logger in ("azure.ai.ml._utils._experimental", "azure.ai.ml._schema.core.fields"):
+    logging.getLogger(_logger).setLevel(logging.ERROR)
+
+# MiTorch's priority (lower runs first, default 100) -> AzureML's queue priority.
+DEFAULT_PRIORITY = 100
+
+
+def job_name(training_id: str, attempt: int) -> str:
+    """The job's name, the same for every try of one attempt: a retried launch finds it."""
+    return f"mitorch-{training_id}-{attempt}"
+
+
+def queue_priority(priority: int) -> str:
+    """"high" below MiTorch's default priority of 100, "medium" at it, "low" above it."""
+    return "high" if priority < DEFAULT_PRIORITY else "medium" if priority == DEFAULT_PRIORITY else "low"
+
+
+def job_environment(settings: AzureMLSettings) -> Any:
+    """MITORCH_AML_ENVIRONMENT, else MiTorch's own anonymous environment, which AzureML names by
+    its content (so it is built once and reused)."""
+    if settings.environment:
+        return settings.environment
+    from azure.ai.ml.entities import BuildContext, Environment
+
+    from mitorch.azureml.package import environment_context
+
+    return Environment(build=BuildContext(path=str(environment_context())),
+                       description="MiTorch: a curated PyTorch image plus MiTorch's requirements")
+
+
+def install_command(wheel: str) -> str:
+    """Installs the staged wheel without dependencies (the processes of one node take turns)."""
+    return f"flock /tmp/mitorch-install.lock python -m pip install --quiet --no-deps --no-index {shlex.quote(wheel)}"
+
+
+def training_command(training_id: str, attempt: int, wheel: str) -> str:
+    """Installs the staged wheel, then runs the attempt."""
+    return f"{install_command(wheel)} && mitrain --training-id {shlex.quote(training_id)} --attempt {int(attempt)}"
+
+
+def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path, environment: Any,
+                 key_vault_url: str, artifacts_uri: str) -> Any:
+    """The command job of the training's current attempt.
+
+    Args:
+        training: the training record (id, attempt, priority, job_id).
+        code: the staged folder with MiTorch's wheel (package.staged_code()).
+        environment: job_environment(settings).
+        key_vault_url: the workspace's Key Vault, which holds the database URI as a secret.
+        artifacts_uri: MITORCH_ARTIFACTS_URI, an Azure Blob container URL; any token is dropped
+            (the job writes through its managed identity).
+
+    Returns:
+        An azure.ai.ml Command, validated.
+    """
+    from azure.ai.ml import PyTorchDistribution, command
+
+    wheels = sorted(p.name for p in code.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ValueError(f"{code} must hold exactly one wheel, found {wheels}")
+    training_id, attempt = training["id"], int(training["attempt"])
+    name = job_name(training_id, attempt)
+    tags = {"mitorch_training_id": training_id, "mitorch_attempt": str(attempt)}
+    if training.get("job_id"):
+        tags["mitorch_job_id"] = str(training["job_id"])
+    job = command(
+        name=name,
+        display_name=f"mitorch {training_id} attempt {attempt}",
+        experiment_name=settings.experiment,
+        description=f"MiTorch training {training_id}, attempt {attempt}",
+        tags=tags,
+        code=str(code),
+        command=training_command(training_id, attempt, wheels[0]),
+        environment=environment,
+        environment_variables={
+            # Names and locations only; the values behind them are read at start-up.
+            "MITORCH_KEY_VAULT_URL": key_vault_url,
+            "MITORCH_DB_SECRET_NAME": settings.db_secret,
+            "MITORCH_ARTIFACTS_URI": remote.bare(artifacts_uri),
+        },
+        compute=settings.compute,
+        instance_count=settings.instance_count,
+        distribution=PyTorchDistribution(process_count_per_instance=settings.processes_per_instance),
+        shm_size=settings.shm_size,
+        timeout=settings.timeout_s,
+        priority=queue_priority(int(training.get("priority", DEFAULT_PRIORITY))),
+        job_tier=settings.job_tier,
+    )
+    job._validate(raise_error=True)  # the SDK's own checks, before anything is sent
+    return job
+
+
+def key_vault_url(resource_id: str) -> str:
+    """https://NAME.vault.azure.net/ of a Key Vault's ARM id (as the workspace reports it) or URL."""
+    if resource_id.startswith("https://"):
+        return resource_id.rstrip("/") + "/"
+    name = resource_id.rstrip("/").rsplit("/", 1)[-1]
+    if not name:
+        raise ValueError(f"not a Key Vault id: {resource_id!r}")
+    return f"https://{name}.vault.azure.net/"
