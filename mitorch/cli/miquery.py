@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
             view = {"training": training, "results": store.list_results(args.id)}
         elif (job := store.get_job(args.id)) is not None:
             view = {"job": job, "trainings": store.list_trainings(job_id=args.id)}
+            if job.get("job_type") == "search":
+                view["trials"] = _trials(store, job, view["trainings"])
         else:
             raise StoreError(f"no training or job {args.id}")
     except MiTorchError as e:
@@ -57,6 +59,28 @@ def _overview(store, recent: int, limit: int) -> dict[str, Any]:
     queue = store.list_trainings(["new"], limit=limit) if limit else []
     return {"counts": counts, "running": store.list_trainings(["queued", "running"]), "queue": queue,
             "queue_more": max(counts["new"] - len(queue), 0), "recent": finished}
+
+
+def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A search job's trials from its trainings (miquery reads the store, never Optuna), best first."""
+    from mitorch.service.search import trial_state
+
+    metric, maximize = job["objective"]["metric"], job["objective"]["direction"] == "maximize"
+    trials = []
+    for t in trainings:
+        if t.get("trial_number") is None:
+            continue
+        results = store.list_results(t["id"])
+        state = trial_state(t)
+        value = (t.get("metrics") or {}).get(metric) if state == "complete" else None
+        if value is None and results and state in ("running", "pruned"):  # its last reported epoch
+            value = (results[-1].get("val") or {}).get(metric)
+        trials.append({"number": t["trial_number"], "params": t.get("params", {}), "value": value, "state": state,
+                       "epochs": len(results), "training_id": t["id"]})
+    # Ended trials with a value first, best first; then the rest by number.
+    trials.sort(key=lambda r: (r["value"] is None, -(r["value"] or 0) if maximize else (r["value"] or 0),
+                               r["number"]))
+    return trials
 
 
 def _when(value: Any) -> str:
@@ -114,6 +138,29 @@ def _show(view: dict[str, Any]) -> None:
                 _main_metric(t.get("metrics")) or (t.get("error") or "")[:80])
         for shown in (counts, running, queue, recent):
             console.print(shown)
+        return
+    if "trials" in view:
+        job = view["job"]
+        objective = job["objective"]
+        console.print(escape(f"search job {job['id']}{' ' + job['name'] if job.get('name') else ''}: {job['status']}"
+                             f"  {objective['direction']} {objective['metric']}  sampler {job['sampler']['name']}  "
+                             f"pruner {job['pruner']['name']}  {job['n_trials']} trials, {job['max_concurrent']} "
+                             f"at once, max_failed {job['max_failed']}"))
+        counts = job.get("counts") or {}
+        console.print(escape("trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) if counts
+                             else "trials: none yet"))
+        if job.get("best"):
+            best = job["best"]
+            console.print(escape(f"best: trial {best['number']} {objective['metric']} {best['value']:.6g} "
+                                 f"{json.dumps(best['params'])} (training {best['training_id']})"))
+        if job.get("error"):
+            console.print("[red]error:[/red] " + escape(job["error"]))
+        trials = table("trial", "params", objective["metric"], "state", "epochs", "id", title="trials (best first)")
+        for r in view["trials"]:
+            row(trials, r["number"], " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in r["params"].items()),
+                "" if r["value"] is None else f"{r['value']:.6g}", r["state"], r["epochs"], r["training_id"])
+        console.print(trials)
         return
     if "job" in view:
         job = view["job"]

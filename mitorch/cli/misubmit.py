@@ -2,6 +2,8 @@
 
     misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
     misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=value ...]
+    misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]     (job_type: search)
+    misubmit --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N] [--sampler S] [--pruner P] [key=value ...]
 """
 from __future__ import annotations
 
@@ -19,6 +21,16 @@ Usage:
   misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
   misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=c,d ...]
 
+  misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]
+  misubmit [CONFIG] --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N]
+           [--sampler NAME] [--pruner NAME] [--dataset NAME[:VERSION]] [key=value ...]
+
+A job file with job_type: search, or --search, stores a hyper-parameter search job (see the
+README, "Search jobs"): micontrol keeps up to --parallel (default 2) of its --trials (default 20)
+trials training, asks Optuna for new ones and prunes hopeless ones. A SWEEP is Hydra's sweeper
+syntax: a,b,c | choice(a, b) | range(start, stop[, step]) (stop excluded) | interval(low, high),
+optionally tag(log, ...). Prints "job JOB_ID".
+
 With -m, one training per combination of the sweep values is queued under one job; the
 output is "job JOB_ID", then one "TRAINING_ID overrides" line per training.
 
@@ -35,8 +47,13 @@ def main(argv: list[str] | None = None) -> None:
     if help_requested(argv, USAGE):
         return
     try:
-        options, rest = take_options(argv, {"--priority": ("priority", "a value"), "--dataset": ("dataset", "a value")})
+        options, rest = take_options(argv, {"--priority": ("priority", "a value"), "--dataset": ("dataset", "a value"),
+                                            **{f"--{name}": (name, "a value") for name in _SEARCH_OPTIONS}})
         priority = DEFAULT_PRIORITY if options["priority"] is None else _whole_number(options["priority"])
+        job = _search_job(options, rest)
+        if job is not None:
+            print(f"job {_queue_search(*job, options)}")
+            return
         command = parse_command_line(rest, PROG)
         if command.informational or set(command.hydra_flags) - {"-m", "--multirun"}:
             raise UsageError("misubmit takes CONFIG, --priority, --dataset, -m and key=value overrides")
@@ -57,6 +74,67 @@ def main(argv: list[str] | None = None) -> None:
     except MiTorchError as e:
         fail(PROG, e)
     print(training_id)
+
+
+_SEARCH_OPTIONS = ("search", "trials", "parallel", "sampler", "pruner")
+
+
+def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
+    """(the search job, the folder its relative paths start from), from a job file or --search;
+    None for a training."""
+    import os
+
+    from mitorch.service.search_job import read_job_file
+
+    positionals = [a for a in rest if "=" not in a and not a.startswith("-")]
+    job = read_job_file(positionals[0]) if len(positionals) == 1 else None
+    asked = {name: options[name] for name in _SEARCH_OPTIONS if options[name] is not None}
+    if job is not None:
+        if asked or len(rest) > 1:
+            raise UsageError("a job file takes only --priority and --dataset; put overrides in the file")
+        return job, os.path.dirname(os.path.abspath(positionals[0]))
+    if "search" not in asked:
+        if asked:
+            raise UsageError(f"--{next(iter(asked))} belongs to a search: add --search 'key=SWEEP'")
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    space, overrides = {}, []
+    for override in [asked["search"], *(a for a in rest if "=" in a)]:
+        try:
+            sweep = parser.parse_overrides([override])[0].is_sweep_override()
+        except HydraException:
+            sweep = False  # compose names what is wrong with it
+        key, _, value = override.partition("=")
+        if sweep or override is asked["search"]:
+            space[key] = value
+        else:
+            overrides.append(override)
+    job = {"job_type": "search", "search_space": space, "overrides": overrides,
+           "n_trials": _whole_number(asked.get("trials", "20"), "--trials"),
+           "max_concurrent": _whole_number(asked.get("parallel", "2"), "--parallel")}
+    for name in ("sampler", "pruner"):
+        if name in asked:
+            job[name] = {"name": asked[name]}
+    config = [a for a in positionals]
+    if len(config) > 1:
+        raise UsageError(f"--search takes one CONFIG at most, got {' '.join(config)}")
+    if config:
+        job["config"] = os.path.abspath(config[0])
+    return job, os.getcwd()
+
+
+def _queue_search(job: dict, base_dir: str, options: dict) -> str:
+    from mitorch.service.search_job import prepare
+    from mitorch.store import open_store
+
+    store = open_store()
+    priority = None if options["priority"] is None else _whole_number(options["priority"])
+    record = prepare(job, store, base_dir, priority, options["dataset"])
+    job_id, _ = store.add_job(record)
+    return job_id
 
 
 def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> None:
@@ -82,13 +160,13 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> N
         hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(not_run)()
 
 
-def _whole_number(value: str) -> int:
+def _whole_number(value: str, flag: str = "--priority") -> int:
     try:
         number = int(value)
     except ValueError:
-        raise UsageError(f"--priority needs a whole number, got {value[:40]!r}") from None
+        raise UsageError(f"{flag} needs a whole number, got {value[:40]!r}") from None
     if not -2**63 <= number < 2**63:
-        raise UsageError(f"--priority must fit in 64 bits, got {value[:40]}")
+        raise UsageError(f"{flag} must fit in 64 bits, got {value[:40]}")
     return number
 
 

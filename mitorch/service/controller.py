@@ -78,6 +78,10 @@ def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str],
                   lambda: store.acquire_lease(lease, holder, settings.tick_lease_s))
         if store.acquire_lease("jobs", holder, settings.tick_lease_s):  # once across hosts
             try:
+                if any(job.get("job_type") == "search" for job in store.list_jobs(["running"])):
+                    from mitorch.service import search  # imports Optuna: only when a search runs
+
+                    search.step(store, act)
                 _finish_jobs(store, act)
             finally:
                 store.release_lease("jobs", holder)

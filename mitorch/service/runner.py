@@ -35,6 +35,10 @@ class Cancelled(MiTorchError):
     """The training was cancelled (micontrol cancel)."""
 
 
+class Pruned(Cancelled):
+    """Its search job's pruner stopped the training: it ends cancelled, with `pruned: true`."""
+
+
 class Replaced(MiTorchError):
     """This attempt is no longer the training's current one: another process owns the training."""
 
@@ -78,12 +82,15 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
     except Replaced:
         run.stop_heartbeat()
         raise
+    except Pruned as e:
+        run.finish({"status": "cancelled", "pruned": True, "error": str(e)}, "pruned")
+        raise
     except Cancelled as e:
         run.finish({"status": "cancelled", "error": str(e)}, "cancelled")
         raise
     except Interrupted as e:
         # Preempted, not failed: back in the queue without using a retry; it resumes from last.pt.
-        if run.cancel_requested():
+        if run.current().get("cancel_requested"):
             run.finish({"status": "cancelled", "error": "cancelled (micontrol cancel)"}, "cancelled")
             raise Cancelled(f"training {training_id} was cancelled") from None
         run.finish({"status": "new", "requeue_reason": str(e),
@@ -135,8 +142,11 @@ def _train(run: _Attempt, training: dict[str, Any]) -> tuple[dict[str, Any], str
         run.write(lambda: store.put_result(training_id, record, attempt=run.attempt), f"epoch {record['epoch']}")
         if (run.folder / "last.pt").exists():
             artifacts.publish(training_id, run.folder / "last.pt", run.attempt)  # uploads when artifacts are remote
-        if run.cancel_requested():
+        requests = run.current()
+        if requests.get("cancel_requested"):
             raise Cancelled(f"training {training_id} was cancelled at the end of epoch {record['epoch']}")
+        if requests.get("prune_requested"):
+            raise Pruned(f"training {training_id} was pruned by its search job at the end of epoch {record['epoch']}")
 
     cfg = _training_config(store, training, run.folder)
     source = artifacts.restore_checkpoint(training_id, run.attempt, run.folder, training.get("resume_from_attempt", 1))
@@ -175,11 +185,13 @@ class _Attempt:
         if not _with_retry(action, what):
             self._refused(what)
 
-    def cancel_requested(self) -> bool:
+    def current(self) -> dict[str, Any]:
+        """The training's record, while this attempt still holds it: what micontrol asks of it
+        (cancel_requested) and what its search job's pruner asks (prune_requested)."""
         training = _with_retry(lambda: self.store.get_training(self.training_id), "reading the training")
         if training is None or training.get("attempt") != self.attempt:
-            self._refused("a cancel check")
-        return bool(training.get("cancel_requested"))
+            self._refused("a check for requests")
+        return training
 
     def finish(self, fields: dict[str, Any], outcome: str, completed: bool = True) -> None:
         self.stop_heartbeat()

@@ -219,6 +219,19 @@ class JobStore(ABC):
     def get_lease(self, name: str) -> dict[str, Any] | None:
         """The lease's record ({"holder", "expires_at"}), expired or not, or None."""
 
+    # -- Optuna journals ------------------------------------------------------------------
+
+    @abstractmethod
+    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]]) -> None:
+        """Appends logs (JSON-serialisable dicts) to the journal `journal`, each with the next log
+        number: numbers are dense from 0 and every reader sees the logs in one order, also when
+        several processes append at once.
+        """
+
+    @abstractmethod
+    def read_logs(self, journal: str, log_number_from: int = 0) -> list[dict[str, Any]]:
+        """The journal's logs numbered log_number_from and up, in order (none past a gap)."""
+
     def close(self) -> None:
         """Releases connections."""
 

@@ -81,6 +81,7 @@ class MongoStore(JobStore):
         db.jobs.create_index(_RECENT)
         db.jobs.create_index([("status", 1), *_RECENT])
         db.datasets.create_index([("name", 1), ("version", 1)], unique=True)
+        db.optuna_journal.create_index([("journal", 1), ("number", 1)], unique=True)
 
     def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -236,6 +237,44 @@ class MongoStore(JobStore):
         document = self._call(self._db.leases.find_one, {"_id": name})
         return None if document is None else {"name": name, "holder": document["holder"],
                                               "expires_at": _utc(document["expires_at"])}
+
+    # -- Optuna journals ------------------------------------------------------------------
+
+    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]]) -> None:
+        import json
+
+        from pymongo.write_concern import WriteConcern
+
+        # JSON strings: BSON refuses the integer keys of intermediate values. Each log takes
+        # max + 1 under the unique (journal, number) index and retries when another writer took
+        # that number first; a separate counter would leave a hole when its writer died between
+        # the two steps, and readers would disagree on the order.
+        texts = [json.dumps(log) for log in logs]
+        journals = self._db.get_collection("optuna_journal", write_concern=WriteConcern("majority"))
+        for text in texts:
+            while True:
+                last = self._call(list, journals.find({"journal": journal}, {"number": 1},
+                                                      sort=[("journal", 1), ("number", -1)], limit=1))
+                number = last[0]["number"] + 1 if last else 0
+                try:
+                    journals.insert_one({"journal": journal, "number": number, "log": text})
+                    break
+                except self._duplicate:
+                    continue
+                except self._errors as e:
+                    raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+
+    def read_logs(self, journal: str, log_number_from: int = 0) -> list[dict[str, Any]]:
+        import json
+
+        cursor = self._db.optuna_journal.find({"journal": journal, "number": {"$gte": log_number_from}},
+                                              {"_id": 0, "number": 1, "log": 1}, sort=[("journal", 1), ("number", 1)])
+        logs = []
+        for expected, document in enumerate(self._call(list, cursor), log_number_from):
+            if document["number"] != expected:
+                break  # not yet visible here: the logs after a gap wait for the next read
+            logs.append(json.loads(document["log"]))
+        return logs
 
     def close(self) -> None:
         self._client.close()

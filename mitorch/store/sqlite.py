@@ -15,8 +15,9 @@ from mitorch.envvars import env_float
 from mitorch.store.base import (DB_NOW, STATUSES, JobStore, StoreError, dataset_record, new_id, now, set_path,
                                 status_fields, training_record)
 
-# Version 2: attempts and leases. A database written by a newer MiTorch is refused, not misread.
-SCHEMA_VERSION = 2
+# Version 2: attempts and leases; 3: Optuna journals. A database written by a newer MiTorch is
+# refused, not misread.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trainings (
@@ -32,6 +33,8 @@ CREATE INDEX IF NOT EXISTS jobs_recent ON jobs (status, created_at);
 CREATE TABLE IF NOT EXISTS datasets (
     name TEXT NOT NULL, version INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (name, version));
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS optuna_journal (
+    journal TEXT NOT NULL, number INTEGER NOT NULL, log TEXT NOT NULL, PRIMARY KEY (journal, number));
 """
 
 
@@ -282,6 +285,22 @@ class SQLiteStore(JobStore):
         with self._transaction(write=False) as db:
             row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
         return None if row is None else {"name": name, "holder": row[0], "expires_at": datetime.fromisoformat(row[1])}
+
+    # -- Optuna journals ------------------------------------------------------------------
+
+    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]]) -> None:
+        texts = [json.dumps(log) for log in logs]  # checked before the write lock is taken
+        with self._transaction() as db:  # the write lock makes max + 1 safe
+            last = db.execute("SELECT MAX(number) FROM optuna_journal WHERE journal = ?", (journal,)).fetchone()[0]
+            start = -1 if last is None else last
+            db.executemany("INSERT INTO optuna_journal VALUES (?, ?, ?)",
+                           [(journal, start + 1 + i, text) for i, text in enumerate(texts)])
+
+    def read_logs(self, journal: str, log_number_from: int = 0) -> list[dict[str, Any]]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT log FROM optuna_journal WHERE journal = ? AND number >= ? ORDER BY number",
+                              (journal, log_number_from)).fetchall()
+        return [json.loads(row[0]) for row in rows]
 
     def close(self) -> None:
         self._db.close()

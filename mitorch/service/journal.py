@@ -1,0 +1,50 @@
+"""Optuna's journal storage kept in the job store: one journal per search job.
+
+Only the controller opens it (`study_storage`); trainings never talk to Optuna. No snapshots:
+Optuna's snapshots are pickles, and whoever can write the database would run code in the
+controller that loads one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from optuna.storages import JournalStorage
+from optuna.storages.journal import BaseJournalBackend
+
+from mitorch.store import JobStore
+
+
+class StoreJournalBackend(BaseJournalBackend):
+    """An Optuna journal backend over JobStore.append_logs / read_logs.
+
+    Args:
+        store: the job store.
+        journal: the journal's name (a search job's id).
+        uri: the store's URI, when known: a pickled backend (Optuna pickles storages to hand
+            them to other processes) reopens the store from it.
+    """
+
+    def __init__(self, store: JobStore, journal: str, uri: str | None = None) -> None:
+        self.store, self.journal, self.uri = store, journal, uri
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.uri is None:
+            raise TypeError("a journal backend opened without its store's URI cannot be pickled")
+        return {"journal": self.journal, "uri": self.uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from mitorch.store import open_store
+
+        self.__init__(open_store(state["uri"]), state["journal"], state["uri"])
+
+    def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
+        return self.store.read_logs(self.journal, log_number_from)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self.store.append_logs(self.journal, logs)
+
+
+def study_storage(store: JobStore, journal: str, uri: str | None = None) -> JournalStorage:
+    """The Optuna storage of one search job (see StoreJournalBackend for uri)."""
+    return JournalStorage(StoreJournalBackend(store, journal, uri))

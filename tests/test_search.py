@@ -1,0 +1,269 @@
+"""Search jobs without training: the space's syntax, the job's checks, and the controller's
+Optuna steps over trainings whose progress the tests write into the store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from mitorch.errors import ConfigError
+from mitorch.service import search
+from mitorch.service.journal import study_storage
+from mitorch.service.search_job import (distributions, make_pruner, make_sampler, param_overrides, prepare,
+                                        read_job_file, settings)
+from mitorch.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    yield store
+    store.close()
+
+
+def test_the_space_maps_hydra_sweeps_to_optuna_distributions() -> None:
+    space = distributions({"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "a": "interval(0, 1)",
+                           "b": "tag(int, interval(1, 10))", "batch_size": "range(32, 129, 32)",
+                           "c": "range(0, 1, 0.25)", "model": "resnet,mobilenet_v3", "d": "choice(18, 34, 50)",
+                           "e": [1, 2]})
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert space["a"] == FloatDistribution(0, 1)
+    assert space["b"] == IntDistribution(1, 10)
+    assert space["batch_size"] == IntDistribution(32, 128, step=32)  # Hydra's range excludes its end
+    assert space["c"] == FloatDistribution(0, 0.75, step=0.25)
+    assert space["model"] == CategoricalDistribution(("resnet", "mobilenet_v3"))
+    assert space["d"] == CategoricalDistribution((18, 34, 50)) and space["e"] == CategoricalDistribution((1, 2))
+    assert param_overrides({"model": "resnet", "optimizer.lr": 0.5, "data.name": "x"}) == [
+        "model=resnet", "optimizer.lr=0.5", "data.name='x'"]
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"optimizer.lr": "0.1"}, "search_space.optimizer.lr: '0.1' is one value, not a sweep"),
+    ({"optimizer.lr": "interval(1,"}, "search_space.optimizer.lr: cannot parse"),
+    ({"optimizer.lr": "tag(log, interval(0, 1))"},
+     "search_space.optimizer.lr: tag(log, interval(0, 1)) is not a valid"),
+    ({"batch_size": "range(8, 8)"}, "search_space.batch_size: range(8, 8) holds no value"),
+    ({}, "search_space must map config keys"),
+])
+def test_a_broken_space_names_its_key(space: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        distributions(space)
+    assert str(error.value).startswith(message)
+
+
+def test_settings_default_to_the_tasks_main_metric_and_check_names() -> None:
+    job = {"job_type": "search", "search_space": {"optimizer.lr": "interval(0.01, 0.1)"}}
+    assert settings(job, "multiclass_classification")["objective"] == {"metric": "top1_accuracy",
+                                                                      "direction": "maximize"}
+    assert settings(job, "multilabel_classification")["objective"]["metric"] == "accuracy_50"
+    assert settings(job, "object_detection")["objective"]["metric"] == "mAP"
+    loss = settings({**job, "objective": {"metric": "loss"}}, "object_detection")
+    assert loss["objective"]["direction"] == "minimize"
+    filled = settings(job, "multiclass_classification")
+    assert (filled["sampler"], filled["pruner"], filled["n_trials"], filled["max_concurrent"]) == (
+        {"name": "tpe"}, {"name": "median"}, 20, 2)
+    for bad, message in (({"sampler": {"name": "anneal"}}, "unknown sampler 'anneal'; choose from tpe, random"),
+                         ({"pruner": "wizard"}, "unknown pruner 'wizard'; choose from median"),
+                         ({"pruner": {"name": "median", "n_warmup": 2}}, "pruner median: "),
+                         ({"objective": {"metric": "mAP"}}, "objective.metric 'mAP' is not a metric of multiclass"),
+                         ({"n_trials": 0}, "n_trials must be a whole number of at least 1"),
+                         ({"trials": 3}, "unknown key 'trials' in the job"),
+                         ({"sampler": "grid"}, "sampler: grid needs a finite search space")):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            settings({**job, **bad}, "multiclass_classification")
+    grid = settings({**job, "search_space": {"model": "resnet,mobilenet_v3"}, "sampler": "grid"},
+                    "multiclass_classification")
+    assert grid["n_trials"] == 2  # each grid point once
+
+
+def test_every_sampler_and_pruner_name_builds() -> None:
+    space = distributions({"x": "interval(0, 1)"})
+    for name in ("tpe", "random", "qmc"):
+        assert make_sampler({"name": name, "seed": 1}, space) is not None
+    for spec in ({"name": "median"}, {"name": "percentile", "percentile": 25.0}, {"name": "hyperband"},
+                 {"name": "successive_halving"}, {"name": "threshold", "lower": 0.1}, {"name": "none"}):
+        assert make_pruner(spec) is not None
+
+
+def test_a_rebuilt_seeded_sampler_does_not_repeat_itself() -> None:
+    space = distributions({"x": "interval(0, 1)"})
+    study = optuna.create_study()
+    points = set()
+    for count in range(12):
+        study.sampler = make_sampler({"name": "random", "seed": 0}, space, count)
+        points.add(study.ask(space).params["x"])
+    assert len(points) == 12
+
+
+def test_a_bad_job_is_refused_naming_the_key_and_stores_nothing(store, tmp_path: Path) -> None:
+    job = {"job_type": "search", "overrides": ["max_epochs=1"], "search_space": {"model": "resnet,vgg"}}
+    with pytest.raises(ConfigError, match="search_space point model=vgg: unknown model 'vgg'"):
+        prepare(job, store, str(tmp_path))
+    with pytest.raises(Exception, match="dataset nope is not registered"):
+        prepare({**job, "search_space": {"optimizer.lr": "interval(0.01, 0.1)"}, "dataset": "nope"}, store)
+    assert store.list_jobs() == [] and store.list_trainings() == []
+    (tmp_path / "job.yaml").write_text("job_type: search\nsearch_space: {optimizer.lr: 'interval(0.01, 0.1)'}\n")
+    (tmp_path / "train.yaml").write_text("max_epochs: 1\n")
+    assert read_job_file(str(tmp_path / "job.yaml"))["job_type"] == "search"
+    assert read_job_file(str(tmp_path / "train.yaml")) is None
+
+
+def _search_job(store, tmp_path: Path, **fields) -> str:
+    job = {"job_type": "search", "overrides": ["max_epochs=2"], "config": {"batch_size": 4},
+           "search_space": {"optimizer.lr": "tag(log, interval(1e-3, 1e-1))"}, "sampler": {"name": "random", "seed": 0},
+           "n_trials": 4, "max_concurrent": 2, **fields}
+    job_id, _ = store.add_job(prepare(job, store, str(tmp_path)))
+    return job_id
+
+
+def _step(store) -> list[str]:
+    actions: list[str] = []
+    search.step(store, actions.append)
+    return actions
+
+
+def _trials(store, job_id: str):
+    return optuna.load_study(study_name=job_id, storage=study_storage(store, job_id)).trials
+
+
+def test_trials_are_kept_in_flight_told_and_the_job_completes(store, tmp_path: Path) -> None:
+    job_id = _search_job(store, tmp_path)
+    assert store.get_job(job_id)["base_overrides"][0] == "batch_size=4"
+    _step(store)
+    _step(store)  # repeated: nothing more while two are in flight
+    trainings = store.list_trainings(job_id=job_id)
+    assert [t["trial_number"] for t in trainings] == [0, 1]
+    assert trainings[0]["config"]["optimizer"]["lr"] == trainings[0]["params"]["optimizer.lr"]
+    assert trainings[0]["config"]["batch_size"] == 4 and trainings[0]["config"]["max_epochs"] == 2
+    values = {0: 0.4, 1: 0.9, 2: 0.7}
+    for number in (0, 1):
+        store.update_training(trainings[number]["id"], {"status": "completed",
+                                                        "metrics": {"top1_accuracy": values[number]}})
+    _step(store)
+    trainings = store.list_trainings(job_id=job_id)
+    assert [t["trial_number"] for t in trainings] == [0, 1, 2, 3]
+    store.update_training(trainings[2]["id"], {"status": "completed", "metrics": {"top1_accuracy": values[2]}})
+    store.update_training(trainings[3]["id"], {"status": "failed", "error": "boom"})
+    actions = _step(store)
+    job = store.get_job(job_id)
+    assert job["status"] == "completed" and actions[-1].startswith(f"completed search job {job_id}")
+    assert job["counts"] == {"complete": 3, "pruned": 0, "failed": 1, "running": 0}
+    assert (job["best"]["number"], job["best"]["value"], job["best"]["training_id"]) == (1, 0.9, trainings[1]["id"])
+    states = [t.state.name for t in _trials(store, job_id)]
+    assert states == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL"]
+
+
+def test_a_threshold_pruner_stops_a_hopeless_trial_and_its_slot_is_reused(store, tmp_path: Path) -> None:
+    job_id = _search_job(store, tmp_path, objective={"metric": "loss"}, pruner={"name": "threshold", "upper": 1.0},
+                         max_concurrent=1, n_trials=2)
+    _step(store)
+    (training,) = store.list_trainings(job_id=job_id)
+    store.update_training(training["id"], {"status": "running"})
+    store.put_result(training["id"], {"epoch": 1, "val": {"loss": 0.5}})
+    assert not any(a.startswith("pruned") for a in _step(store))
+    store.put_result(training["id"], {"epoch": 2, "val": {"loss": 3.0}})
+    actions = _step(store)
+    assert actions[0].startswith(f"pruned trial 0 of job {job_id} at epoch 2 (loss 3)")
+    assert store.get_training(training["id"])["prune_requested"] is True
+    trials = _trials(store, job_id)
+    assert trials[0].state.name == "PRUNED" and trials[0].intermediate_values == {1: 0.5, 2: 3.0}
+    assert [t["trial_number"] for t in store.list_trainings(job_id=job_id)] == [0, 1]  # its slot, reused
+    assert search.trial_state(store.get_training(training["id"])) == "pruned"
+
+
+def test_a_trial_asked_for_by_a_tick_that_died_gets_its_training_once(store, tmp_path: Path) -> None:
+    job_id = _search_job(store, tmp_path)
+    _step(store)
+    study = optuna.load_study(study_name=job_id, storage=study_storage(store, job_id))
+    orphan = study.ask(distributions({"optimizer.lr": "tag(log, interval(1e-3, 1e-1))"}))  # then the tick died
+    actions = _step(store)
+    assert actions == [f"queued trial {orphan.number} of job {job_id} as "
+                       f"{store.list_trainings(job_id=job_id)[-1]['id']} "
+                       f"(optimizer.lr={orphan.params['optimizer.lr']!r}) (its tick had stopped before queueing it)"]
+    _step(store)
+    numbers = [t["trial_number"] for t in store.list_trainings(job_id=job_id)]
+    assert numbers == [0, 1, 2] and len(_trials(store, job_id)) == 3
+
+
+def test_more_failures_than_max_failed_fail_the_job(store, tmp_path: Path) -> None:
+    job_id = _search_job(store, tmp_path, max_failed=1, n_trials=6)
+    _step(store)
+    for training in store.list_trainings(job_id=job_id):
+        store.update_training(training["id"], {"status": "failed"})
+    actions = _step(store)
+    assert actions[-1] == f"failed search job {job_id} (2 trials failed, more than max_failed 1)"
+    assert store.get_job(job_id)["status"] == "failed" and len(store.list_trainings(job_id=job_id)) == 2
+
+
+def test_misubmit_search_stores_the_same_job_as_a_file(store, tmp_path: Path, monkeypatch, capsys) -> None:
+    from mitorch.cli import misubmit
+
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.chdir(tmp_path)
+    misubmit.main(["--search", "optimizer.lr=tag(log, interval(1e-4, 1e-1))", "model=resnet,mobilenet_v3",
+                   "batch_size=range(4, 13, 4)", "--trials", "5", "--parallel", "3", "--sampler", "random",
+                   "--pruner", "none", "--priority", "7", "max_epochs=2"])
+    job_id = capsys.readouterr().out.split()[1]
+    job = store.get_job(job_id)
+    assert job["search_space"] == {"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "model": "resnet,mobilenet_v3",
+                                   "batch_size": "range(4, 13, 4)"}
+    assert job["base_overrides"] == ["max_epochs=2"] and job["priority"] == 7
+    assert (job["n_trials"], job["max_concurrent"], job["sampler"], job["pruner"]) == (5, 3, {"name": "random"},
+                                                                                       {"name": "none"})
+    with pytest.raises(SystemExit):
+        misubmit.main(["--search", "optimizer.lr=interval(0.01, 0.1)", "--sampler", "anneal"])
+    assert capsys.readouterr().err.strip() == ("misubmit: error: unknown sampler 'anneal'; choose from tpe, random, "
+                                               "cmaes, gp, qmc, grid")
+    assert len(store.list_jobs()) == 1 and store.list_trainings() == []
+    _step(store)
+    _step(store)
+    journal = store.read_logs(job_id)
+    assert sum(log["op_code"] == 0 for log in journal) == 1  # the study is created once, then loaded
+
+
+def test_submitting_and_stepping_a_search_does_not_import_torch(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from mitorch.cli.misubmit import main\n"
+            "main(['--search', 'optimizer.lr=interval(0.01, 0.1)', '--trials', '2'])\n"
+            "from mitorch.store import open_store\n"
+            "from mitorch.service import search\n"
+            "search.step(open_store(), print)\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"})
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "NO TORCH" and sum(line.startswith("queued trial") for line in lines) == 2, out.stderr
+
+
+def test_racing_ticks_create_each_trial_once(store, tmp_path: Path) -> None:
+    import threading
+
+    from mitorch.service.controller import Settings, tick
+    from mitorch.service.executors import LocalExecutor
+
+    job_id = _search_job(store, tmp_path, max_concurrent=3, n_trials=6)
+    start = threading.Barrier(3)
+
+    def race(host: int) -> None:
+        racer = SQLiteStore(tmp_path / "db.sqlite")
+        start.wait()
+        # Each host its own executor: their ticks do not wait for one another, only "jobs" is shared.
+        executor = LocalExecutor(capacity=0)
+        executor.name = f"local:host-{host}"
+        tick(racer, executor, say=lambda line: None, settings=Settings(tick_wait_s=0))
+        racer.close()
+
+    threads = [threading.Thread(target=race, args=(host,)) for host in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    _step(store)
+    numbers = [t["trial_number"] for t in store.list_trainings(job_id=job_id)]
+    assert numbers == [0, 1, 2] and len(_trials(store, job_id)) == 3
