@@ -10,7 +10,7 @@ from torch import nn
 
 from mitorch import DataError, TrainingError
 from mitorch.engine.progress import PlainProgress
-from mitorch.engine.schedules import constant
+from mitorch.engine.schedules import constant, cosine
 from mitorch.engine.tasks import ClassificationTask
 from mitorch.engine.trainer import Trainer, TrainerOptions, evaluate
 from mitorch.models import resnet
@@ -55,6 +55,27 @@ def test_gradient_clipping_bounds_the_update() -> None:
     _trainer(model, lr=1.0, gradient_clip_norm=0.01).fit(_loader(1, scale=100.0), _loader(1))
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     assert (after - before).norm() <= 0.01 + 1e-6
+
+
+def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, updates: int) -> list[float]:
+    lrs = []
+    for _ in range(updates):
+        lrs.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_warmup_in_updates_adds_to_warmup_in_epochs() -> None:
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    lrs = _lrs(constant(optimizer, steps_per_epoch=4, max_epochs=3, warmup_steps=3), 5)
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    lrs = _lrs(cosine(optimizer, steps_per_epoch=4, max_epochs=3, warmup_epochs=0.5, warmup_steps=3), 12)
+    assert lrs[:6] == sorted(lrs[:6]) and lrs[5] == 1.0  # 2 + 3 updates of warmup, then the peak
+    assert lrs[6:] == sorted(lrs[6:], reverse=True) and lrs[-1] < 0.1
+    with pytest.raises(ValueError, match="warmup_steps must be 0 or more, got -1"):
+        constant(optimizer, steps_per_epoch=4, max_epochs=1, warmup_steps=-1)
 
 
 def test_non_finite_loss_names_epoch_and_step() -> None:

@@ -2,7 +2,8 @@
 
 Each factory is the `_target_` of a conf/lr_scheduler option, with `_partial_: true`; the
 trainer completes it with the optimizer and the run's length in updates, and steps it once
-per optimizer update.
+per optimizer update. Every schedule takes an optional linear warmup, given in epochs
+(warmup_epochs, converted to updates) and/or in updates (warmup_steps); the two add up.
 """
 from __future__ import annotations
 
@@ -22,17 +23,19 @@ def _with_warmup(factor: Callable[[int], float], warmup_steps: int) -> Callable[
     return schedule
 
 
-def _warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, warmup_steps: int) -> int:
     if warmup_epochs < 0:
         raise ValueError(f"warmup_epochs must be 0 or more, got {warmup_epochs}")
-    return int(round(warmup_epochs * steps_per_epoch))
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be 0 or more, got {warmup_steps}")
+    return int(round(warmup_epochs * steps_per_epoch)) + warmup_steps
 
 
 def cosine(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
-           min_lr_ratio: float = 0.0) -> LambdaLR:
+           min_lr_ratio: float = 0.0, warmup_steps: int = 0) -> LambdaLR:
     """Cosine decay from the optimizer's lr to min_lr_ratio * lr over the whole run."""
     total = max(steps_per_epoch * max_epochs, 1)
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, warmup_steps)
     span = max(total - warmup, 1)
 
     def factor(step: int) -> float:
@@ -42,10 +45,10 @@ def cosine(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_e
 
 
 def linear(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
-           end_lr_ratio: float = 0.0) -> LambdaLR:
+           end_lr_ratio: float = 0.0, warmup_steps: int = 0) -> LambdaLR:
     """Linear decay from the optimizer's lr to end_lr_ratio * lr over the whole run."""
     total = max(steps_per_epoch * max_epochs, 1)
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, warmup_steps)
     span = max(total - warmup, 1)
 
     def factor(step: int) -> float:
@@ -55,16 +58,17 @@ def linear(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_e
 
 
 def step(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
-         step_epochs: float = 30, gamma: float = 0.1) -> LambdaLR:
+         step_epochs: float = 30, gamma: float = 0.1, warmup_steps: int = 0) -> LambdaLR:
     """Multiply the lr by gamma every step_epochs epochs' worth of updates."""
     if step_epochs <= 0:
         raise ValueError(f"step_epochs must be positive, got {step_epochs}")
     interval = max(int(round(step_epochs * steps_per_epoch)), 1)
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, warmup_steps)
     return LambdaLR(optimizer, _with_warmup(lambda s: gamma ** (s // interval), warmup))
 
 
-def constant(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0) -> LambdaLR:
+def constant(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
+             warmup_steps: int = 0) -> LambdaLR:
     """The optimizer's lr throughout, after the optional warmup."""
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch)
+    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, warmup_steps)
     return LambdaLR(optimizer, _with_warmup(lambda s: 1.0, warmup))

@@ -21,6 +21,23 @@ from mitorch.models.classification import _choose
 BACKGROUND = 1
 
 
+class _BatchNorm2d(nn.BatchNorm2d):
+    """Batch norm for the ResNet-18 FPN backbones, which torchvision would build with frozen
+    norms (fixed at the identity from random weights: an unnormalized ResNet whose training
+    diverges at detection learning rates). It keeps FrozenBatchNorm2d's state-dict keys (no
+    num_batches_tracked, which a set momentum never reads), so weights saved from those
+    backbones load and predict as before."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.register_buffer("num_batches_tracked", None)
+
+
+def _resnet18_fpn(**kwargs) -> nn.Module:
+    return resnet_fpn_backbone(backbone_name="resnet18", weights=None, norm_layer=_BatchNorm2d, trainable_layers=5,
+                               **kwargs)
+
+
 def _sizes(image_size: int) -> dict:
     if image_size < 32:
         raise ConfigError(f"detectors need an image_size of 32 or more, got {image_size}")
@@ -41,7 +58,7 @@ def fasterrcnn(num_classes: int, image_size: int = 512, backbone: str = "resnet1
               "box_batch_size_per_image": box_batch_size_per_image, **_sizes(image_size)}
     _choose("backbone", backbone, dict.fromkeys(("mobilenet_v3_large", "resnet18", "resnet50")))
     if backbone == "resnet18":
-        body = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+        body = _resnet18_fpn()
         del common["weights"], common["weights_backbone"]
         return detection.FasterRCNN(body, **common)
     builders = {"mobilenet_v3_large": detection.fasterrcnn_mobilenet_v3_large_fpn,
@@ -65,8 +82,7 @@ def fcos(num_classes: int, image_size: int = 512, backbone: str = "resnet50", de
     _choose("backbone", backbone, dict.fromkeys(("resnet50", "resnet18")))
     if backbone == "resnet50":
         return detection.fcos_resnet50_fpn(weights=None, weights_backbone=None, **common)
-    body = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5, returned_layers=[2, 3, 4],
-                               extra_blocks=LastLevelP6P7(256, 256))
+    body = _resnet18_fpn(returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
     return detection.FCOS(body, **common)
 
 
