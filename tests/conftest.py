@@ -84,6 +84,16 @@ def make_folder_dataset(root: Path, per_class: int = 6, classes: int = 3, seed: 
 
 
 @pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A user's own database and credentials file, in-process and for subprocesses."""
+    env = {"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}", "MITORCH_CREDENTIALS": str(tmp_path / "creds.json"),
+           "MITORCH_CACHE_DIR": str(tmp_path / "cache")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
 def text_dataset(tmp_path: Path) -> TextDataset:
     return make_text_dataset(tmp_path / "data")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_text_dataset
+from tests.test_faults import alive
 from tests.test_service import Service
 
 pytestmark = pytest.mark.slow
@@ -48,16 +49,8 @@ class DeathWatch(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(0.05):
             for pid in list(self.pids - self.gone.keys()):
-                if not _alive(pid):
+                if not alive(pid):
                     self.gone[pid] = time.time()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def _tick(service: Service, host: str) -> subprocess.Popen:
@@ -103,7 +96,7 @@ def test_random_faults_on_two_hosts_lose_nothing_and_never_run_a_training_twice(
 
     def running_pids() -> list[int]:
         trainings = store.list_trainings(["running"])
-        return [t["pid"] for t in trainings if t.get("pid") and _alive(t["pid"])]
+        return [t["pid"] for t in trainings if t.get("pid") and alive(t["pid"])]
 
     last_fault = time.monotonic()
     while True:
@@ -147,7 +140,7 @@ def test_random_faults_on_two_hosts_lose_nothing_and_never_run_a_training_twice(
                 faults["database locked for 2.5 s"] += 1
         for pid, since in list(frozen):
             if time.monotonic() - since > 15:  # thawed late, if still alive: fencing must stop it
-                if _alive(pid):
+                if alive(pid):
                     os.kill(pid, signal.SIGCONT)
                 frozen.remove((pid, since))
         time.sleep(0.5)

@@ -23,15 +23,6 @@ def _one_line(result, prog: str, message: str) -> None:
     assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: ") and message in lines[0], result.stderr
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    env = {"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}", "MITORCH_CREDENTIALS": str(tmp_path / "creds.json"),
-           "MITORCH_CACHE_DIR": str(tmp_path / "cache")}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
-
-
 # -- numbers and intervals in configs ----------------------------------------------------------
 
 

@@ -22,16 +22,6 @@ from tests.conftest import make_text_dataset, run
 ACCOUNT_URL = "https://acct.blob.core.windows.net"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A user's own database and credentials file, in-process and for subprocesses."""
-    env = {"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}", "MITORCH_CREDENTIALS": str(tmp_path / "creds.json"),
-           "MITORCH_CACHE_DIR": str(tmp_path / "cache")}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
-
-
 # -- redaction ---------------------------------------------------------------------------------
 
 
