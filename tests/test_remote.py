@@ -263,14 +263,14 @@ def azurite(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _container(endpoint: str, name: str) -> str:
-    """Creates a container; returns its URL with a read-write SAS token."""
+    """Creates a container; returns its URL with a SAS token that may read, write, list and delete."""
     from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
     service = BlobServiceClient(endpoint, credential={"account_name": ACCOUNT, "account_key": ACCOUNT_KEY})
     service.create_container(name)
     token = generate_container_sas(ACCOUNT, name, account_key=ACCOUNT_KEY, expiry=datetime.now(timezone.utc)
-                                   + timedelta(hours=2), permission=ContainerSasPermissions(read=True, write=True,
-                                                                                           create=True, list=True))
+                                   + timedelta(hours=2), permission=ContainerSasPermissions(
+                                       read=True, write=True, create=True, list=True, delete=True))
     return f"{endpoint}/{name}?{token}"
 
 
@@ -314,7 +314,7 @@ def test_blob_dataset_trains_and_weights_round_trip_with_no_secret_anywhere(tmp_
     artifacts = outputs.split("?")[0]
     assert training["weights"] == f"{artifacts}/{first}/attempt-1/model.pt"
     assert training["artifacts"] == f"{artifacts}/{first}/"
-    for name, kept in (("model.pt", True), ("train.log", True), ("last.pt", False)):  # weights stored: no last.pt
+    for name, kept in (("model.pt", True), ("last.pt", False)):  # weights stored: no last.pt
         assert BlobClient.from_blob_url(_blob(outputs, f"{first}/attempt-1/{name}")).exists() == kept, name
     uploaded = BlobClient.from_blob_url(_blob(outputs, f"{first}/attempt-1/model.pt")).download_blob().readall()
 
