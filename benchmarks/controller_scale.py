@@ -1,9 +1,14 @@
-"""How one micontrol tick's cost grows with the queue: 100 against 10,000 queued trainings.
+"""How one micontrol tick's cost grows with the queue and with the search jobs.
 
-Each store backend is filled with N `new` trainings plus 100 running ones, and one tick
+Queue: each store backend is filled with N `new` trainings plus 100 running ones, and one tick
 (reconcile the running ones, dispatch into the one free slot) is timed several times. The
 executor here starts nothing and reports every run alive, so what is measured is the store
 and controller work. Target: the 10,000 tick at most 2x the 100 tick.
+
+Search jobs: one tick with 10 running search jobs of 100 trials each (98 ended, 2 training)
+against one job of 10 trials (8 ended, 2 training). Before each tick one training trial of one
+job records a new epoch, so each tick reports it to its study and asks the pruner; the other
+jobs have nothing new. Target: at most 3x.
 
     python benchmarks/controller_scale.py [--ticks 7]
 
@@ -69,6 +74,52 @@ def _time_ticks(store, ticks: int) -> float:
     return statistics.median(times)
 
 
+def _fill_search_jobs(store, jobs: int, trials: int) -> list[str]:
+    """Search jobs with `trials` trials each: all but 2 ended (3 epochs reported each), 2 training."""
+    import optuna
+
+    from mitorch.service.journal import study_storage
+    from mitorch.service.search_job import distributions, prepare
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    record = prepare({"job_type": "search", "overrides": ["max_epochs=10"], "n_trials": trials, "max_concurrent": 2,
+                      "search_space": {"optimizer.lr": "tag(log, interval(1e-4, 1e-1))", "batch_size": "16,32,64"},
+                      "sampler": {"name": "random", "seed": 0}}, store)
+    space = distributions(record["search_space"])
+    training_ids = []
+    for _ in range(jobs):
+        job_id, _ = store.add_job(record)
+        study = optuna.create_study(study_name=job_id, storage=study_storage(store, job_id), direction="maximize")
+        for number in range(trials):
+            trial = study.ask(space)
+            training = {"config": CONFIG, "job_id": job_id, "trial_number": number, "params": trial.params}
+            for epoch in (1, 2, 3):
+                trial.report(0.1 * epoch + 0.001 * number, epoch)
+            if number < trials - 2:
+                study.tell(trial, 0.3 + 0.001 * number)
+                training.update(status="completed", metrics={"top1_accuracy": 0.3 + 0.001 * number})
+            else:
+                training.update(status="running", executor="bench", run_id=f"bench:{job_id}:{number}", attempt=1)
+            training_id = store.add_training(training)
+            for epoch in (1, 2, 3):
+                store.put_result(training_id, {"epoch": epoch, "val": {"top1_accuracy": 0.1 * epoch + 0.001 * number}})
+            if number == trials - 1:
+                training_ids.append(training_id)
+    return training_ids
+
+
+def _time_search_ticks(store, watched: str, ticks: int) -> float:
+    executor = IdleExecutor(capacity=1000)
+    tick(store, executor, say=lambda line: None)  # each job's first step since it was filled
+    times = []
+    for epoch in range(4, 4 + ticks):
+        store.put_result(watched, {"epoch": epoch, "val": {"top1_accuracy": 0.1 * epoch}})
+        start = time.perf_counter()
+        tick(store, executor, say=lambda line: None)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ticks", type=int, default=7)
@@ -96,6 +147,12 @@ def main() -> None:
                 store.close()
             print(f"{name:9s} tick with 100 queued {medians[100] * 1000:8.1f} ms, with 10,000 queued "
                   f"{medians[10_000] * 1000:8.1f} ms: ratio {medians[10_000] / medians[100]:.2f} (target <= 2)")
+        store = SQLiteStore(Path(folder) / "search-small.db")
+        small = _time_search_ticks(store, _fill_search_jobs(store, 1, 10)[0], args.ticks)
+        store = SQLiteStore(Path(folder) / "search-large.db")
+        large = _time_search_ticks(store, _fill_search_jobs(store, 10, 100)[0], args.ticks)
+        print(f"sqlite    tick with 1 search job of 10 trials {small * 1000:8.1f} ms, with 10 of 100 trials "
+              f"{large * 1000:8.1f} ms: ratio {large / small:.2f} (target <= 3)")
 
 
 if __name__ == "__main__":

@@ -237,7 +237,7 @@ def test_cancel_and_requeue_handle_every_id_and_report_unknown_ones(service: Ser
     ids = [service.submit("max_epochs=1") for _ in range(2)]
     result = service("micontrol", "cancel", ids[0], "nope1", ids[1], "nope2")
     assert result.stdout.splitlines() == [f"cancelled {ids[0]}", f"cancelled {ids[1]}"]
-    assert result.returncode == 1 and result.stderr.strip() == ("micontrol: error: no training nope1, nope2; "
+    assert result.returncode == 1 and result.stderr.strip() == ("micontrol: error: no training or job nope1, nope2; "
                                                                 "see miquery for the ids")
     result = service("micontrol", "requeue", "nope3", *ids)
     assert result.stdout.splitlines() == [f"requeued {ids[0]}", f"requeued {ids[1]}"]

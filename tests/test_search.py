@@ -267,3 +267,97 @@ def test_racing_ticks_create_each_trial_once(store, tmp_path: Path) -> None:
     _step(store)
     numbers = [t["trial_number"] for t in store.list_trainings(job_id=job_id)]
     assert numbers == [0, 1, 2] and len(_trials(store, job_id)) == 3
+
+
+def test_a_tick_skips_a_job_in_which_nothing_changed(store, tmp_path: Path, monkeypatch) -> None:
+    job_id = _search_job(store, tmp_path, objective={"metric": "loss"}, pruner={"name": "threshold", "upper": 1.0})
+    _step(store)
+    opened: list[str] = []
+    real_init = search._Search.__init__
+    monkeypatch.setattr(search._Search, "__init__", lambda self, s, job, act: (opened.append(job["id"]),
+                                                                              real_init(self, s, job, act))[1])
+    assert _step(store) == [] and opened == []  # two trials in flight, nothing new: the study stays shut
+    first = store.list_trainings(job_id=job_id)[0]
+    store.update_training(first["id"], {"status": "running"})
+    assert _step(store) == [] and opened == [job_id]  # a new status: looked at
+    store.put_result(first["id"], {"epoch": 1, "val": {"loss": 2.0}})
+    assert _step(store)[0].startswith(f"pruned trial 0 of job {job_id} at epoch 1") and len(opened) == 2
+    study = optuna.load_study(study_name=job_id, storage=study_storage(store, job_id))
+    study.ask()  # a log written outside a step (a tick that died after asking): looked at
+    assert _step(store)[0].startswith("queued trial") and len(opened) == 3
+
+
+def test_importances_are_kept_on_the_job_once_enough_trials_completed(store, tmp_path: Path) -> None:
+    job_id = _search_job(store, tmp_path, n_trials=3, max_concurrent=3,
+                         search_space={"optimizer.lr": "tag(log, interval(1e-3, 1e-1))", "batch_size": "2,4,8"})
+    _step(store)
+    for value, training in zip((0.2, 0.5, 0.9), store.list_trainings(job_id=job_id)):
+        store.update_training(training["id"], {"status": "completed", "metrics": {"top1_accuracy": value}})
+    _step(store)
+    importances = store.get_job(job_id)["importances"]
+    assert importances["trials"] == 3 and set(importances["params"]) == {"optimizer.lr", "batch_size"}
+    assert abs(sum(importances["params"].values()) - 1) < 1e-6
+
+
+def test_cancelling_a_search_job_cancels_its_trainings_and_ends_it(store, tmp_path: Path, monkeypatch, capsys) -> None:
+    from mitorch.cli import micontrol
+
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    job_id = _search_job(store, tmp_path, n_trials=6)
+    _step(store)
+    running, waiting = store.list_trainings(job_id=job_id)
+    store.update_training(running["id"], {"status": "running", "executor": "elsewhere"})
+    micontrol.main(["cancel", job_id])
+    assert capsys.readouterr().out.splitlines() == [
+        f"cancel-requested {running['id']} (its controller stops it at its next tick; it also stops at the end of "
+        "its current epoch)", f"cancelled {waiting['id']}",
+        f"cancel-requested job {job_id} with its 2 active trainings (the next micontrol tick ends it)"]
+    assert store.get_training(running["id"])["cancel_requested"] is True
+    assert _step(store) == [f"failed trial 1 of job {job_id} (its training was cancelled)"]
+    assert store.get_job(job_id)["status"] == "running"  # its running training has not stopped yet
+    store.update_training(running["id"], {"status": "cancelled"})
+    actions = _step(store)
+    assert actions[-1] == f"cancelled search job {job_id} (2 failed)" and len(store.list_trainings(job_id=job_id)) == 2
+    assert [t.state.name for t in _trials(store, job_id)] == ["FAIL", "FAIL"]
+    micontrol.main(["cancel", job_id])
+    assert capsys.readouterr().out.strip() == f"unchanged job {job_id} (already cancelled)"
+
+
+def test_add_trials_extends_a_completed_search_in_the_same_study(store, tmp_path: Path, monkeypatch, capsys) -> None:
+    from mitorch.cli import misubmit
+
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    job_id = _search_job(store, tmp_path, n_trials=2)
+    _step(store)
+    for training in store.list_trainings(job_id=job_id):
+        store.update_training(training["id"], {"status": "completed", "metrics": {"top1_accuracy": 0.5}})
+    _step(store)
+    assert store.get_job(job_id)["status"] == "completed"
+    misubmit.main(["--add-trials", "3", job_id])
+    assert capsys.readouterr().out.strip() == f"job {job_id}: n_trials 2 -> 5"
+    assert store.get_job(job_id)["status"] == "running"
+    assert _step(store)[0].startswith(f"queued trial 2 of job {job_id}")
+    assert [t["trial_number"] for t in store.list_trainings(job_id=job_id)] == [0, 1, 2, 3]
+    assert len(_trials(store, job_id)) == 4
+    with pytest.raises(SystemExit):
+        misubmit.main(["--add-trials", "2", "0123456789abcdef01234567"])
+    assert "no search job 0123456789abcdef01234567" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values", [{"optimizer.lr": 0.0123, "batch_size": 8},
+                                    {"model.depth": 34, "lr_scheduler.warmup_steps": 3},
+                                    {"model": "mobilenet_v3", "optimizer.lr": 0.5}])
+def test_a_trials_config_is_the_one_compose_gives(values: dict) -> None:
+    from omegaconf import OmegaConf
+
+    from mitorch.config import compose, compose_with_values
+
+    base = ["max_epochs=2", "model=resnet", "task_type=multiclass_classification"]
+    fast = compose_with_values(base, values)
+    slow = compose([*base, *param_overrides(values)])
+    assert OmegaConf.to_container(fast) == OmegaConf.to_container(slow)
+    assert compose_with_values(base, values) is not fast  # a copy each time: the kept base stays as it was
+    with pytest.raises(ConfigError, match="unknown key 'optimizer.lrr'"):
+        compose_with_values(base, {"optimizer.lrr": 0.1})
+    with pytest.raises(ConfigError, match="batch_size"):
+        compose_with_values(base, {"batch_size": "many"})

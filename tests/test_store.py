@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mitorch.store import STATUSES, StoreError, open_store, redact
+from mitorch.store import STATUSES, DuplicateError, StoreError, open_store, redact
 from mitorch.store.base import DB_NOW
 from mitorch.store.mongo import MongoStore
 from mitorch.store.sqlite import SQLiteStore
@@ -195,6 +195,18 @@ class StoreConformance:
             store.add_job({"job_type": "sweep", "status": "running"}, [{"n": 2}, {"id": taken, "n": 3}])
         assert len(store.list_jobs()) == 1
         assert sorted(t["n"] for t in store.list_trainings()) == [0, 1, 9]
+
+    def test_a_search_trial_has_one_training_only(self, store) -> None:
+        job_id, _ = store.add_job({"job_type": "search", "status": "running"})
+        store.add_training({"job_id": job_id, "trial_number": 0})
+        with pytest.raises(DuplicateError, match=f"trial 0 of job {job_id} already has a training"):
+            store.add_trainings([{"job_id": job_id, "trial_number": 1}, {"job_id": job_id, "trial_number": 0}])
+        assert [t["trial_number"] for t in store.list_trainings(job_id=job_id)] == [0]  # nothing of the batch
+        other, _ = store.add_job({"job_type": "search", "status": "running"}, [{"trial_number": 0}])
+        store.add_trainings([{"job_id": job_id, "trial_number": 1}, {"job_id": job_id}, {"job_id": job_id}])
+        assert sorted(str(t.get("trial_number")) for t in store.list_trainings(job_id=job_id)) == ["0", "1", "None",
+                                                                                                   "None"]
+        assert len(store.list_trainings(job_id=other)) == 1
 
     def test_journal_logs_are_dense_ordered_and_kept_per_journal(self, store) -> None:
         assert store.read_logs("study-a") == []

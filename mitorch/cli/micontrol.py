@@ -1,7 +1,7 @@
 """micontrol: one controller tick (a systemd timer runs it), or manage queued trainings.
 
     micontrol [--executor local|azureml] [--loop [--interval S]]
-    micontrol cancel ID...  |  requeue ID...  |  set-priority ID N
+    micontrol cancel ID...  |  requeue ID...  |  set-priority ID N      (cancel takes job ids too)
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", action="store_true", help="tick again and again (foreground use)")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks with --loop (60)")
     commands = parser.add_subparsers(dest="command")
-    cancel = commands.add_parser("cancel", help="cancel trainings (running ones are stopped, with a checkpoint)")
+    cancel = commands.add_parser("cancel", help="cancel trainings, or jobs with their trainings (running ones are "
+                                                "stopped, with a checkpoint)")
     cancel.add_argument("ids", nargs="+")
     requeue = commands.add_parser("requeue", help="queue failed, cancelled or completed trainings again")
     requeue.add_argument("ids", nargs="+")
@@ -105,31 +106,65 @@ def _loop(store, interval: float, executor_choice: str | None) -> None:
 
 
 def _cancel(store, ids: list[str]) -> None:
-    from mitorch.service.executors import LocalExecutor
+    """Cancels trainings, and jobs with their trainings (a search job asks for no more trials and
+    ends cancelled at the next tick once its trainings have ended)."""
+    unknown: list[str] = []
+    local: list = []  # this host's executor, made on first need
+    for some_id in ids:
+        training = store.get_training(some_id)
+        if training is not None:
+            _cancel_training(store, training, local)
+            continue
+        job = store.get_job(some_id)
+        if job is None:
+            unknown.append(some_id)
+            continue
+        if job["status"] not in ("new", "running") or job.get("cancel_requested"):
+            state = job["status"] if job["status"] not in ("new", "running") else "cancelling"
+            print(f"unchanged job {some_id} (already {state})")
+            continue
+        from mitorch.service.search import jobs_lease
+        from mitorch.store import ACTIVE
 
-    executor, unknown = None, []
-    for training_id in ids:
-        training = store.get_training(training_id)
-        if training is None:
-            unknown.append(training_id)
-        elif store.update_training(training_id, {"status": "cancelled", "cancel_requested": True},
-                                   expected_status=["new", "queued"]):
-            # A dispatched run that has not started finds its training cancelled and never trains.
-            print(f"cancelled {training_id}")
-        elif store.update_training(training_id, {"cancel_requested": True}, expected_status="running"):
-            executor = executor or LocalExecutor(capacity=0)
-            if training.get("executor") == executor.name and executor.state(training) == "running":
-                executor.cancel(training)  # on this host: stop it now (it checkpoints first)
-                print(f"cancel-requested {training_id} (stopping its process)")
+        # Under the search step's lease: no tick asks for a trial of this job while it is cancelled.
+        with jobs_lease(store, f"micontrol-cancel:{os.getpid()}"):
+            if job.get("job_type") == "search":
+                store.update_job(some_id, {"cancel_requested": True})
             else:
-                print(f"cancel-requested {training_id} (its controller stops it at its next tick; "
-                      "it also stops at the end of its current epoch)")
+                store.update_job(some_id, {"status": "cancelled", "completed_at": store.clock()})
+            trainings = store.list_trainings(ACTIVE, job_id=some_id)
+            for training in trainings:
+                _cancel_training(store, training, local)
+        after = " (the next micontrol tick ends it)" if job.get("job_type") == "search" else ""
+        print(f"{'cancel-requested' if after else 'cancelled'} job {some_id} with its {len(trainings)} "
+              f"active training{'s' * (len(trainings) != 1)}{after}")
+    _report_unknown(unknown, "training or job")
+
+
+def _cancel_training(store, training: dict, local: list) -> None:
+    training_id = training["id"]
+    if store.update_training(training_id, {"status": "cancelled", "cancel_requested": True},
+                             expected_status=["new", "queued"]):
+        # A dispatched run that has not started finds its training cancelled and never trains.
+        print(f"cancelled {training_id}")
+    elif store.update_training(training_id, {"cancel_requested": True}, expected_status="running"):
+        if not local:
+            from mitorch.service.executors import LocalExecutor
+
+            local.append(LocalExecutor(capacity=0))
+        if training.get("executor") == local[0].name and local[0].state(training) == "running":
+            local[0].cancel(training)  # on this host: stop it now (it checkpoints first)
+            print(f"cancel-requested {training_id} (stopping its process)")
         else:
-            print(f"unchanged {training_id} (already {store.get_training(training_id)['status']})")
-    _report_unknown(unknown)
+            print(f"cancel-requested {training_id} (its controller stops it at its next tick; "
+                  "it also stops at the end of its current epoch)")
+    else:
+        print(f"unchanged {training_id} (already {store.get_training(training_id)['status']})")
 
 
 def _requeue(store, ids: list[str]) -> None:
+    from mitorch.store import FINISHED
+
     unknown = []
     for training_id in ids:
         training = store.get_training(training_id)
@@ -142,7 +177,7 @@ def _requeue(store, ids: list[str]) -> None:
             earlier = {k: training.get(k) for k in ("metrics", "weights", "completed_at", "attempt")}
             fields.update({"history": [*training.get("history", []), earlier], "metrics": None, "weights": None,
                            "resume_from_attempt": training.get("attempt", 0) + 1})
-        if store.update_training(training_id, fields, expected_status=["failed", "cancelled", "completed"],
+        if store.update_training(training_id, fields, expected_status=FINISHED,
                                  attempt=training.get("attempt", 0)):
             fresh = " (a fresh run; the earlier result is kept in its history)" if "history" in fields else ""
             print(f"requeued {training_id}{fresh}")
@@ -151,11 +186,11 @@ def _requeue(store, ids: list[str]) -> None:
     _report_unknown(unknown)
 
 
-def _report_unknown(unknown: list[str]) -> None:
+def _report_unknown(unknown: list[str], kind: str = "training") -> None:
     if unknown:
         from mitorch.store import StoreError
 
-        raise StoreError(f"no training {', '.join(unknown)}; see miquery for the ids")
+        raise StoreError(f"no {kind} {', '.join(unknown)}; see miquery for the ids")
 
 
 def _set_priority(store, training_id: str, priority: int) -> None:

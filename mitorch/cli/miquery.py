@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         elif (training := store.get_training(args.id)) is not None:
             view = {"training": training, "results": store.list_results(args.id)}
         elif (job := store.get_job(args.id)) is not None:
+            job.pop("watch", None)  # the controller's own bookkeeping
             view = {"job": job, "trainings": store.list_trainings(job_id=args.id)}
             if job.get("job_type") == "search":
                 view["trials"] = _trials(store, job, view["trainings"])
@@ -54,11 +55,16 @@ def _count(text: str) -> int:
 
 
 def _overview(store, recent: int, limit: int) -> dict[str, Any]:
-    finished = store.list_trainings(["completed", "failed", "cancelled"], order="recent", limit=recent)
+    from mitorch.store import FINISHED
+
+    finished = store.list_trainings(FINISHED, order="recent", limit=recent)
     counts = store.count_trainings()
     queue = store.list_trainings(["new"], limit=limit) if limit else []
+    searches = [{k: job.get(k) for k in ("id", "name", "status", "n_trials", "trials_created", "counts", "best",
+                                         "objective", "cancel_requested")}
+                for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
     return {"counts": counts, "running": store.list_trainings(["queued", "running"]), "queue": queue,
-            "queue_more": max(counts["new"] - len(queue), 0), "recent": finished}
+            "queue_more": max(counts["new"] - len(queue), 0), "recent": finished, "searches": searches}
 
 
 def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -136,13 +142,25 @@ def _show(view: dict[str, Any]) -> None:
         for t in view["recent"]:
             row(recent, t["id"], t["status"], _when(t.get("completed_at")),
                 _main_metric(t.get("metrics")) or (t.get("error") or "")[:80])
-        for shown in (counts, running, queue, recent):
+        shown_tables = [counts, running, queue, recent]
+        if view.get("searches"):
+            searches = table("id", "name", "trials", "best", title="search jobs")
+            for job in view["searches"]:
+                best = job.get("best")
+                states = ", ".join(f"{n} {s}" for s, n in (job.get("counts") or {}).items() if n)
+                row(searches, job["id"], job.get("name") or "",
+                    f"{job.get('trials_created') or 0}/{job['n_trials']}" + (f" ({states})" if states else "")
+                    + (" cancelling" if job.get("cancel_requested") else ""),
+                    f"{job['objective']['metric']} {best['value']:.6g} (trial {best['number']})" if best else "")
+            shown_tables.append(searches)
+        for shown in shown_tables:
             console.print(shown)
         return
     if "trials" in view:
         job = view["job"]
         objective = job["objective"]
-        console.print(escape(f"search job {job['id']}{' ' + job['name'] if job.get('name') else ''}: {job['status']}"
+        status = job["status"] + (" (cancelling)" if job.get("cancel_requested") and job["status"] == "running" else "")
+        console.print(escape(f"search job {job['id']}{' ' + job['name'] if job.get('name') else ''}: {status}"
                              f"  {objective['direction']} {objective['metric']}  sampler {job['sampler']['name']}  "
                              f"pruner {job['pruner']['name']}  {job['n_trials']} trials, {job['max_concurrent']} "
                              f"at once, max_failed {job['max_failed']}"))
@@ -153,6 +171,10 @@ def _show(view: dict[str, Any]) -> None:
             best = job["best"]
             console.print(escape(f"best: trial {best['number']} {objective['metric']} {best['value']:.6g} "
                                  f"{json.dumps(best['params'])} (training {best['training_id']})"))
+        if job.get("importances"):
+            importances = job["importances"]
+            console.print(escape(f"parameter importances ({importances['trials']} complete trials): " + ", ".join(
+                f"{name} {value:.2f}" for name, value in importances["params"].items())))
         if job.get("error"):
             console.print("[red]error:[/red] " + escape(job["error"]))
         trials = table("trial", "params", objective["metric"], "state", "epochs", "id", title="trials (best first)")

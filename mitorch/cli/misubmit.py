@@ -4,6 +4,7 @@
     misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=value ...]
     misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]     (job_type: search)
     misubmit --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N] [--sampler S] [--pruner P] [key=value ...]
+    misubmit --add-trials N JOB_ID
 """
 from __future__ import annotations
 
@@ -24,12 +25,14 @@ Usage:
   misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]
   misubmit [CONFIG] --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N]
            [--sampler NAME] [--pruner NAME] [--dataset NAME[:VERSION]] [key=value ...]
+  misubmit --add-trials N JOB_ID
 
 A job file with job_type: search, or --search, stores a hyper-parameter search job (see the
 README, "Search jobs"): micontrol keeps up to --parallel (default 2) of its --trials (default 20)
 trials training, asks Optuna for new ones and prunes hopeless ones. A SWEEP is Hydra's sweeper
 syntax: a,b,c | choice(a, b) | range(start, stop[, step]) (stop excluded) | interval(low, high),
-optionally tag(log, ...). Prints "job JOB_ID".
+optionally tag(log, ...). Prints "job JOB_ID". --add-trials N extends a running or completed
+search job by N trials of the same study.
 
 With -m, one training per combination of the sweep values is queued under one job; the
 output is "job JOB_ID", then one "TRAINING_ID overrides" line per training.
@@ -48,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         options, rest = take_options(argv, {"--priority": ("priority", "a value"), "--dataset": ("dataset", "a value"),
+                                            "--add-trials": ("add_trials", "a number of trials"),
                                             **{f"--{name}": (name, "a value") for name in _SEARCH_OPTIONS}})
+        if options["add_trials"] is not None:
+            _add_trials(options, rest)
+            return
         priority = DEFAULT_PRIORITY if options["priority"] is None else _whole_number(options["priority"])
         job = _search_job(options, rest)
         if job is not None:
@@ -124,6 +131,16 @@ def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
     if config:
         job["config"] = os.path.abspath(config[0])
     return job, os.getcwd()
+
+
+def _add_trials(options: dict, rest: list[str]) -> None:
+    if len(rest) != 1 or rest[0].startswith("-") or any(options[k] is not None for k in options if k != "add_trials"):
+        raise UsageError("--add-trials takes a number and one search job's id: misubmit --add-trials N JOB_ID")
+    from mitorch.service.search import add_trials
+    from mitorch.store import open_store
+
+    before, after = add_trials(open_store(), rest[0], _whole_number(options["add_trials"], "--add-trials"))
+    print(f"job {rest[0]}: n_trials {before} -> {after}")
 
 
 def _queue_search(job: dict, base_dir: str, options: dict) -> str:

@@ -1,9 +1,12 @@
 """Composing the shipped configs with overrides, with errors a user can act on."""
 from __future__ import annotations
 
+import copy
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,11 +41,49 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     overrides = task_defaults(list(overrides))
     screen_overrides(overrides)
     # The defaults of the selected options are the reference for key names and types.
-    selections = [f"{g}={c}" for g, c in group_choices(overrides).items()]
-    reference = _compose(selections, selections)
+    reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(overrides).items()))
     cfg = _compose(overrides, overrides, reference)
     validate(cfg, reference)
     return cfg
+
+
+def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> DictConfig:
+    """The same config as compose(overrides + key=value for each of values), faster when called
+    again with the same overrides: a search job's trials differ from its base config by a few
+    values, and Hydra takes a few 100 ms a compose. Values that choose a config-group option (or
+    the task type) go through compose.
+
+    Raises:
+        ConfigError: as compose.
+    """
+    from mitorch.config.overrides import format_value
+
+    if any(key in GROUPS or key == "task_type" for key in values):
+        return compose([*overrides, *(f"{k}={v if k in GROUPS else format_value(v)}" for k, v in values.items())])
+    overrides = tuple(overrides)
+    cfg = copy.deepcopy(_composed(overrides))
+    for key, value in values.items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except Exception as e:  # noqa: BLE001 - OmegaConf's errors for unknown keys and wrong types
+            reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items()))
+            if "not in struct" in str(e) or "Key" in type(e).__name__:
+                raise ConfigError(f"unknown key '{key}'; {_valid_keys_hint(key, reference)}") from None
+            raise ConfigError(f"cannot set '{key}': {str(e).splitlines()[0]}") from None
+    validate(cfg, _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items())))
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    return compose(overrides)
+
+
+@functools.lru_cache(maxsize=32)
+def _reference(selections: tuple[str, ...]) -> DictConfig:
+    """The config of these group selections alone, kept per process (read, never changed): the
+    controller composes one config per search trial, and each Hydra compose takes a few 100 ms."""
+    return _compose(list(selections), selections)
 
 
 # What a task type sets unless the command line chooses otherwise: group options, and values

@@ -1,4 +1,5 @@
-"""One controller tick: reconcile what the executor reports, then dispatch queued trainings.
+"""One controller tick: reconcile what the executor reports, step the search jobs (which may
+queue trials), then dispatch queued trainings.
 
 Several controllers (one per host, each with its own executor) may share one database. A tick
 holds a lease per executor in the store, so two ticks of one executor take turns counting and
@@ -20,9 +21,7 @@ from mitorch.envvars import env_float, env_int
 from mitorch.service.artifacts import log_tail
 from mitorch.service.executors import Executor, LaunchError, LocalExecutor
 from mitorch.store import JobStore
-from mitorch.store.base import DB_NOW
-
-_FINISHED = ("completed", "failed", "cancelled")
+from mitorch.store.base import DB_NOW, FINISHED
 
 
 @dataclass
@@ -51,8 +50,8 @@ class Settings:
 
 def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str], None] = print,
          settings: Settings | None = None) -> list[str]:
-    """Reconciles the executor's trainings, dispatches new ones while there is capacity, and
-    completes jobs whose trainings have all ended.
+    """Reconciles the executor's trainings, steps the search jobs and completes jobs whose
+    trainings have all ended, then dispatches new trainings while there is capacity.
 
     Returns:
         One line per action ("dispatched ID ...", "requeued ID ...", "failed ID ...", ...).
@@ -74,17 +73,18 @@ def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str],
         # Other hosts take this executor's trainings over only once this marker has expired.
         store.acquire_lease(f"executor:{executor.name}", executor.name, settings.heartbeat_timeout.total_seconds())
         active = _Reconciler(store, executor, act, settings).run()
-        _dispatch(store, executor, act, active, settings,
-                  lambda: store.acquire_lease(lease, holder, settings.tick_lease_s))
+        # Search jobs before dispatch: a trial queued now is dispatched by this same tick.
         if store.acquire_lease("jobs", holder, settings.tick_lease_s):  # once across hosts
             try:
                 if any(job.get("job_type") == "search" for job in store.list_jobs(["running"])):
-                    from mitorch.service import search  # imports Optuna: only when a search runs
+                    from mitorch.service import search  # imports Optuna only when a job needs a step
 
                     search.step(store, act)
                 _finish_jobs(store, act)
             finally:
                 store.release_lease("jobs", holder)
+        _dispatch(store, executor, act, active, settings,
+                  lambda: store.acquire_lease(lease, holder, settings.tick_lease_s))
     finally:
         store.release_lease(lease, holder)
     return actions
@@ -102,8 +102,8 @@ def _wait_for_lease(store: JobStore, name: str, holder: str, settings: Settings)
 def _finish_jobs(store: JobStore, act: Callable[[str], None]) -> None:
     for job in store.list_jobs(["running"]):
         trainings = store.list_trainings(job_id=job["id"])
-        if trainings and all(t["status"] in _FINISHED for t in trainings):
-            counts = {s: sum(t["status"] == s for t in trainings) for s in _FINISHED}
+        if trainings and all(t["status"] in FINISHED for t in trainings):
+            counts = {s: sum(t["status"] == s for t in trainings) for s in FINISHED}
             store.update_job(job["id"], {"status": "completed", "completed_at": store.clock(), "counts": counts})
             act(f"completed job {job['id']} ({', '.join(f'{n} {s}' for s, n in counts.items() if n)})")
 

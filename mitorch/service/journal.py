@@ -27,6 +27,7 @@ class StoreJournalBackend(BaseJournalBackend):
 
     def __init__(self, store: JobStore, journal: str, uri: str | None = None) -> None:
         self.store, self.journal, self.uri = store, journal, uri
+        self.logs_read = 0  # how many logs this backend has read: the journal's length after a sync
 
     def __getstate__(self) -> dict[str, Any]:
         if self.uri is None:
@@ -39,7 +40,9 @@ class StoreJournalBackend(BaseJournalBackend):
         self.__init__(open_store(state["uri"]), state["journal"], state["uri"])
 
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
-        return self.store.read_logs(self.journal, log_number_from)
+        logs = self.store.read_logs(self.journal, log_number_from)
+        self.logs_read = max(self.logs_read, log_number_from + len(logs))
+        return logs
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         self.store.append_logs(self.journal, logs)

@@ -36,7 +36,7 @@ class Cancelled(MiTorchError):
 
 
 class Pruned(Cancelled):
-    """Its search job's pruner stopped the training: it ends cancelled, with `pruned: true`."""
+    """Its search job's pruner stopped the training: it ends with status pruned."""
 
 
 class Replaced(MiTorchError):
@@ -73,6 +73,8 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
     training = _with_retry(lambda: store.get_training(training_id), "reading the training")
     if training is None:
         raise StoreError(f"no training {training_id}; see miquery for the ids")
+    if _global_rank() != 0:
+        return _train_beside_rank_0(store, training, attempt)
     if attempt is None:
         attempt = _start_by_hand(store, training)
     run = _Attempt(store, training_id, attempt)
@@ -83,7 +85,7 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         run.stop_heartbeat()
         raise
     except Pruned as e:
-        run.finish({"status": "cancelled", "pruned": True, "error": str(e)}, "pruned")
+        run.finish({"status": "pruned", "error": str(e)}, "pruned")
         raise
     except Cancelled as e:
         run.finish({"status": "cancelled", "error": str(e)}, "cancelled")
@@ -118,6 +120,37 @@ def _key_vault_db_uri() -> str | None:
     from mitorch.azureml import keyvault
 
     return keyvault.db_uri() if keyvault.wanted() else None
+
+
+def _global_rank() -> int:
+    """RANK as AzureML's PyTorch distribution and torchrun set it; 0 when not distributed."""
+    return int(os.environ.get("RANK", "0").strip() or 0)
+
+
+def _train_beside_rank_0(store: JobStore, training: dict[str, Any], attempt: int | None) -> dict[str, Any]:
+    """Another process of a distributed attempt: it trains in step with rank 0 and reads the
+    training, but writes nothing to the store. Rank 0 alone starts the attempt and writes its
+    heartbeat, its results and its outcome, so the store shows one attempt, whatever the world size.
+    """
+    import mitorch
+
+    training_id, rank = training["id"], _global_rank()
+    if attempt is None:
+        raise StoreError(f"training {training_id}: the process of rank {rank} needs --attempt N "
+                         "(rank 0 alone starts an attempt)")
+    if training.get("attempt") != attempt:
+        message = (f"training {training_id} attempt {attempt}: rank {rank} found attempt "
+                   f"{training.get('attempt')} current; this process stops")
+        _say(message)
+        raise Replaced(message)
+    folder = attempt_dir(training_id, attempt)
+    cfg = _training_config(store, training, folder)
+    if int(os.environ.get("LOCAL_RANK", "0").strip() or 0) == 0:
+        # The first process of another node: its processes resume from the same checkpoint as
+        # rank 0 (they all join the process group, after this, before reading it).
+        artifacts.restore_checkpoint(training_id, attempt, folder, training.get("resume_from_attempt", 1))
+    _say(f"training {training_id} attempt {attempt}: rank {rank} trains beside rank 0, which records it")
+    return mitorch.train(cfg, run_dir=folder / "run")
 
 
 def _start_by_hand(store: JobStore, training: dict[str, Any]) -> int:

@@ -7,20 +7,34 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
   3. ended trainings are told: completed -> COMPLETE with the objective, failed -> FAIL,
      cancelled -> PRUNED when pruned, else FAIL; more than max_failed failures fail the job;
   4. new trials are asked for until max_concurrent are in flight and n_trials were created;
-  5. once every trial has ended, the job completes with its best trial and counts by state.
+  5. once every trial has ended, the job completes with its best trial and counts by state;
+     a job whose cancel was requested (micontrol cancel JOB_ID) asks for nothing more and ends
+     cancelled once its trainings have ended.
 
 Every step reads its state from the study and the store and so is safe to repeat: a tick killed
-at any point leaves work the next tick finishes, and never a duplicate trial or training.
+at any point leaves work the next tick finishes, and never a duplicate trial or training (the
+store keeps one training per (job_id, trial_number)).
+
+A job whose in-flight trainings have neither a new epoch nor a new status, and whose study has
+no new log, is skipped without opening its study: a tick's cost follows what changed, not how
+many trials the running searches hold.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mitorch.errors import MiTorchError
-from mitorch.store import JobStore
+from mitorch.store import DuplicateError, JobStore, StoreError
 
 _ACTIVE = ("new", "queued", "running")
+# The store lease a controller holds while it steps search jobs, once across hosts; misubmit
+# --add-trials and micontrol cancel JOB_ID take it too, so no tick works on a job they change.
+JOBS_LEASE = "jobs"
+# Parameter importances are computed from this many complete trials on.
+IMPORTANCE_MIN_TRIALS = 3
 
 
 def step(store: JobStore, act: Callable[[str], None]) -> None:
@@ -28,14 +42,105 @@ def step(store: JobStore, act: Callable[[str], None]) -> None:
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
     for job in jobs:
         try:
+            if not _changed(store, job):
+                continue
             _Search(store, job, act).run()
         except MiTorchError as e:  # one broken job must not stop the others
             act(f"search job {job['id']}: {' '.join(str(e).split())}")
 
 
+def _changed(store: JobStore, job: dict[str, Any]) -> bool:
+    """Whether the job may have work: anything differs from what its last step left (`watch`)."""
+    watch = job.get("watch")
+    if not watch or job.get("cancel_requested") or watch.get("n_trials") != job["n_trials"]:
+        return True
+    if store.read_logs(job["id"], watch["logs"]):
+        return True  # someone wrote to the study after that step (a tick that died part-way)
+    for training_id, seen in watch["trainings"].items():
+        training = store.get_training(training_id)
+        if training is None or [training["status"], len(store.list_results(training_id))] != seen:
+            return True
+    return False
+
+
+@contextmanager
+def jobs_lease(store: JobStore, holder: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[None]:
+    """Holds the lease of the controller's search step while the caller changes a search job.
+
+    Raises:
+        StoreError: a controller tick held it for all of wait_s.
+    """
+    deadline = time.monotonic() + wait_s
+    while not store.acquire_lease(JOBS_LEASE, holder, ttl_s):
+        if time.monotonic() >= deadline:
+            lease = store.get_lease(JOBS_LEASE) or {}
+            raise StoreError(f"a controller tick ({lease.get('holder', 'unknown')}) has been working on the search "
+                             f"jobs for {wait_s:.0f} s; try again in a few minutes")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        store.release_lease(JOBS_LEASE, holder)
+
+
+def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
+    """Extends a running or completed search job by `count` trials of the same study (a grid up
+    to its size); the next tick asks for them.
+
+    Returns:
+        n_trials before and after.
+
+    Raises:
+        ConfigError, StoreError: naming why the job cannot take more trials.
+    """
+    import os
+
+    from mitorch.errors import ConfigError
+
+    if count < 1:
+        raise ConfigError(f"--add-trials needs 1 or more trials, got {count}")
+    with jobs_lease(store, f"misubmit:{os.getpid()}"):
+        job = store.get_job(job_id)
+        if job is None or job.get("job_type") != "search":
+            raise StoreError(f"no search job {job_id}; see miquery for the ids")
+        if job["status"] not in ("running", "completed") or job.get("cancel_requested"):
+            raise ConfigError(f"search job {job_id} is {'cancelling' if job.get('cancel_requested') else job['status']}"
+                              "; only a running or completed search takes more trials")
+        before = job["n_trials"]
+        after = before + count
+        if job["sampler"]["name"] == "grid":
+            from mitorch.service.search_job import distributions, sampler_grid
+
+            size = 1
+            for values in sampler_grid(distributions(job["search_space"])).values():
+                size *= len(values)
+            after = min(after, size)
+            if after == before:
+                raise ConfigError(f"search job {job_id} has asked for every point of its grid ({size})")
+        store.update_job(job_id, {"n_trials": after, "status": "running", "completed_at": None})
+    return before, after
+
+
+def cancel_trainings(store: JobStore, trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cancels trainings: a new one at once, any other active one by a cancel request (its
+    process stops at its next epoch end, or when its controller stops it).
+
+    Returns:
+        The running or dispatched ones, which were sent a request.
+    """
+    requested = []
+    for training in trainings:
+        if store.update_training(training["id"], {"status": "cancelled", "cancel_requested": True},
+                                 expected_status=["new"]):
+            continue
+        if store.update_training(training["id"], {"cancel_requested": True}, expected_status=_ACTIVE):
+            requested.append(training)
+    return requested
+
+
 def trial_state(training: dict[str, Any]) -> str:
     """A trial's state as shown to users, from its training: running, pruned, failed or complete."""
-    if training.get("pruned") or (training.get("prune_requested") and training["status"] != "completed"):
+    if training["status"] == "pruned" or (training.get("prune_requested") and training["status"] != "completed"):
         return "pruned"
     return {"completed": "complete", "failed": "failed", "cancelled": "failed"}.get(training["status"], "running")
 
@@ -51,7 +156,7 @@ class _Search:
         self.optuna, self.store, self.job, self.act = optuna, store, job, act
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
-        storage = study_storage(store, job["id"])
+        self.storage = storage = study_storage(store, job["id"])
         # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
         exists = any(study.study_name == job["id"] for study in storage.get_all_studies())
         open_study = optuna.load_study if exists else optuna.create_study
@@ -61,22 +166,28 @@ class _Search:
 
     def run(self) -> None:
         running = self.optuna.trial.TrialState.RUNNING
+        cancelling = bool(self.job.get("cancel_requested"))
+        if cancelling:
+            cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
         trainings = {t["trial_number"]: t for t in self.store.list_trainings(job_id=self.job["id"])
                      if t.get("trial_number") is not None}
         for trial in self.study.get_trials(deepcopy=False):
             training = trainings.get(trial.number)
             if trial.state == running and training is None:
-                self._queue(trial, recovered=True)
+                if cancelling:
+                    self._tell(trial, self.optuna.trial.TrialState.FAIL)
+                else:
+                    self._queue(trial, recovered=True)
             elif trial.state == running:
                 self._follow(trial, training)
         trials = self.study.get_trials(deepcopy=False)
         failed = sum(t.state == self.optuna.trial.TrialState.FAIL for t in trials)
-        if failed > self.job["max_failed"]:
+        if failed > self.job["max_failed"] and not cancelling:
             self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
             return
         in_flight = sum(t.state == running for t in trials)
         created = len(trials)
-        while in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
+        while not cancelling and in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
             from mitorch.service.search_job import make_sampler
 
             self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
@@ -84,36 +195,70 @@ class _Search:
             created += 1
             in_flight += 1
         trials = self.study.get_trials(deepcopy=False)
-        summary = self._summary(trials)
-        if created >= self.job["n_trials"] and not any(t.state == running for t in trials):
-            ended = {"status": "completed", "completed_at": self.store.clock()}
+        summary = {**self._summary(trials), **self._importances(trials), "watch": self._watch(trials)}
+        counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n)
+        if (cancelling or created >= self.job["n_trials"]) and not any(t.state == running for t in trials):
+            ended = {"status": "cancelled" if cancelling else "completed", "completed_at": self.store.clock()}
             self.store.update_job(self.job["id"], {**summary, **ended})
             best = summary["best"]
-            self.act(f"completed search job {self.job['id']} ("
-                     + ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n)
+            self.act(f"{ended['status']} search job {self.job['id']} ({counts}"
                      + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g})" if best else ")"))
         else:
             self.store.update_job(self.job["id"], summary)
 
+    def _watch(self, trials: list[Any]) -> dict[str, Any]:
+        """What the next tick compares to skip this job when nothing changed (see _changed)."""
+        numbers = {t.number for t in trials if t.state == self.optuna.trial.TrialState.RUNNING}
+        watched = {}
+        for training in self.store.list_trainings(job_id=self.job["id"]):
+            if training.get("trial_number") in numbers:
+                watched[training["id"]] = [training["status"], len(self.store.list_results(training["id"]))]
+        if len(watched) < len(numbers):
+            watched[""] = ["a running trial without a training", 0]  # never matches: look again next tick
+        self.study.get_trials(deepcopy=False)  # reads the logs this step wrote
+        return {"logs": self.storage._backend.logs_read, "n_trials": self.job["n_trials"], "trainings": watched}
+
+    def _importances(self, trials: list[Any]) -> dict[str, Any]:
+        """Parameter importances, recomputed when more trials completed. PED-ANOVA: deterministic,
+        milliseconds for hundreds of trials, and no scikit-learn (which fANOVA needs)."""
+        done = sum(t.state == self.optuna.trial.TrialState.COMPLETE for t in trials)
+        if done < IMPORTANCE_MIN_TRIALS or done == (self.job.get("importances") or {}).get("trials"):
+            return {}
+        import warnings
+
+        from optuna.exceptions import ExperimentalWarning
+        from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                values = get_param_importances(self.study, evaluator=PedAnovaImportanceEvaluator())
+        except (ValueError, RuntimeError):
+            return {}  # e.g. every complete trial has the same params
+        return {"importances": {"trials": done, "params": {k: float(v) for k, v in values.items()}}}
+
     def _queue(self, trial: Any, recovered: bool) -> None:
         """Queues the trial's training (job_id, trial_number, params); a trial whose point does
         not compose is told FAIL."""
-        from mitorch.config import compose
-        from mitorch.config.overrides import merge
+        from mitorch.config import compose_with_values
         from mitorch.service.search_job import param_overrides
         from mitorch.service.submit import submission
 
         params = dict(trial.params)
         overrides = param_overrides(params)
         try:
-            config = submission(compose(merge(self.job["base_overrides"], overrides)), self.store, self.job["dataset"])
+            config = submission(compose_with_values(self.job["base_overrides"], params), self.store,
+                                self.job["dataset"])
         except MiTorchError as e:
             self._tell(trial, self.optuna.trial.TrialState.FAIL)
             self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
             return
-        training_id = self.store.add_training({
-            "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
-            "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides})
+        try:
+            training_id = self.store.add_training({
+                "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
+                "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides})
+        except DuplicateError:
+            return  # another tick queued it in the meantime
         self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
                  + (" (its tick had stopped before queueing it)" if recovered else ""))
 
@@ -129,7 +274,7 @@ class _Search:
                 self._tell(trial, values=float(value))
                 self.act(f"told trial {number} of job {self.job['id']}: {self.metric} {value:.6g}")
             return
-        if training.get("pruned") or training.get("prune_requested"):
+        if status == "pruned" or training.get("prune_requested"):
             self._tell(trial, states.PRUNED)  # its stop was requested by a tick that died before telling
             self.act(f"pruned trial {number} of job {self.job['id']}")
             return
@@ -164,10 +309,7 @@ class _Search:
                 raise
 
     def _fail(self, reason: str) -> None:
-        for training in self.store.list_trainings(_ACTIVE, job_id=self.job["id"]):
-            if not self.store.update_training(training["id"], {"status": "cancelled", "cancel_requested": True},
-                                              expected_status=["new"]):
-                self.store.update_training(training["id"], {"cancel_requested": True}, expected_status=_ACTIVE)
+        cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
         self.store.update_job(self.job["id"], {**self._summary(self.study.get_trials(deepcopy=False)),
                                                "status": "failed", "error": reason, "completed_at": self.store.clock()})
         self.act(f"failed search job {self.job['id']} ({reason})")

@@ -17,14 +17,20 @@ from typing import Any
 from mitorch.errors import MiTorchError
 from mitorch.paths import data_dir
 
-# new -> queued (dispatched to an executor) -> running -> completed | failed | cancelled
-STATUSES = ("new", "queued", "running", "completed", "failed", "cancelled")
+# new -> queued (dispatched to an executor) -> running -> completed | failed | cancelled | pruned
+# (pruned: its search job's pruner stopped it early; its per-epoch results are kept)
+STATUSES = ("new", "queued", "running", "completed", "failed", "cancelled", "pruned")
+FINISHED = ("completed", "failed", "cancelled", "pruned")
 ACTIVE = ("new", "queued", "running")
 DEFAULT_PRIORITY = 100
 
 
 class StoreError(MiTorchError):
     """The database cannot be reached or refuses a request."""
+
+
+class DuplicateError(StoreError):
+    """A record with the same id, or a training with the same (job_id, trial_number), exists."""
 
 
 class _DatabaseNow:
@@ -64,6 +70,12 @@ def training_record(fields: dict[str, Any]) -> dict[str, Any]:
             "created_at": created, "status_history": [{"status": status, "at": created}]}
 
 
+def duplicate_message(training: dict[str, Any]) -> str:
+    if training.get("trial_number") is not None:
+        return f"trial {training['trial_number']} of job {training.get('job_id')} already has a training"
+    return f"a training with id {training['id']} exists"
+
+
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}; statuses are {', '.join(STATUSES)}")
@@ -86,7 +98,9 @@ class JobStore(ABC):
 
     @abstractmethod
     def add_trainings(self, trainings: Sequence[dict[str, Any]]) -> list[str]:
-        """Stores new trainings (status "new" unless given, priority 100 unless given).
+        """Stores new trainings (status "new" unless given, priority 100 unless given), all or
+        none. A search job has one training per trial: a second training with the same job_id
+        and trial_number raises DuplicateError.
 
         Returns:
             Their ids, in order.
@@ -231,6 +245,31 @@ class JobStore(ABC):
     @abstractmethod
     def read_logs(self, journal: str, log_number_from: int = 0) -> list[dict[str, Any]]:
         """The journal's logs numbered log_number_from and up, in order (none past a gap)."""
+
+    # -- read-only queries for viewers ------------------------------------------------------
+    # Plain implementations over the methods above; backends answer them in fewer requests.
+
+    def training_states(self) -> list[dict[str, Any]]:
+        """Every training's id, status and priority, in no particular order: what a viewer's
+        cache compares to find the trainings that changed, without reading whole records."""
+        return [{"id": t["id"], "status": t["status"], "priority": t["priority"]}
+                for t in self.list_trainings(order="recent")]
+
+    def get_trainings(self, training_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The trainings with these ids, in the order asked; ids not found are left out."""
+        found = (self.get_training(training_id) for training_id in dict.fromkeys(training_ids))
+        return [training for training in found if training is not None]
+
+    def results_of(self, training_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        """The per-epoch results of several trainings: each id asked -> its results by epoch
+        (an empty list when it has none)."""
+        return {training_id: self.list_results(training_id) for training_id in dict.fromkeys(training_ids)}
+
+    def count_results(self, training_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """How many per-epoch results each training has and its last epoch, without reading
+        them: each id asked -> {"count": N, "last_epoch": E or None}."""
+        return {training_id: {"count": len(results), "last_epoch": results[-1]["epoch"] if results else None}
+                for training_id, results in self.results_of(training_ids).items()}
 
     def close(self) -> None:
         """Releases connections."""

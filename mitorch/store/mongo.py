@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from mitorch.store.base import (DB_NOW, STATUSES, JobStore, StoreError, dataset_record, new_id, now, status_fields,
-                                training_record)
+from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record,
+                                duplicate_message as _duplicate_message, new_id, now, status_fields, training_record)
 from mitorch.store.uri import redact
 
 DATABASE = "mitorch"
@@ -77,6 +77,8 @@ class MongoStore(JobStore):
         db.trainings.create_index(_QUEUE)
         db.trainings.create_index(_RECENT)
         db.trainings.create_index([("job_id", 1), *_QUEUE])
+        db.trainings.create_index([("job_id", 1), ("trial_number", 1)], unique=True, name="one_training_per_trial",
+                                  partialFilterExpression={"trial_number": {"$type": "number"}})
         db.training_results.create_index([("training_id", 1), ("epoch", 1)], unique=True)
         db.jobs.create_index(_RECENT)
         db.jobs.create_index([("status", 1), *_RECENT])
@@ -93,9 +95,26 @@ class MongoStore(JobStore):
 
     def add_trainings(self, trainings: Sequence[dict[str, Any]]) -> list[str]:
         records = [training_record(t) for t in trainings]
-        if records:
-            self._call(self._db.trainings.insert_many, [_in(r) for r in records], ordered=True)
+        self._insert_trainings(records)
         return [r["id"] for r in records]
+
+    def _insert_trainings(self, records: Sequence[dict[str, Any]]) -> None:
+        """Inserts all or, after a failure, removes the ones it inserted (no transactions needed)."""
+        if not records:
+            return
+        try:
+            self._db.trainings.insert_many([_in(r) for r in records], ordered=True)
+        except self._errors as e:
+            errors = getattr(e, "details", None) or {}
+            inserted = records[:errors["nInserted"]] if "nInserted" in errors else records
+            try:
+                self._db.trainings.delete_many({"_id": {"$in": [r["id"] for r in inserted]}})
+            except self._errors:
+                pass
+            duplicate = next((w for w in errors.get("writeErrors", ()) if w.get("code") == 11000), None)
+            if isinstance(e, self._duplicate) or duplicate is not None:
+                raise DuplicateError(_duplicate_message(records[duplicate["index"] if duplicate else 0])) from None
+            raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
 
     def get_training(self, training_id: str) -> dict[str, Any] | None:
         return _out(self._call(self._db.trainings.find_one, {"_id": training_id}))
@@ -173,8 +192,7 @@ class MongoStore(JobStore):
         record = {"status": "new", **job, "id": job.get("id") or new_id(), "created_at": now()}
         children = [training_record({**t, "job_id": record["id"]}) for t in trainings]
         try:
-            if children:
-                self._call(self._db.trainings.insert_many, [_in(t) for t in children], ordered=True)
+            self._insert_trainings(children)
             self._call(self._db.jobs.insert_one, _in(record))
         except StoreError:
             try:
@@ -275,6 +293,33 @@ class MongoStore(JobStore):
                 break  # not yet visible here: the logs after a gap wait for the next read
             logs.append(json.loads(document["log"]))
         return logs
+
+    # -- read-only queries for viewers ------------------------------------------------------
+
+    def training_states(self) -> list[dict[str, Any]]:
+        cursor = self._db.trainings.find({}, {"_id": 1, "status": 1, "priority": 1})
+        return [{"id": d["_id"], "status": d["status"], "priority": d["priority"]} for d in self._call(list, cursor)]
+
+    def get_trainings(self, training_ids: Sequence[str]) -> list[dict[str, Any]]:
+        wanted = list(dict.fromkeys(training_ids))
+        found = {d["_id"]: d for d in self._call(list, self._db.trainings.find({"_id": {"$in": wanted}}))}
+        return [_out(found[i]) for i in wanted if i in found]
+
+    def results_of(self, training_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        results: dict[str, list[dict[str, Any]]] = {i: [] for i in training_ids}
+        cursor = self._db.training_results.find({"training_id": {"$in": list(results)}}, {"_id": 0},
+                                                sort=[("training_id", 1), ("epoch", 1)])
+        for document in self._call(list, cursor):
+            results[document["training_id"]].append(_utc(document))
+        return results
+
+    def count_results(self, training_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        counts = {i: {"count": 0, "last_epoch": None} for i in training_ids}
+        pipeline = [{"$match": {"training_id": {"$in": list(counts)}}},
+                    {"$group": {"_id": "$training_id", "count": {"$sum": 1}, "last_epoch": {"$max": "$epoch"}}}]
+        for group in self._call(list, self._db.training_results.aggregate(pipeline)):
+            counts[group["_id"]] = {"count": group["count"], "last_epoch": group["last_epoch"]}
+        return counts
 
     def close(self) -> None:
         self._client.close()

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from mitorch.envvars import env_float
-from mitorch.store.base import (DB_NOW, STATUSES, JobStore, StoreError, dataset_record, new_id, now, set_path,
-                                status_fields, training_record)
+from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record,
+                                duplicate_message as _duplicate_message, new_id, now, set_path, status_fields,
+                                training_record)
 
-# Version 2: attempts and leases; 3: Optuna journals. A database written by a newer MiTorch is
-# refused, not misread.
-SCHEMA_VERSION = 3
+# Version 2: attempts and leases; 3: Optuna journals; 4: one training per search trial. A
+# database written by a newer MiTorch is refused, not misread.
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trainings (
@@ -26,6 +27,8 @@ CREATE TABLE IF NOT EXISTS trainings (
 CREATE INDEX IF NOT EXISTS trainings_queue ON trainings (status, priority, created_at);
 CREATE INDEX IF NOT EXISTS trainings_recent ON trainings (status, created_at);
 CREATE INDEX IF NOT EXISTS trainings_job ON trainings (job_id, created_at);
+CREATE UNIQUE INDEX IF NOT EXISTS trainings_trial ON trainings (job_id, json_extract(data, '$.trial_number'))
+    WHERE json_extract(data, '$.trial_number') IS NOT NULL;
 CREATE TABLE IF NOT EXISTS training_results (
     training_id TEXT NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (training_id, epoch));
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, created_at TEXT NOT NULL, data TEXT NOT NULL);
@@ -128,8 +131,11 @@ class SQLiteStore(JobStore):
     @staticmethod
     def _insert_trainings(db: sqlite3.Connection, records: Sequence[dict[str, Any]]) -> None:
         for r in records:
-            db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?, ?)",
-                       (r["id"], r["status"], r["priority"], _key(r["created_at"]), r.get("job_id"), _encode(r)))
+            try:
+                db.execute("INSERT INTO trainings VALUES (?, ?, ?, ?, ?, ?)",
+                           (r["id"], r["status"], r["priority"], _key(r["created_at"]), r.get("job_id"), _encode(r)))
+            except sqlite3.IntegrityError:
+                raise DuplicateError(_duplicate_message(r)) from None
 
     def get_training(self, training_id: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT data FROM trainings WHERE id = ?", (training_id,))
@@ -302,8 +308,48 @@ class SQLiteStore(JobStore):
                               (journal, log_number_from)).fetchall()
         return [json.loads(row[0]) for row in rows]
 
+    # -- read-only queries for viewers ------------------------------------------------------
+
+    def training_states(self) -> list[dict[str, Any]]:
+        with self._transaction(write=False) as db:
+            rows = db.execute("SELECT id, status, priority FROM trainings").fetchall()
+        return [{"id": i, "status": s, "priority": p} for i, s, p in rows]
+
+    def get_trainings(self, training_ids: Sequence[str]) -> list[dict[str, Any]]:
+        wanted = list(dict.fromkeys(training_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(wanted):
+            for record in self._rows(f"SELECT data FROM trainings WHERE id IN ({','.join('?' * len(chunk))})", chunk):
+                found[record["id"]] = record
+        return [found[i] for i in wanted if i in found]
+
+    def results_of(self, training_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        results: dict[str, list[dict[str, Any]]] = {i: [] for i in training_ids}
+        for chunk in _chunks(list(results)):
+            marks = ",".join("?" * len(chunk))
+            for record in self._rows(f"SELECT data FROM training_results WHERE training_id IN ({marks}) "
+                                     "ORDER BY training_id, epoch", chunk):
+                results[record["training_id"]].append(record)
+        return results
+
+    def count_results(self, training_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        counts = {i: {"count": 0, "last_epoch": None} for i in training_ids}
+        for chunk in _chunks(list(counts)):
+            with self._transaction(write=False) as db:
+                rows = db.execute(f"SELECT training_id, COUNT(*), MAX(epoch) FROM training_results WHERE training_id IN "
+                                  f"({','.join('?' * len(chunk))}) GROUP BY training_id", chunk).fetchall()
+            for training_id, count, last in rows:
+                counts[training_id] = {"count": count, "last_epoch": last}
+        return counts
+
     def close(self) -> None:
         self._db.close()
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    # SQLite caps the number of parameters of one statement.
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _stamped(fields: dict[str, Any]) -> dict[str, Any]:
