@@ -223,7 +223,20 @@ def _prepare(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"base={cfg.base} names a queued training's weights: queue this training with misubmit, "
                           "or give the weights file with -w/weights=")
     build.check_targets(cfg)
+    if cfg.checkpoint_dir is not None:
+        _check_writable_folder(Path(cfg.checkpoint_dir), "checkpoint_dir")
     return cfg
+
+
+def _check_writable_folder(folder: Path, key: str) -> None:
+    """A folder that a run writes to is checked before training, not at its first epoch end."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}={folder} is a file, not a folder; name a folder for the checkpoints")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ConfigError(f"{key}={folder}: {existing} is a file, not a folder; name a folder for the checkpoints")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={folder}: {existing} is not writable; name a folder you can write to")
 
 
 def _default_image_size(cfg: DictConfig) -> None:

@@ -95,3 +95,14 @@ def test_compiled_forward_model_trains_and_saves_plain_keys(tmp_path: Path) -> N
     trainer.fit(batches, batches)
     assert not torch.equal(before, model[0].weight)
     assert set(torch.load(tmp_path / "last.pt", weights_only=True)["model"]) == set(model.state_dict())
+
+
+def test_a_checkpoint_dir_that_cannot_be_a_folder_fails_before_training(data_overrides: list[str],
+                                                                       tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("a file")
+    epochs: list[dict] = []
+    for where in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        cfg = mitorch.compose([*data_overrides, f"checkpoint_dir={where}"])
+        with pytest.raises(mitorch.ConfigError, match="is a file, not a folder"):
+            mitorch.train(cfg, run_dir=tmp_path / "run", epoch_callbacks=[epochs.append])
+    assert epochs == [] and not (tmp_path / "run").exists()

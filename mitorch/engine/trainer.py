@@ -55,6 +55,12 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _no_sync(model: nn.Module, skip: bool):
+    """DDP's no_sync() when skip (also through torch.compile's wrapper), else nothing."""
+    ddp = getattr(model, "_orig_mod", model)
+    return ddp.no_sync() if skip and hasattr(ddp, "no_sync") else contextlib.nullcontext()
+
+
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
@@ -199,13 +205,17 @@ class Trainer:
         loss_sum, images, start = 0.0, 0, time.perf_counter()
         for batch, (inputs, targets) in enumerate(loader, skip + 1):
             inputs, targets = self.task.to_device(inputs, targets, self.device, options.channels_last)
-            with _autocast(self.device, self.amp_dtype):
-                loss = self.task.train_loss(self.forward_model, inputs, targets)
-            self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+            last = batch == total
+            updating = batch % accumulate == 0 or last
+            # Under DDP, gradients are all-reduced only for the batch that updates the weights;
+            # the others accumulate locally (no_sync covers their forward and backward).
+            with _no_sync(self.forward_model, not updating):
+                with _autocast(self.device, self.amp_dtype):
+                    loss = self.task.train_loss(self.forward_model, inputs, targets)
+                self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
             window.append(loss.detach())
             images += self.task.count(inputs)
-            last = batch == total
-            if batch % accumulate == 0 or last:
+            if updating:
                 self._optimizer_step()
                 if self.step % options.log_every_n_steps == 0 or last:
                     loss_sum += self._flush(window, epoch, batch, total, images / (time.perf_counter() - start))
