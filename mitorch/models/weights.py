@@ -76,6 +76,28 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
     return (f"{classifier_head(model)}.",)
 
 
+def pretrained_state(weights: Any) -> tuple[dict[str, torch.Tensor], Path]:
+    """The state dict of torchvision weights (an entry of a *_Weights enum) and its file in the
+    torch hub cache; downloaded there with a progress bar when missing, reused afterwards.
+
+    Raises:
+        ConfigError: the file is not in the cache and cannot be downloaded; the message names
+            the file, where to put it, and -w as the other way.
+    """
+    from urllib.parse import urlparse
+
+    from mitorch.errors import ConfigError
+
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    try:
+        return weights.get_state_dict(progress=True, check_hash=False), file
+    except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+        reason = " ".join(str(getattr(e, "reason", e)).split())[:120]
+        raise ConfigError(f"pretrained weights {file.name} are not in the torch hub cache and could not be "
+                          f"downloaded ({reason}); put the file at {file} (from {weights.url}), set TORCH_HOME to "
+                          "a cache that has it, or give a weights file with -w") from None
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, replace_head: bool) -> bool:
     """Loads a state dict into model.
 
