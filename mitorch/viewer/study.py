@@ -1,0 +1,76 @@
+"""A search job's study as the job page shows it: trials by objective, best so far, the
+optimization history, every trial's intermediate values and the parameter importances.
+
+The study is read from Optuna's journal in the job store (mitorch.service.journal), the same
+storage the controller writes; loading a study appends nothing to it. The importances are the
+ones the controller records in the job (mitorch.service.search), as miquery shows them. Optuna
+is imported here only, when a search job's page is asked for.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mitorch.store import JobStore
+
+
+def study(store: JobStore, job: dict[str, Any], trainings: Sequence[dict[str, Any]],
+          results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The study of a search job (see the module's docstring); `trials` is empty before its first tick."""
+    import optuna
+
+    from mitorch.service.journal import study_storage
+    from mitorch.service.search import trial_state
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objective = job.get("objective") or {}
+    metric, maximize = objective.get("metric"), objective.get("direction", "maximize") == "maximize"
+    storage = study_storage(store, job["id"])
+    if not any(s.study_name == job["id"] for s in storage.get_all_studies()):
+        return {"metric": metric, "direction": objective.get("direction"), "trials": [], "history": [],
+                "intermediate": [], "importances": None, "importances_note": _importances(job)[1], "best": None}
+    loaded = optuna.load_study(study_name=job["id"], storage=storage)
+    by_number = {t["trial_number"]: t for t in trainings if t.get("trial_number") is not None}
+    trials = []
+    for trial in loaded.get_trials(deepcopy=False):
+        training = by_number.get(trial.number)
+        state = trial.state.name.lower()
+        shown = trial_state(training) if training is not None else {"complete": "complete", "pruned": "pruned",
+                                                                    "fail": "failed"}.get(state, "running")
+        value = trial.value if trial.state == optuna.trial.TrialState.COMPLETE else None
+        steps = sorted(trial.intermediate_values.items())
+        trials.append({"number": trial.number, "state": shown, "optuna_state": state, "value": value,
+                       "last_intermediate": steps[-1][1] if steps else None, "params": dict(trial.params),
+                       "intermediate": {"steps": [s for s, _ in steps], "values": [v for _, v in steps]},
+                       "training_id": training and training["id"],
+                       "epochs": len(results.get(training["id"], [])) if training else 0})
+    history, best = [], None
+    for trial in sorted(trials, key=lambda t: t["number"]):
+        if trial["value"] is None:
+            continue
+        if best is None or (trial["value"] > best["value"] if maximize else trial["value"] < best["value"]):
+            best = trial
+        history.append({"number": trial["number"], "value": trial["value"], "best": best["value"]})
+
+    def order(trial: dict[str, Any]) -> tuple:
+        value = trial["value"]
+        return (value is None, -(value or 0) if maximize else (value or 0), trial["number"])
+
+    importances, note = _importances(job)
+    return {"metric": metric, "direction": objective.get("direction"), "trials": sorted(trials, key=order),
+            "history": history, "best": best, "importances": importances, "importances_note": note,
+            "intermediate": [{"number": t["number"], "state": t["state"], **t["intermediate"]}
+                             for t in sorted(trials, key=lambda t: t["number"]) if t["intermediate"]["steps"]]}
+
+
+def _importances(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | None]:
+    """The parameter importances the controller recorded, or why there are none yet."""
+    recorded = job.get("importances") or {}
+    if recorded.get("params"):
+        return dict(recorded["params"]), f"from {recorded.get('trials')} complete trials"
+    try:
+        from mitorch.service.search import IMPORTANCE_MIN_TRIALS
+
+        return None, f"the controller computes them from {IMPORTANCE_MIN_TRIALS} complete trials on"
+    except ImportError:
+        return None, "not computed yet"
