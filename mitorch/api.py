@@ -83,7 +83,7 @@ def _train_process(cfg: DictConfig, run_dir: str | Path | None,
 def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | None, progress: PlainProgress | None,
          context: distributed.Distributed, device: torch.device) -> dict[str, Any]:
     train_index, val_index = load_indices(cfg)
-    _default_image_size(cfg)
+    _default_image_size(cfg, train_index, say=_stderr_line if context.is_main else None)
     seed = _from_main(context, cfg.seed if cfg.seed is not None else random.randrange(2**31))
     train_transform, val_transform = build.build_transforms(cfg)
     loaders = [make_loader(make_dataset(cfg, index, transform), cfg, shuffle, device, seed, context.rank,
@@ -186,7 +186,7 @@ def evaluate(cfg: DictConfig, progress: PlainProgress | None = None,
         class_names = val_index.class_names
     if predictions_dir is not None and not is_detection(cfg):
         raise ConfigError("--predictions writes COCO files for object_detection only")
-    _default_image_size(cfg)
+    _default_image_size(cfg, metadata=metadata)
     _, val_transform = build.build_transforms(cfg)
     val_loader = make_loader(make_dataset(cfg, val_index, val_transform), cfg, False, device)
     task = make_task(cfg.task_type, len(class_names))
@@ -239,12 +239,25 @@ def _check_writable_folder(folder: Path, key: str) -> None:
         raise ConfigError(f"{key}={folder}: {existing} is not writable; name a folder you can write to")
 
 
-def _default_image_size(cfg: DictConfig) -> None:
-    if cfg.image_size is None:
-        if cfg.data.train is None:
-            cfg.image_size = BUILTIN_DETECTION_SIZE if is_detection(cfg) else BUILTIN_IMAGE_SIZE
-        else:
-            cfg.image_size = DEFAULT_DETECTION_SIZE if is_detection(cfg) else DEFAULT_IMAGE_SIZE
+def _default_image_size(cfg: DictConfig, train_index: Any = None, metadata: dict[str, Any] | None = None,
+                        say: Callable[[str], None] | None = None) -> None:
+    """Sets image_size when the config leaves it null (see mitorch.data.sizes.choose), and says
+    which size and why."""
+    if cfg.image_size is not None:
+        return
+    from mitorch.data.sizes import choose
+
+    detection = is_detection(cfg)
+    builtin = (BUILTIN_DETECTION_SIZE if detection else BUILTIN_IMAGE_SIZE) if cfg.data.train is None else None
+    size, why = choose(cfg, train_index, (metadata or {}).get("config"), builtin,
+                       DEFAULT_DETECTION_SIZE if detection else DEFAULT_IMAGE_SIZE)
+    cfg.image_size = size
+    if say is not None:
+        say(f"image_size={size}: {why} (set image_size to choose another)")
+
+
+def _stderr_line(line: str) -> None:
+    print(f"mitrain: {line}", file=sys.stderr, flush=True)
 
 
 def _device(cfg: DictConfig, context: distributed.Distributed | None = None) -> torch.device:

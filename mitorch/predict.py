@@ -36,7 +36,7 @@ class Predictor:
         self.class_names = metadata.get("class_names")
         if not self.class_names:
             raise ConfigError(f"weights {cfg.weights} carry no class names; give weights written by mitrain -o")
-        _default_image_size(cfg)
+        _default_image_size(cfg, metadata=metadata)
         self.task_type = cfg.task_type
         self.threshold = threshold
         self.device = _device(cfg)
