@@ -1,19 +1,14 @@
-"""Cancel, requeue and set priority: the very functions `micontrol cancel|requeue|set-priority`
-run, whose one line per training becomes the answer shown on the page."""
+"""Cancel, requeue and set priority: the functions `micontrol cancel|requeue|set-priority` run
+(mitorch.service.manage), whose one line per training becomes the answer shown on the page."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import threading
 from collections.abc import Sequence
 
 from mitorch.errors import MiTorchError
 from mitorch.store import JobStore
 
 ACTIONS = ("cancel", "requeue", "set-priority")
-# micontrol's functions print their lines: one action at a time owns stdout.
-_LOCK = threading.Lock()
 
 
 class ActionError(MiTorchError):
@@ -44,7 +39,7 @@ def run(store: JobStore, action: str, training_ids: Sequence[str], priority: int
     Raises:
         ActionError: an unknown action, no ids, or set-priority without a priority.
     """
-    from mitorch.cli import micontrol
+    from mitorch.service import manage
     from mitorch.store import StoreError
 
     ids = [i for i in dict.fromkeys(str(i).strip() for i in training_ids) if i]
@@ -54,19 +49,18 @@ def run(store: JobStore, action: str, training_ids: Sequence[str], priority: int
         raise ActionError("choose one or more trainings")
     if action == "set-priority" and priority is None:
         raise ActionError("set-priority needs a priority (a whole number; lower runs first)")
-    printed, lines = io.StringIO(), []
-    with _LOCK, contextlib.redirect_stdout(printed):
-        try:
-            if action == "cancel":
-                micontrol._cancel(store, ids)
-            elif action == "requeue":
-                micontrol._requeue(store, ids)
-            else:
-                for training_id in ids:
-                    try:
-                        micontrol._set_priority(store, training_id, priority)
-                    except StoreError as e:
-                        lines.append(str(e))
-        except StoreError as e:  # the ids the store does not have, after the others were done
-            lines.append(str(e))
-    return printed.getvalue().splitlines() + lines
+    lines: list[str] = []
+    try:
+        if action == "cancel":
+            manage.cancel(store, ids, lines.append)
+        elif action == "requeue":
+            manage.requeue(store, ids, lines.append)
+        else:
+            for training_id in ids:
+                try:
+                    manage.set_priority(store, training_id, priority, lines.append)
+                except StoreError as e:
+                    lines.append(str(e))
+    except StoreError as e:  # the ids the store does not have, after the others were done
+        lines.append(str(e))
+    return lines
