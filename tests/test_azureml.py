@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,16 @@ class FakeJobs:
         if self.node is not None:
             self.statuses[name] = self.node.status(name)
         return self._returned(name)
+
+    def download(self, name: str, download_path: str = ".", output_name: str | None = None, all: bool = False) -> None:
+        """As the SDK lays it out: the output OUTPUT under download_path/named-outputs/OUTPUT."""
+        self.calls.append(("download", name))
+        status = self.get(name).status
+        if str(getattr(status, "value", status)) not in ("Completed", "Failed", "Canceled"):
+            raise RuntimeError(f"This job is in state {status}. Download is allowed only in terminal states")
+        assert output_name is not None and self.node is not None, "only named outputs of jobs run on a node"
+        shutil.copytree(self.node.output(name, output_name), Path(download_path) / "named-outputs" / output_name,
+                        dirs_exist_ok=True)
 
     def begin_cancel(self, name: str) -> Any:
         self.calls.append(("begin_cancel", name))
@@ -194,9 +205,13 @@ def test_mitorchs_own_environment_and_multi_node_jobs(aml: SimpleNamespace, monk
     assert sent[0].environment.name == sent[1].environment.name  # anonymous, named by its content
     # The wheel lives in the cache, never in the user's working directory.
     assert Path(sent[0].code).is_relative_to(os.environ["MITORCH_CACHE_DIR"])
-    # The runner records a training from one process: the executor refuses several, in one line.
-    with pytest.raises(ConfigError, match="^the AzureML executor runs one process per training"):
-        AzureMLExecutor(client=lambda: aml.client, store=aml.store)
+    # The nodes are the executor's; a training's config may ask for its own processes per node.
+    aml.executor = AzureMLExecutor(client=lambda: aml.client, store=aml.store)
+    assert aml.executor.capacity == 4 // 2
+    ids = [aml.store.add_training({"config": {"num_processes": n}}) for n in (1, 8)]
+    _tick(aml)
+    assert [aml.client.jobs.sent[f"mitorch-{i}-1"].distribution.process_count_per_instance for i in ids] == [4, 8]
+    assert {aml.client.jobs.sent[f"mitorch-{i}-1"].resources.instance_count for i in ids} == {2}
 
 
 @pytest.mark.parametrize("priority, expected", [(-3, "high"), (99, "high"), (100, "medium"), (101, "low")])
@@ -419,33 +434,89 @@ class FakeNode:
 
     IDENTITY = "node-identity-client-id"
 
-    def __init__(self, root: Path, python_env: Path, vaults: dict[str, dict[str, str]], container_sas: dict) -> None:
+    def __init__(self, root: Path, python_env: Path, vaults: dict[str, dict[str, str]], container_sas: dict,
+                 datastores: dict[str, Path] | None = None) -> None:
         self.root, self.python_env = root, python_env
+        self.datastores = datastores or {}  # an input's azureml:// or Blob folder -> where it is "mounted"
         self.vault_file = root / "vaults.json"
         self.vault_file.write_text(json.dumps(vaults))
         self.identity_file = root / "identity-credentials.json"
         self.identity_file.write_text(json.dumps({"sas": container_sas}))
-        self.processes: dict[str, subprocess.Popen] = {}
+        self.processes: dict[str, list[subprocess.Popen]] = {}
         self.environments: dict[str, dict[str, str]] = {}
 
     def start(self, job: Any) -> None:
+        """Starts the job's processes: instance_count x process_count_per_instance of them, each
+        with the variables AzureML's PyTorch distribution sets (RANK, LOCAL_RANK, NODE_RANK,
+        WORLD_SIZE, MASTER_ADDR, MASTER_PORT); every node here is this machine."""
         workdir = self.root / job.name
         shutil.copytree(job.code, workdir)
-        env = {"PATH": f"{self.python_env / 'bin'}:/usr/bin:/bin", "HOME": str(self.root / "home"),
-               **job.environment_variables, "DEFAULT_IDENTITY_CLIENT_ID": self.IDENTITY,
+        command = job.command
+        for name, output in (job.outputs or {}).items():  # mounted read-write, as AzureML mounts them
+            command = command.replace(f"${{{{outputs.{name}}}}}", str(_made(self.output(job.name, name))))
+        for name, given in (job.inputs or {}).items():
+            command = command.replace(f"${{{{inputs.{name}}}}}", str(self.datastores[given.path]))
+        assert "${{" not in command, command
+        nodes = job.resources.instance_count or 1
+        per_node = job.distribution.process_count_per_instance if job.distribution is not None else 1
+        # Each job gets a fresh home (and so cache), as a job's container on another node would.
+        env = {"PATH": f"{self.python_env / 'bin'}:/usr/bin:/bin", "HOME": str(workdir / "home"),
+               **(job.environment_variables or {}), "DEFAULT_IDENTITY_CLIENT_ID": self.IDENTITY,
                "AZUREML_RUN_ID": job.name, "FAKE_KEY_VAULT": str(self.vault_file),
                "MITORCH_CREDENTIALS": str(self.identity_file)}
+        if nodes * per_node > 1:
+            env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(nodes * per_node))
         self.environments[job.name] = env
-        with open(workdir / "user_logs.txt", "wb") as log:
-            self.processes[job.name] = subprocess.Popen(["bash", "-c", job.command], cwd=workdir, env=env,
-                                                        stdout=log, stderr=subprocess.STDOUT)
+        self.processes[job.name] = []
+        (workdir / "user_logs").mkdir()
+        for rank in range(nodes * per_node):
+            ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank % per_node), "NODE_RANK": str(rank // per_node)}
+            with open(workdir / "user_logs" / f"std_log_process_{rank}.txt", "wb") as log:
+                self.processes[job.name].append(subprocess.Popen(
+                    ["bash", "-c", command], cwd=workdir, env={**env, **(ranks if nodes * per_node > 1 else {})},
+                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def status(self, name: str) -> JobStatus:
-        code = self.processes[name].poll()
-        return JobStatus.RUNNING if code is None else JobStatus.COMPLETED if code == 0 else JobStatus.FAILED
+        codes = [process.poll() for process in self.processes[name]]
+        if None in codes:
+            return JobStatus.RUNNING
+        return JobStatus.COMPLETED if not any(codes) else JobStatus.FAILED
+
+    def output(self, name: str, output: str) -> Path:
+        """Where the job's output folder lives on the node."""
+        return self.root / name / "outputs" / output
+
+    def preempt(self, name: str) -> None:
+        """What a low-priority node's eviction does: SIGTERM to every process of the job."""
+        import signal
+
+        for process in self.processes[name]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Stops what still runs (a test that failed half-way)."""
+        for processes in self.processes.values():
+            for process in processes:
+                if process.poll() is None:
+                    os.killpg(process.pid, 9)  # the job's whole process group, as a node's teardown would
+                    process.wait()
 
     def log(self, name: str) -> str:
-        return (self.root / name / "user_logs.txt").read_text()
+        return "\n".join(path.read_text() for path in sorted((self.root / name / "user_logs").iterdir()))
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 _FAKE_KEY_VAULT = '''"""Answers SecretClient.get_secret from $FAKE_KEY_VAULT, and logs what was asked."""
@@ -483,18 +554,20 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.slow
-def test_misubmit_micontrol_azureml_job_runs_its_command_and_completes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: Path, azurite: str) -> None:
-    artifacts = _container(azurite, "artifacts")
+def _run_queued_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: Path, azurite: str,
+                         *overrides: str, num_train: int = 16, between_ticks: Any = None) -> SimpleNamespace:
+    """misubmit, then micontrol ticks (AzureML executor) until the training ends; its jobs'
+    commands run on a FakeNode. between_ticks(store, node, training_id) runs after each tick."""
+    artifacts = _container(azurite, f"artifacts-{os.urandom(6).hex()}")  # the emulator is shared by the module
     container, sas = artifacts.split("?")
     db_uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
     env = {**ENV, "MITORCH_DB_URI": db_uri, "MITORCH_ARTIFACTS_URI": artifacts,
            "MITORCH_CACHE_DIR": str(tmp_path / "cache"), "MITORCH_CREDENTIALS": str(tmp_path / "creds.json")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    data = make_text_dataset(tmp_path / "data", num_train=16, num_val=8)
-    submitted = run("misubmit", f"data.train={data.train}", f"data.val={data.val}", *QUICK, cwd=tmp_path, env=env)
+    data = make_text_dataset(tmp_path / "data", num_train=num_train, num_val=8)
+    submitted = run("misubmit", f"data.train={data.train}", f"data.val={data.val}", *QUICK, *overrides, cwd=tmp_path,
+                    env=env)
     assert submitted.returncode == 0, submitted.stderr
     training_id = submitted.stdout.strip()
 
@@ -508,12 +581,32 @@ def test_misubmit_micontrol_azureml_job_runs_its_command_and_completes(
 
     store = SQLiteStore(db_uri.removeprefix("sqlite:///"))
     deadline = time.monotonic() + 600
-    while store.get_training(training_id)["status"] not in ("completed", "failed"):
-        assert time.monotonic() < deadline, node.log(f"mitorch-{training_id}-1")
-        micontrol.main(["--executor", "azureml"])
-        time.sleep(1)
-    name = f"mitorch-{training_id}-1"
-    training = store.get_training(training_id)
+    try:
+        while (training := store.get_training(training_id))["status"] not in ("completed", "failed"):
+            name = f"mitorch-{training_id}-{training.get('attempt', 1)}"
+            assert time.monotonic() < deadline, node.log(name)
+            exits = [process.poll() for process in node.processes.get(name, [])]
+            assert not any(exits) or None not in exits, f"a process of {name} failed: {exits}\n{node.log(name)}"
+            micontrol.main(["--executor", "azureml"])
+            if between_ticks is not None:
+                between_ticks(store, node, training_id)
+            time.sleep(1)
+        name = f"mitorch-{training_id}-{training['attempt']}"
+        for process in node.processes[name]:
+            process.wait(timeout=60)
+    finally:
+        node.kill()
+    return SimpleNamespace(training=store.get_training(training_id), store=store, node=node, client=client,
+                           name=name, env=env, container=container, sas=sas, db_uri=db_uri)
+
+
+@pytest.mark.slow
+def test_misubmit_micontrol_azureml_job_runs_its_command_and_completes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: Path, azurite: str) -> None:
+    done = _run_queued_training(tmp_path, monkeypatch, image, azurite)
+    training, node, client, name, container, sas = (done.training, done.node, done.client, done.name, done.container,
+                                                    done.sas)
+    training_id = training["id"]
     assert training["status"] == "completed", node.log(name)
     assert set(training["metrics"]) >= {"top1_accuracy", "loss", "num_samples"}
     assert training["weights"].startswith(container + "/" + training_id + "/attempt-1/")
@@ -526,5 +619,62 @@ def test_misubmit_micontrol_azureml_job_runs_its_command_and_completes(
     job_env = json.dumps(node.environments[name])
     assert "db.sqlite" not in job_env and sas not in job_env and CLIENT_SECRET not in job_env
     assert "sig=" not in _yaml(client.jobs.sent[name], tmp_path / "sent.yml")
-    shown = run("miquery", training_id, cwd=tmp_path, env={**env, "COLUMNS": "300"})
+    shown = run("miquery", training_id, cwd=tmp_path, env={**done.env, "COLUMNS": "300"})
     assert f"azureml job: {name}  https://ml.azure.com/runs/{name}" in shown.stdout, shown.stderr
+
+
+@pytest.mark.slow
+def test_a_distributed_job_records_its_training_from_rank_0_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: Path, azurite: str) -> None:
+    """A training whose config asks for 2 processes is one job of 2 DDP processes (gloo, CPU):
+    both train, and the store shows one attempt, one result per epoch and one outcome."""
+    done = _run_queued_training(tmp_path, monkeypatch, image, azurite, "num_processes=2", "max_epochs=2")
+    training, node, name = done.training, done.node, done.name
+    sent = done.client.jobs.sent[name]
+    assert sent.resources.instance_count == 1 and sent.distribution.process_count_per_instance == 2
+    assert training["status"] == "completed", node.log(name)
+    assert [p.returncode for p in node.processes[name]] == [0, 0], node.log(name)
+    rank_0, rank_1 = node.processes[name]
+    assert training["attempt"] == 1 and len(training["attempts"]) == 1
+    assert training["pid"] == rank_0.pid and training["attempts"][0]["pid"] == rank_0.pid  # rank 0's heartbeat
+    assert [r["epoch"] for r in done.store.list_results(training["id"])] == [1, 2]
+    assert training["metrics"]["num_samples"] == 8  # the validation set, each image once across both ranks
+    logs = [(node.root / name / "user_logs" / f"std_log_process_{rank}.txt").read_text() for rank in (0, 1)]
+    assert "rank 1 trains beside rank 0, which records it" in logs[1] and "started on" not in logs[1]
+    assert "ended: completed" in logs[0] and "ended:" not in logs[1]
+    assert json.loads(logs[1].strip().splitlines()[-1])["num_samples"] == 8  # rank 1 trained to the end too
+
+
+@pytest.mark.slow
+def test_a_preempted_job_goes_back_to_the_queue_and_resumes_from_its_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: Path, azurite: str) -> None:
+    """A low-priority node is evicted during epoch 2 (SIGTERM): the training goes back to the queue
+    without using a retry, and its next job resumes from the checkpoint taken at SIGTERM, in Blob."""
+    evicted = []
+
+    def evict_in_epoch_2(store: SQLiteStore, node: FakeNode, training_id: str) -> None:
+        name = f"mitorch-{training_id}-1"
+        if evicted or name not in node.processes:
+            return
+        while not store.list_results(training_id):  # epoch 1 recorded (its checkpoint was uploaded first)
+            assert node.status(name) == JobStatus.RUNNING, node.log(name)
+            time.sleep(0.05)
+        node.preempt(name)
+        evicted.append(name)
+
+    done = _run_queued_training(tmp_path, monkeypatch, image, azurite, "max_epochs=2", num_train=48,
+                                between_ticks=evict_in_epoch_2)
+    training, node = done.training, done.node
+    first, second = f"mitorch-{training['id']}-1", f"mitorch-{training['id']}-2"
+    assert evicted == [first] and list(done.client.jobs.sent) == [first, second]
+    assert node.status(first) == JobStatus.FAILED  # what AzureML shows for an evicted job
+    assert training["status"] == "completed" and training["attempt"] == 2, node.log(second)
+    assert [a["outcome"] for a in training["attempts"]] == ["preempted", "completed"]
+    assert training.get("preemptions") == 1 and not training.get("retries")
+    assert "stopped by SIGTERM at epoch 2" in node.log(first)
+    # From Blob storage: the second job's node (its own home and cache) never saw the first's files.
+    restored = re.search(r"attempt 2 starts from the checkpoint of (\S+)", node.log(second))
+    assert restored and restored[1] == f"{done.container}/{training['id']}/attempt-1/last.pt"
+    # The checkpoint taken at SIGTERM was uploaded: the resume starts inside epoch 2, not at its start.
+    assert re.search(r"resuming from \S+ at epoch 2, batch \d+", node.log(second)), node.log(second)
+    assert [r["epoch"] for r in done.store.list_results(training["id"])] == [1, 2]

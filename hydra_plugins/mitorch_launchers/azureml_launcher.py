@@ -2,9 +2,11 @@
 
 `mitrain -m hydra/launcher=azureml optimizer.lr=0.1,0.01 data.train=azureml://...`: each run is a
 job that runs the launching app's own command with that run's overrides, so it works for any
-Hydra app installed in the job's environment. Fire-and-forget: one line per job (its name and
-studio URL), then Hydra returns. `hydra.launcher.dry_run=true` writes each job's YAML (loadable
-by `azure.ai.ml.load_job`) under the sweep directory and contacts nothing.
+Hydra app installed in the job's environment. Fire-and-forget by default: one line per job (its
+name and studio URL), then Hydra returns. `hydra.launcher.wait=true` polls until every job ends,
+brings each run's output directory back into the sweep directory and returns its final metrics
+(the JSON line) as the run's value. `hydra.launcher.dry_run=true` writes each job's YAML
+(loadable by `azure.ai.ml.load_job`) under the sweep directory and contacts nothing.
 
 Heavy imports wait for launch(). Hydra's plugin discovery loads this module without registering
 it in sys.modules, so its config dataclass needs real annotations: no
@@ -39,11 +41,20 @@ class AzureMLLauncherConf:
     experiment_name: str = "mitorch"
     timeout_s: int = 3 * 24 * 3600
     shm_size: str = "16g"
+    # A dataset registered with midataset (NAME or NAME:VERSION, from MITORCH_DB_URI's store) whose
+    # splits are Azure Blob or azureml:// files: data.train and data.val of every run, mounted.
+    dataset: Optional[str] = None
     # AzureML queue priority: low, medium or high; None: the workspace's default.
     priority: Optional[str] = None
-    # The command that runs this app in the job's environment; None: the launching program's
-    # name (mitrain).
+    # The command that runs this app in the job's environment, taken as it is (add Hydra flags
+    # such as --config-name here); None: the launching program's name (mitrain).
     app: Optional[str] = None
+    # Poll until every job ends, download each run's output directory into its sweep subdirectory,
+    # and return its final metrics (the JSON object on its stdout's last line); a job that ended
+    # Failed or Canceled fails its run.
+    wait: bool = False
+    # Seconds between two status reads of the jobs while waiting.
+    poll_interval_s: float = 30.0
     # Write each job's YAML under the sweep directory and print the paths; contact nothing.
     dry_run: bool = False
 

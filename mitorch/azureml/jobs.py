@@ -21,6 +21,20 @@ for _logger in ("azure.ai.ml._utils._experimental", "azure.ai.ml._schema.core.fi
 
 # MiTorch's priority (lower runs first, default 100) -> AzureML's queue priority.
 DEFAULT_PRIORITY = 100
+# Only these end a job; NotResponding and Paused can come back.
+TERMINAL = frozenset({"completed", "failed", "canceled"})
+# Not running the command yet (waiting for nodes, building or pulling its image): no heartbeat is due.
+WAITING = frozenset({"notstarted", "queued", "provisioning", "preparing", "starting"})
+
+
+def status_value(status: Any) -> str:
+    """A job status as its value: the SDK's JobStatus enum prints as `JobStatus.RUNNING`."""
+    return str(getattr(status, "value", status) or "")
+
+
+def state_of(status: Any) -> str:
+    """"gone" for Completed, Failed and Canceled; "running" for every other status."""
+    return "gone" if status_value(status).lower() in TERMINAL else "running"
 
 
 def job_name(training_id: str, attempt: int) -> str:
@@ -46,6 +60,19 @@ def job_environment(settings: AzureMLSettings) -> Any:
                        description="MiTorch: a curated PyTorch image plus MiTorch's requirements")
 
 
+def processes_per_instance(training: dict[str, Any], settings: AzureMLSettings) -> int:
+    """The DDP processes on each node of a training's job: its config's `num_processes` when it
+    asks for more than one (as it would on one machine), else MITORCH_AML_PROCESSES_PER_INSTANCE.
+
+    The node count stays the executor's (MITORCH_AML_INSTANCE_COUNT), the same for every job, so
+    the cluster's capacity in trainings is its max_instances over it.
+    """
+    wanted = (training.get("config") or {}).get("num_processes")
+    if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 1:
+        return wanted
+    return settings.processes_per_instance
+
+
 def install_command(wheel: str) -> str:
     """Installs the staged wheel without dependencies (the processes of one node take turns)."""
     return f"flock /tmp/mitorch-install.lock python -m pip install --quiet --no-deps --no-index {shlex.quote(wheel)}"
@@ -61,7 +88,7 @@ def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path
     """The command job of the training's current attempt.
 
     Args:
-        training: the training record (id, attempt, priority, job_id).
+        training: the training record (id, attempt, priority, job_id, config).
         code: the staged folder with MiTorch's wheel (package.staged_code()).
         environment: job_environment(settings).
         key_vault_url: the workspace's Key Vault, which holds the database URI as a secret.
@@ -98,7 +125,9 @@ def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path
         },
         compute=settings.compute,
         instance_count=settings.instance_count,
-        distribution=PyTorchDistribution(process_count_per_instance=settings.processes_per_instance),
+        # AzureML starts instance_count x processes processes and sets RANK, LOCAL_RANK,
+        # WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each; the runner records from rank 0 alone.
+        distribution=PyTorchDistribution(process_count_per_instance=processes_per_instance(training, settings)),
         shm_size=settings.shm_size,
         timeout=settings.timeout_s,
         priority=queue_priority(int(training.get("priority", DEFAULT_PRIORITY))),

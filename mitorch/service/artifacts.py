@@ -15,6 +15,7 @@ from pathlib import Path
 from mitorch.errors import ConfigError
 from mitorch.paths import cache_dir, data_dir
 from mitorch.service import remote
+from mitorch.store.uri import redact
 
 
 def remote_root() -> str | None:
@@ -77,11 +78,12 @@ def publish(training_id: str, path: Path, attempt: int) -> str:
     return str(path) if url is None else remote.upload(path, url)
 
 
-def restore_checkpoint(training_id: str, attempt: int, folder: Path, first: int = 1) -> Path | None:
+def restore_checkpoint(training_id: str, attempt: int, folder: Path, first: int = 1) -> str | None:
     """Puts the newest last.pt of attempts first..attempt-1 into folder, so this attempt resumes.
 
     Returns:
-        Where the checkpoint came from, or None when no earlier attempt left one.
+        Where the checkpoint came from (a path, or a URL without its token), or None when no
+        earlier attempt left one.
     """
     target = folder / "last.pt"
     folder.mkdir(parents=True, exist_ok=True)
@@ -89,11 +91,11 @@ def restore_checkpoint(training_id: str, attempt: int, folder: Path, first: int 
         local = attempt_dir(training_id, earlier) / "last.pt"
         if local.is_file():
             _copy_atomically(local, target)
-            return local
+            return str(local)
         url = artifact_url(training_id, f"{attempt_name(earlier)}/last.pt")
         if url is not None and remote.exists(url):
             os.replace(remote.fetch(url), target)
-            return Path(url)
+            return redact(url)
     return None
 
 

@@ -12,26 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from mitorch.azureml import jobs
+from mitorch.azureml.jobs import WAITING, state_of, status_value
 from mitorch.azureml.settings import AzureMLSettings, require_sdk
 from mitorch.errors import ConfigError, MiTorchError
 from mitorch.service import artifacts
 from mitorch.service.executors import Executor, LaunchError
 from mitorch.store.base import JobStore
 
-# Only these end a job; NotResponding and Paused can come back.
-TERMINAL = frozenset({"completed", "failed", "canceled"})
-# Not running MiTorch yet (waiting for nodes, building or pulling its image): no heartbeat is due.
-WAITING = frozenset({"notstarted", "queued", "provisioning", "preparing", "starting"})
-
-
-def status_value(status: Any) -> str:
-    """A job status as its value: the SDK's JobStatus enum prints as `JobStatus.RUNNING`."""
-    return str(getattr(status, "value", status) or "")
-
-
-def state_of(status: Any) -> str:
-    """"gone" for Completed, Failed and Canceled; "running" for every other status."""
-    return "gone" if status_value(status).lower() in TERMINAL else "running"
+__all__ = ["AzureMLExecutor", "state_of", "status_value"]
 
 
 class AzureMLExecutor(Executor):
@@ -55,12 +43,6 @@ class AzureMLExecutor(Executor):
             raise ConfigError("the AzureML executor needs MITORCH_ARTIFACTS_URI to be an Azure Blob container URL "
                               "(https://ACCOUNT.blob.core.windows.net/CONTAINER): its jobs resume and keep weights "
                               "there, not in a local folder")
-        if self.settings.instance_count * self.settings.processes_per_instance > 1:
-            # Each process of a job would run the training's runner, and all but the first
-            # would find the attempt taken and stop: its records must come from rank 0 alone.
-            raise ConfigError("the AzureML executor runs one process per training for now: MITORCH_AML_INSTANCE_COUNT "
-                              "and MITORCH_AML_PROCESSES_PER_INSTANCE must be 1 (queued trainings record their "
-                              "progress from a single process)")
         self.name = f"azureml:{self.settings.workspace}/{self.settings.compute}"
         self._make_client = client or self.settings.ml_client
         self._client: Any = None

@@ -95,6 +95,7 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         if run.current().get("cancel_requested"):
             run.finish({"status": "cancelled", "error": "cancelled (micontrol cancel)"}, "cancelled")
             raise Cancelled(f"training {training_id} was cancelled") from None
+        _publish_preemption_checkpoint(run)
         run.finish({"status": "new", "requeue_reason": str(e),
                     "preemptions": training.get("preemptions", 0) + 1}, "preempted", completed=False)
         raise
@@ -120,6 +121,20 @@ def _key_vault_db_uri() -> str | None:
     from mitorch.azureml import keyvault
 
     return keyvault.db_uri() if keyvault.wanted() else None
+
+
+def _publish_preemption_checkpoint(run: _Attempt) -> None:
+    """Uploads the checkpoint saved at SIGTERM (mid-epoch) when artifacts are remote, so the next
+    attempt, on any machine, resumes from there rather than from the last epoch end. A failed
+    upload is said and the requeue goes on: the last epoch's checkpoint is still there."""
+    checkpoint = run.folder / "last.pt"
+    if not checkpoint.exists():
+        return
+    try:
+        artifacts.publish(run.training_id, checkpoint, run.attempt)
+    except (MiTorchError, OSError) as e:
+        _say(f"training {run.training_id} attempt {run.attempt}: the preemption checkpoint was not uploaded "
+             f"({' '.join(str(e).split())[:200]}); the next attempt resumes from the last epoch's")
 
 
 def _global_rank() -> int:
