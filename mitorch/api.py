@@ -25,6 +25,7 @@ from mitorch.data.builtin import IMAGE_SIZE as BUILTIN_IMAGE_SIZE
 from mitorch.data.loaders import is_detection, is_multilabel, load_indices, make_dataset, make_loader
 from mitorch.engine import distributed
 from mitorch.engine.averaging import WeightAverage
+from mitorch.engine.loggers import Loggers
 from mitorch.engine.progress import PlainProgress, default_progress
 from mitorch.engine.tasks import make_task
 from mitorch.engine.trainer import Trainer, TrainerOptions, amp_dtype
@@ -45,8 +46,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainPro
 
     Args:
         cfg: a composed training config (see mitorch.compose).
-        run_dir: where metrics.jsonl (one line per epoch) and, unless checkpoint_dir is set,
-            last.pt go; None: neither is written.
+        run_dir: where metrics.jsonl (one line per epoch), the files of the tensorboard and
+            csv loggers and, unless checkpoint_dir is set, last.pt go; None: none is written.
         progress: where progress goes; default: a Rich bar on a terminal, else log lines.
         epoch_callbacks: called on the main process with each epoch's record (epoch,
             train_loss, lr, val, ...); with num_processes > 1 they must pickle.
@@ -62,6 +63,7 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainPro
     if cfg.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         from mitorch.engine.launch import run_local_processes
 
+        build.build_loggers(cfg, run_dir)  # a missing logger library fails here, before any process starts
         if cfg.seed is None:
             cfg.seed = random.randrange(2**31)  # every process must shuffle alike
         return run_local_processes(cfg.num_processes, _train_process, cfg, run_dir, epoch_callbacks)
@@ -72,16 +74,22 @@ def _train_process(cfg: DictConfig, run_dir: str | Path | None,
                    epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
                    progress: PlainProgress | None = None) -> dict[str, Any]:
     context = distributed.from_environment()
+    loggers = build.build_loggers(cfg, run_dir) if context.is_main else Loggers()
     device = _device(cfg, context)
     distributed.start(context, device)
     try:
-        return _fit(cfg, run_dir, epoch_callbacks, progress, context, device)
+        with loggers:
+            metrics = _fit(cfg, run_dir, epoch_callbacks, progress, context, device, loggers)
+            if cfg.output is not None:
+                loggers.log_weights(Path(cfg.output))
+            return metrics
     finally:
         distributed.stop()
 
 
 def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | None, progress: PlainProgress | None,
-         context: distributed.Distributed, device: torch.device) -> dict[str, Any]:
+         context: distributed.Distributed, device: torch.device,
+         loggers: Loggers | None = None) -> dict[str, Any]:
     train_index, val_index = load_indices(cfg)
     _default_image_size(cfg, train_index, say=_stderr_line if context.is_main else None)
     seed = _from_main(context, cfg.seed if cfg.seed is not None else random.randrange(2**31))
@@ -124,6 +132,9 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
         callbacks = list(epoch_callbacks or [])
         if run_dir is not None and context.is_main:
             callbacks.append(_metrics_log(Path(run_dir) / "metrics.jsonl"))
+        if loggers:
+            loggers.start(_plain(cfg))
+            callbacks.insert(0, loggers.log_epoch)  # before a callback that may stop the run (a cancel)
 
         def save_best(best_model: nn.Module, metrics: dict[str, Any]) -> None:
             save_weights(options.checkpoint_path.with_name("best.pt"), best_model, train_index.class_names,
@@ -131,7 +142,8 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
 
         trainer = Trainer(model, task, optimizer, scheduler, device, options, progress, callbacks,
                           forward_model=forward_model, average=average, distributed=context,
-                          on_best=save_best if cfg.keep_best and options.checkpoint_path is not None else None)
+                          on_best=save_best if cfg.keep_best and options.checkpoint_path is not None else None,
+                          step_callbacks=[loggers.log_step] if loggers else ())
         try:
             metrics = trainer.fit(*loaders)
         finally:

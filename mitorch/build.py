@@ -6,11 +6,15 @@ plus the prefixes a config lists under allowed_targets.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig
 
 from mitorch.errors import ConfigError, MiTorchError
+
+if TYPE_CHECKING:
+    from mitorch.engine.loggers import Loggers
 
 ALLOWED_PREFIXES = ("torch.", "torchvision.", "mitorch.")
 
@@ -95,3 +99,16 @@ def build_transforms(cfg: DictConfig) -> tuple[Callable, Callable]:
     """The (train, val) image pipelines of cfg.augmentation."""
     return (_instantiate(cfg.augmentation.train, "augmentation.train"),
             _instantiate(cfg.augmentation.val, "augmentation.val"))
+
+
+def build_loggers(cfg: DictConfig, run_dir: str | Path | None) -> Loggers:
+    """The loggers of cfg.logger (none, one or several), as one mitorch.engine.loggers.Loggers.
+
+    Raises:
+        ConfigError: a logger whose library is missing (naming the pip extra), or a bad option.
+    """
+    from mitorch.engine.loggers import Loggers
+
+    chosen = cfg.get("logger") or {}
+    run_dir = str(run_dir) if run_dir is not None else None
+    return Loggers([_instantiate(node, f"logger.{name}", run_dir=run_dir) for name, node in chosen.items()])

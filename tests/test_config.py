@@ -67,7 +67,7 @@ def test_malformed_command_lines(argv: list[str], message: str) -> None:
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model=resnt"], "unknown model 'resnt'; choose from convnext_tiny, efficientnet, fasterrcnn, fcos, mobilenet_v3, resnet, retinanet, ssdlite, vit_b_16"),
+    (["model=resnt"], "unknown model 'resnt'; choose from convnext_tiny, efficientnet, fasterrcnn, fcos, mobilenet_v3, resnet, retinanet, ssdlite, timm, vit_b_16"),
     (["optimizer=lamb"], "unknown optimizer 'lamb'; choose from adam, adamw, rmsprop, sgd"),
     (["model.foo=1"], "unknown key 'model.foo'; valid keys at 'model': depth"),
     (["batch_sise=3"], "unknown key 'batch_sise'; valid keys at the top level: accumulate_grad_batches"),

@@ -22,8 +22,11 @@ from mitorch.paths import cache_dir
 
 # A curated AzureML PyTorch image (torch, CUDA, NCCL, OpenMPI); MITORCH_AML_BASE_IMAGE overrides it.
 BASE_IMAGE = "mcr.microsoft.com/azureml/curated/acpt-pytorch-2.2-cuda12.1:latest"
-# What a job needs besides MiTorch's own requirements: the Key Vault read of the database URI.
-JOB_REQUIREMENTS = ("azure-identity>=1.15", "azure-keyvault-secrets>=4.7")
+# What a job needs besides MiTorch's own requirements: the Key Vault read of the database URI, and
+# MLflow for logger=mlflow (AzureML sets MLFLOW_TRACKING_URI to its tracking server, which
+# azureml-mlflow serves).
+JOB_REQUIREMENTS = ("azure-identity>=1.15", "azure-keyvault-secrets>=4.7", "mlflow-skinny>=2.10",
+                    "azureml-mlflow>=1.55")
 _SOURCE_PARTS = ("mitorch", "conf", "hydra_plugins", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 _SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".cfg", ".toml", ".md", ".txt", ".json", ".html", ".css", ".js", "")
 

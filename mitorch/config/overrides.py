@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-GROUPS = ("model", "optimizer", "lr_scheduler", "augmentation")
+GROUPS = ("model", "optimizer", "lr_scheduler", "augmentation", "logger")
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][\w\-]*$")
 

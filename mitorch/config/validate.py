@@ -27,6 +27,10 @@ _NULLABLE_TYPES: dict[str, type] = {
     "ema_decay": float,
     "base": str,
     "swa_fraction": float,
+    "logger.tensorboard.save_dir": str,
+    "logger.csv.save_dir": str,
+    "logger.mlflow.tracking_uri": str,
+    "logger.mlflow.run_name": str,
 }
 # Keys that must be at least 1.
 _POSITIVE = ("batch_size", "max_epochs", "accumulate_grad_batches", "val_every_n_epochs", "log_every_n_steps",

@@ -87,6 +87,9 @@ class Trainer:
             train_loss, lr, duration_s, images_per_s and, on validated epochs, val.
         on_best: called on the main process with the evaluated model when a validation
             improves options.best_metric.
+        step_callbacks: called on the main process every log_every_n_steps updates (and at
+            an epoch's end) with (update count, {"loss": mean loss of the batches since the
+            previous call, "lr": the lr of that update}).
     """
 
     def __init__(self, model: nn.Module, task: Task, optimizer: torch.optim.Optimizer,
@@ -95,7 +98,8 @@ class Trainer:
                  epoch_callbacks: Iterable[Callable[[dict[str, Any]], None]] = (),
                  forward_model: nn.Module | None = None, average: WeightAverage | None = None,
                  distributed: Distributed | None = None,
-                 on_best: Callable[[nn.Module, dict[str, Any]], None] | None = None) -> None:
+                 on_best: Callable[[nn.Module, dict[str, Any]], None] | None = None,
+                 step_callbacks: Iterable[Callable[[int, dict[str, float]], None]] = ()) -> None:
         self.model = model
         self.forward_model = forward_model if forward_model is not None else model
         self.task = task
@@ -108,6 +112,8 @@ class Trainer:
         self.average = average
         self.distributed = distributed or Distributed()
         self.on_best = on_best
+        self.step_callbacks = list(step_callbacks)
+        self.last_lr = 0.0  # the lr of the latest update (the scheduler has moved on since)
         self.amp_dtype = amp_dtype(device, options.amp)
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
@@ -231,6 +237,7 @@ class Trainer:
         if self.options.gradient_clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.options.gradient_clip_norm)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -250,6 +257,8 @@ class Trainer:
         window.clear()
         if self.distributed.is_main:
             self.progress.update(batch, losses[-1], self.optimizer.param_groups[0]["lr"], images_per_s)
+            for callback in self.step_callbacks:
+                callback(self.step, {"loss": sum(losses) / len(losses), "lr": self.last_lr})
         return sum(losses)
 
     # -- checkpoints and signals -----------------------------------------------------------
