@@ -6,6 +6,10 @@ ImageFolder: the same files in class folders), apply the same default training p
 (workers, batch size). Runs alternate; the script prints each side's best and median
 images/s and the ratio MiTorch / ImageFolder (target: at least 1.0).
 
+A third side loads MiTorch's dataset through its training sampler, whose keys carry each image's
+augmentation seed (so every augmentation is a function of seed, epoch and index), against the
+same shuffled order with plain indices: the ratio is the cost of that (target: at least 0.97).
+
     python benchmarks/data_throughput.py [--images 1000] [--workers 2] [--repeats 4]
 """
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torchvision.transforms import v2
 from mitorch.data.dataset import ImageDataset
 from mitorch.data.formats import load_index
 from mitorch.data.presets import ClassificationTrainPreset
+from mitorch.data.samplers import EpochSampler
 
 
 def _write_images(root: Path, count: int, classes: int = 4) -> None:
@@ -48,9 +53,23 @@ def _write_images(root: Path, count: int, classes: int = 4) -> None:
     (root / "train.txt").write_text("\n".join(lines) + "\n")
 
 
-def _images_per_second(dataset: torch.utils.data.Dataset, workers: int, batch_size: int) -> float:
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         generator=torch.Generator().manual_seed(0))
+class _PlainIndices(torch.utils.data.Sampler[int]):
+    """The training sampler's order, as plain indices (augmentations from the workers' generators)."""
+
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self):
+        return (key.index for key in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+def _images_per_second(dataset: torch.utils.data.Dataset, workers: int, batch_size: int,
+                       sampler: torch.utils.data.Sampler | None = None) -> float:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                                         num_workers=workers, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     images = sum(inputs.shape[0] for inputs, _ in loader)
     return images / (time.perf_counter() - start)
@@ -71,21 +90,28 @@ def main() -> None:
         mitorch_dataset = ImageDataset(load_index(str(root / "train.txt"), multilabel=False), False, preset)
         # ImageFolder decodes with PIL into RGB; the same conversion to a tensor, then the same preset.
         folder_dataset = datasets.ImageFolder(str(root / "folder"), transform=v2.Compose([v2.PILToTensor(), preset]))
-        sides = {"ImageFolder": folder_dataset, "mitorch": mitorch_dataset}
+        keys = EpochSampler(len(mitorch_dataset), shuffle=True, seed=0)
+        sides = {"ImageFolder": (folder_dataset, None), "mitorch": (mitorch_dataset, None),
+                 "mitorch, training sampler (per-image seeds)": (mitorch_dataset, keys),
+                 "mitorch, same order, plain indices": (mitorch_dataset, _PlainIndices(keys))}
         rates: dict[str, list[float]] = {name: [] for name in sides}
         _images_per_second(folder_dataset, args.workers, args.batch_size)  # warm the page cache
         for repeat in range(args.repeats):
             order = list(sides) if repeat % 2 == 0 else list(reversed(sides))
             for name in order:
-                rates[name].append(_images_per_second(sides[name], args.workers, args.batch_size))
+                dataset, sampler = sides[name]
+                rates[name].append(_images_per_second(dataset, args.workers, args.batch_size, sampler))
     print(f"{args.images} JPEGs 400x320 -> 224 px train preset, {args.workers} workers, batch {args.batch_size}, "
           f"{args.repeats} runs each")
     for name, values in rates.items():
-        print(f"{name:12s} best {max(values):7.1f} img/s  median {statistics.median(values):7.1f} img/s  runs: "
+        print(f"{name:45s} best {max(values):7.1f} img/s  median {statistics.median(values):7.1f} img/s  runs: "
               + ", ".join(f"{v:.1f}" for v in values))
     best = max(rates["mitorch"]) / max(rates["ImageFolder"])
     median = statistics.median(rates["mitorch"]) / statistics.median(rates["ImageFolder"])
     print(f"ratio mitorch / ImageFolder: {best:.3f} best-of-{args.repeats} (target >= 1.0), {median:.3f} of medians")
+    seeded, plain = rates["mitorch, training sampler (per-image seeds)"], rates["mitorch, same order, plain indices"]
+    print(f"ratio per-image seeds / plain indices: {max(seeded) / max(plain):.3f} best-of-{args.repeats} "
+          f"(target >= 0.97), {statistics.median(seeded) / statistics.median(plain):.3f} of medians")
 
 
 if __name__ == "__main__":

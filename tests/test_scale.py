@@ -41,7 +41,7 @@ def test_a_failing_process_stops_the_run_with_its_error(tmp_path: Path) -> None:
 
 def _train_command(data, checkpoints: Path, run_dir: Path, weights: Path) -> list[str]:
     return [str(BIN / "mitrain"), f"data.train={data.train}", f"data.val={data.val}", "image_size=32",
-            "batch_size=8", "data.num_workers=0", "max_epochs=3", "deterministic=true", "augmentation=standard",
+            "batch_size=8", "data.num_workers=2", "max_epochs=3", "deterministic=true", "augmentation=standard",
             f"checkpoint_dir={checkpoints}", f"hydra.run.dir={run_dir}", "-o", str(weights)]
 
 

@@ -10,6 +10,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from mitorch.data.formats import DatasetIndex
 from mitorch.data.readers import FileReader
+from mitorch.data.samplers import SampleKey, augmentation_random, split_key
 from mitorch.errors import DataError
 
 
@@ -26,10 +27,12 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | int]:
+    def __getitem__(self, key: int | SampleKey) -> tuple[torch.Tensor, torch.Tensor | int]:
+        i, seed = split_key(key)
         image = self.load_image(i)
         if self.transform is not None:
-            image = self.transform(image)
+            with augmentation_random(seed):
+                image = self.transform(image)
         labels = self.index.labels[i]
         if self.multilabel:
             target = torch.zeros(self.num_classes)

@@ -25,6 +25,7 @@ from torchvision import tv_tensors
 
 from mitorch.data.formats import _read_labels_file, _resolve, check_images_exist, class_names_for
 from mitorch.data.readers import FileReader
+from mitorch.data.samplers import SampleKey, augmentation_random, split_key
 from mitorch.errors import DataError
 
 
@@ -217,7 +218,8 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | SampleKey):
+        i, seed = split_key(key)
         image = tv_tensors.Image(self._images.load_image(i))
         height, width = image.shape[-2:]
         boxes = torch.tensor(self.index.boxes[i], dtype=torch.float32).reshape(-1, 4)
@@ -230,7 +232,8 @@ class DetectionDataset(torch.utils.data.Dataset):
                   # For evaluation in the original pixels: plain tensors pass transforms untouched.
                   "orig_boxes": boxes.clone(), "orig_size": (width, height)}
         if self.transform is not None:
-            image, target = self.transform(image, target)
+            with augmentation_random(seed):
+                image, target = self.transform(image, target)
         return image, target
 
 

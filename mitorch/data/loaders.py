@@ -51,7 +51,8 @@ def make_dataset(cfg: DictConfig, index: DatasetIndex | DetectionIndex, transfor
 
 
 def _seed_worker(worker_id: int) -> None:
-    # torch seeds each worker from the loader's generator; numpy and random follow it.
+    # torch seeds each worker from the loader's generator; numpy and random follow it. (Training
+    # augmentations draw from each image's own seed instead: see samplers.augmentation_random.)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
