@@ -175,6 +175,10 @@ def test_augmentation_variants_change_only_the_policy() -> None:
     trivial = compose(["augmentation=trivialaugment"]).augmentation
     assert trivial.train.auto_augment == "trivialaugment" and standard.train.auto_augment is None
     assert OmegaConf.to_container(trivial.val) == OmegaConf.to_container(standard.val)
+    # The default is mild (half the image or more, no flip); ImageNet's recipe is one override away.
+    assert compose([]).augmentation == standard and (standard.train.min_scale, standard.train.hflip_prob) == (0.5, 0)
+    imagenet = compose(["augmentation=imagenet"]).augmentation
+    assert (imagenet.train.min_scale, imagenet.train.hflip_prob) == (0.08, 0.5)
 
 
 @pytest.mark.parametrize("sample", sorted((Path(__file__).parents[1] / "samples").glob("train_config.*")))

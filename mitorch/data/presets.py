@@ -19,7 +19,10 @@ _AUTO_AUGMENT = {
 
 
 class ClassificationTrainPreset:
-    """Random-resized crop and horizontal flip, optionally an automatic augmentation policy.
+    """Random-resized crop and optional horizontal flip, optionally an automatic augmentation policy.
+
+    The defaults are MiTorch's (a crop of half the image or more, no flip); ImageNet's recipe is
+    min_scale=0.08, hflip_prob=0.5.
 
     Args:
         crop_size: output size in pixels (square).
@@ -29,8 +32,8 @@ class ClassificationTrainPreset:
         min_scale: smallest fraction of the image area a crop covers.
     """
 
-    def __init__(self, crop_size: int, hflip_prob: float = 0.5, auto_augment: str | None = None,
-                 random_erase_prob: float = 0.0, min_scale: float = 0.08,
+    def __init__(self, crop_size: int, hflip_prob: float = 0.0, auto_augment: str | None = None,
+                 random_erase_prob: float = 0.0, min_scale: float = 0.5,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         if auto_augment is not None and auto_augment not in _AUTO_AUGMENT:
             raise ValueError(f"unknown auto_augment '{auto_augment}'; choose from {', '.join(_AUTO_AUGMENT)} or null")
