@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,96 @@ def test_validation_every_n_epochs_and_after_the_last(data_overrides: list[str],
     assert records[-1]["val"] == final
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged == json.loads(json.dumps(records))
-    assert all(r["lr"] >= 0 and r["train_loss"] > 0 and r["duration_s"] > 0 for r in logged)
+    assert all(r["train_loss"] > 0 and r["duration_s"] > 0 for r in logged)
+    # The default cosine from optimizer.lr=0.1 to 0 over 3 epochs of 2 updates (16 images, batch_size=8);
+    # an epoch's lr is the one its next update would use: 0.1 * (1 + cos(pi * updates_done / 6)) / 2.
+    assert [r["lr"] for r in logged] == pytest.approx([0.075, 0.025, 0.0], abs=1e-9)
+
+
+@pytest.fixture
+def used_lrs() -> list[list[float]]:
+    """The lr of every parameter group at each optimizer update, read just before the step."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    lrs: list[list[float]] = []
+    handle = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs:
+                                              lrs.append([group["lr"] for group in optimizer.param_groups]))
+    yield lrs
+    handle.remove()
+
+
+# The lr of each update, as a fraction of optimizer.lr, for warmup_epochs=1, max_epochs=2 and 4 batches an
+# epoch (16 images, batch_size=4). Warmup climbs over the first epoch's updates and reaches the base lr at
+# the first update of the second epoch; the cosine then falls to 0, where it stands after the last update.
+_COSINE_AFTER_ONE_WARMUP_EPOCH = {
+    1: [1 / 5, 2 / 5, 3 / 5, 4 / 5, 1.0, (1 + math.sqrt(0.5)) / 2, 0.5, (1 - math.sqrt(0.5)) / 2],  # 4 updates an epoch
+    3: [1 / 3, 2 / 3, 1.0, 0.5],  # batches 3 and 4 (the epoch's last) update: 2 updates an epoch
+}
+
+
+@pytest.mark.parametrize("accumulate", sorted(_COSINE_AFTER_ONE_WARMUP_EPOCH))
+def test_the_lr_schedule_counts_optimizer_updates(data_overrides: list[str], used_lrs: list[list[float]],
+                                                  accumulate: int) -> None:
+    records: list[dict] = []
+    cfg = mitorch.compose([*data_overrides, "batch_size=4", "max_epochs=2", "optimizer.lr=0.01",
+                           "lr_scheduler=cosine", "lr_scheduler.warmup_epochs=1", "lr_scheduler.min_lr_ratio=0",
+                           f"accumulate_grad_batches={accumulate}"])
+    mitorch.train(cfg, progress=_quiet(), epoch_callbacks=[records.append])
+    expected = [0.01 * fraction for fraction in _COSINE_AFTER_ONE_WARMUP_EPOCH[accumulate]]
+    assert [lrs[0] for lrs in used_lrs] == pytest.approx(expected, rel=1e-6)
+    assert all(len(set(lrs)) == 1 for lrs in used_lrs)  # biases and norms follow the same schedule
+    assert [r["lr"] for r in records] == pytest.approx([0.01, 0.0], abs=1e-12)
+
+
+def test_ema_is_the_running_average_of_the_weights_after_each_update(data_overrides: list[str], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from mitorch import build
+
+    decay = 0.8
+    models: list[torch.nn.Module] = []
+    initial: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    build_model = build.build_model
+
+    def build_and_keep(cfg, num_classes: int) -> torch.nn.Module:
+        model = build_model(cfg, num_classes)
+        models.append(model)
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    def average_by_hand(optimizer, args, kwargs) -> None:
+        # The first update's weights, then decay * average + (1 - decay) * the weights after each update.
+        for key, value in models[0].state_dict().items():
+            if value.is_floating_point():
+                value = value.detach().clone()
+                expected[key] = torch.lerp(expected[key], value, 1 - decay) if key in expected else value
+
+    monkeypatch.setattr(build, "build_model", build_and_keep)
+    weights = tmp_path / "ema.pt"
+    # 2 epochs of 2 updates, at an lr that trains without diverging (the default 0.1 does not, here).
+    cfg = mitorch.compose([*data_overrides, "max_epochs=2", "optimizer.lr=0.01", f"ema_decay={decay}",
+                           f"output={weights}"])
+    handle = register_optimizer_step_post_hook(average_by_hand)
+    try:
+        final = mitorch.train(cfg, run_dir=tmp_path / "run", progress=_quiet())
+    finally:
+        handle.remove()
+    monkeypatch.undo()
+
+    saved = torch.load(weights, weights_only=True)["model"]
+    raw = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]
+    assert len(models) == 1 and expected.keys() >= {"fc.weight", "bn1.running_mean"}
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value, msg=lambda message: f"{key}: {message}")
+    # The average has moved off the initial weights, yet lags behind the trained ones.
+    assert not torch.allclose(saved["fc.weight"], initial["fc.weight"])
+    assert not torch.allclose(saved["fc.weight"], raw["fc.weight"])
+    assert final["averaging"] == "ema"
+    again = mitorch.evaluate(mitorch.compose([*data_overrides, f"weights={weights}"]))
+    assert again == pytest.approx({k: v for k, v in final.items() if k != "averaging"})
 
 
 def test_evaluate_reproduces_the_final_metrics(data_overrides: list[str], tmp_path: Path) -> None:

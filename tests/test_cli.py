@@ -167,6 +167,31 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path, prog, args, set
     assert result.stderr.strip().splitlines()[-1] == lines[0]
 
 
+@pytest.mark.parametrize("prog, target", [("mitrain", "os.system"), ("mitrain", "planted.model"),
+                                          ("mitest", "planted.model")])
+def test_a_target_outside_the_allow_list_is_refused_before_anything_runs(tmp_path: Path, text_dataset, prog: str,
+                                                                          target: str) -> None:
+    # A module on the path that leaves a file behind if it is ever imported, and another if called.
+    (tmp_path / "planted.py").write_text("from pathlib import Path\n"
+                                         "Path('imported').touch()\n"
+                                         "def model(**kwargs):\n    Path('called').touch()\n")
+    from mitorch.models import resnet
+    from mitorch.models.weights import save_weights
+
+    # Weights that mitest could load: without the check it would go on to build the model.
+    save_weights(tmp_path / "w.pt", resnet(num_classes=3), ["class_0", "class_1", "class_2"],
+                 "multiclass_classification", {})
+    extra = ["-o", "out.pt", f"hydra.run.dir={tmp_path / 'run'}"] if prog == "mitrain" else ["-w", "w.pt"]
+    result = run(prog, f"data.train={text_dataset.train}", f"data.val={text_dataset.val}", *QUICK, *extra,
+                 f"model._target_={target}", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"{prog}: error: model._target_ '{target}' is not allowed; targets must start with torch., "
+        "torchvision., mitorch. (add a prefix to allowed_targets to permit it)"]
+    left = {path.name for path in tmp_path.rglob("*")}
+    assert left.isdisjoint({"imported", "called", "out.pt", "last.pt", "metrics.jsonl"}), left
+
+
 def test_help_does_not_import_torch(tmp_path: Path) -> None:
     for prog in ("mitrain", "mitest", "mipredict"):
         code = (f"import sys; sys.argv = ['{prog}', '--help']\n"

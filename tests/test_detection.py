@@ -310,6 +310,46 @@ def test_map_equals_pycocotools_on_the_written_files(tmp_path: Path, fmt: str) -
     assert len(written["images"]) == 12
 
 
+def test_predictions_come_back_in_the_original_pixels_of_non_square_images(tmp_path: Path) -> None:
+    from mitorch.build import build_transforms
+    from mitorch.engine.trainer import evaluate
+
+    # Wide and tall images, squeezed to 64x64: x and y scale by different factors, and differently per image.
+    sizes = [(96, 48), (40, 80), (120, 30)]
+    rng = np.random.default_rng(0)
+    lines = []
+    for i, (width, height) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        boxes = [(0, [0.1 * width, 0.2 * height, 0.5 * width, 0.9 * height]),
+                 (1, [0.55 * width, 0.1 * height, 0.95 * width, 0.4 * height])]
+        (tmp_path / f"{i}.txt").write_text("".join(f"{c} {' '.join(map(str, box))}\n" for c, box in boxes))
+        lines.append(f"{i}.png {i}.txt")
+    (tmp_path / "labels.txt").write_text("\n".join(CLASSES) + "\n")
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    index = load_detection_index(str(tmp_path / "val.txt"))
+    assert index.sizes == sizes
+
+    cfg = compose(["task_type=object_detection", "image_size=64"])
+    dataset = DetectionDataset(index, build_transforms(cfg)[1])
+    # A perfect detector: it answers each image's boxes where the resize put them, in the 64x64 input.
+    outputs = [{"boxes": target["boxes"].as_subclass(torch.Tensor), "scores": torch.ones(len(target["labels"])),
+                "labels": target["labels"] + 1} for _, target in (dataset[i] for i in range(len(dataset)))]
+    assert not torch.allclose(outputs[0]["boxes"], torch.tensor(index.boxes[0]))
+    task, predictions = DetectionTask(2), []
+    metrics = [evaluate(FixedDetector([output]), [collate([dataset[i]])], task, torch.device("cpu"),
+                        predictions=predictions) for i, output in enumerate(outputs)]
+    assert [m["mAP"] for m in metrics] == pytest.approx([1.0] * len(sizes))
+
+    write_coco(tmp_path / "coco", index, predictions)
+    truth = json.loads((tmp_path / "coco" / "ground_truth.json").read_text())["annotations"]
+    predicted = json.loads((tmp_path / "coco" / "predictions.json").read_text())
+    assert len(predicted) == len(truth) == 2 * len(sizes)
+    for found, expected in zip(predicted, truth):
+        assert (found["image_id"], found["category_id"]) == (expected["image_id"], expected["category_id"])
+        assert found["bbox"] == pytest.approx(expected["bbox"], abs=1e-3)  # [x, y, w, h] in the image's pixels
+    assert _pycocotools_map(tmp_path / "coco") == pytest.approx([1.0, 1.0, 1.0])
+
+
 # -- end to end through the console scripts ----------------------------------------------------
 
 QUICK_DETECTION = ["task_type=object_detection", "image_size=64", "batch_size=4", "data.num_workers=0",
