@@ -310,6 +310,25 @@ def test_map_equals_pycocotools_on_the_written_files(tmp_path: Path, fmt: str) -
     assert len(written["images"]) == 12
 
 
+def test_mipredict_boxes_come_back_in_the_original_pixels_of_non_square_images() -> None:
+    from mitorch.build import build_transforms
+    from mitorch.predict import Predictor
+
+    cfg = compose(["task_type=object_detection", "image_size=64"])
+    predictor = Predictor.__new__(Predictor)  # the prediction path alone, around a perfect detector
+    predictor.task_type, predictor.threshold, predictor.device = cfg.task_type, None, torch.device("cpu")
+    predictor.transform, predictor.class_names = build_transforms(cfg)[1], CLASSES
+    for width, height in [(96, 48), (40, 80)]:
+        truth = torch.tensor([[0.1 * width, 0.2 * height, 0.5 * width, 0.9 * height]])
+        # The detector sees the 64x64 input and answers the box where the resize put it.
+        squeezed = truth * torch.tensor([64 / width, 64 / height] * 2)
+        predictor.model = lambda inputs, boxes=squeezed: [
+            {"boxes": boxes, "scores": torch.ones(1), "labels": torch.tensor([2])}]
+        image = Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8))
+        (box,) = predictor.predict(image)["boxes"]
+        assert box["class"] == "green" and box["box"] == pytest.approx(truth[0].tolist(), abs=0.06)
+
+
 def test_predictions_come_back_in_the_original_pixels_of_non_square_images(tmp_path: Path) -> None:
     from mitorch.build import build_transforms
     from mitorch.engine.trainer import evaluate
