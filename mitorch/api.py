@@ -10,19 +10,21 @@ import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.lr_scheduler import LRScheduler
+from torch.utils.data import DataLoader
 from omegaconf import DictConfig, OmegaConf
 
 from mitorch import build
 from mitorch.config import resolve_paths, validate
 from mitorch.data.builtin import DETECTION_IMAGE_SIZE as BUILTIN_DETECTION_SIZE
 from mitorch.data.builtin import IMAGE_SIZE as BUILTIN_IMAGE_SIZE
-from mitorch.data.loaders import is_detection, is_multilabel, load_indices, make_dataset, make_loader
+from mitorch.data.loaders import is_detection, load_indices, make_dataset, make_loader
 from mitorch.engine import distributed
 from mitorch.engine.averaging import WeightAverage
 from mitorch.engine.loggers import Loggers
@@ -32,6 +34,11 @@ from mitorch.engine.trainer import Trainer, TrainerOptions, amp_dtype
 from mitorch.engine.trainer import evaluate as evaluate_model
 from mitorch.errors import ConfigError
 from mitorch.models.weights import head_prefixes, load_state, read_weights, save_weights
+from mitorch.task_types import main_metric
+
+if TYPE_CHECKING:
+    from mitorch.data.detection import DetectionIndex
+    from mitorch.data.formats import DatasetIndex
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_DETECTION_SIZE = 512
@@ -87,16 +94,14 @@ def _train_process(cfg: DictConfig, run_dir: str | Path | None,
         distributed.stop()
 
 
-def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | None, progress: PlainProgress | None,
+def _fit(cfg: DictConfig, run_dir: str | Path | None,
+         epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None, progress: PlainProgress | None,
          context: distributed.Distributed, device: torch.device,
          loggers: Loggers | None = None) -> dict[str, Any]:
     train_index, val_index = load_indices(cfg)
     _default_image_size(cfg, train_index, say=_stderr_line if context.is_main else None)
     seed = _from_main(context, cfg.seed if cfg.seed is not None else random.randrange(2**31))
-    train_transform, val_transform = build.build_transforms(cfg)
-    loaders = [make_loader(make_dataset(cfg, index, transform), cfg, shuffle, device, seed, context.rank,
-                           context.world_size)
-               for index, transform, shuffle in ((train_index, train_transform, True), (val_index, val_transform, False))]
+    train_loader, val_loader = _loaders(cfg, train_index, val_index, device, seed, context)
     task = make_task(cfg.task_type, len(train_index.class_names))
     progress = progress or (default_progress() if context.is_main else PlainProgress(stream=open(os.devnull, "w")))
     options = _trainer_options(cfg, seed, run_dir)
@@ -104,56 +109,126 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None, epoch_callbacks: list | No
     options.checkpoint_path = _from_main(context, options.checkpoint_path)
 
     with _reproducible(cfg):
-        model = build.build_model(cfg, task.num_classes)
-        if cfg.weights is not None:
-            state, _ = read_weights(cfg.weights)
-            if load_state(model, state, cfg.weights, replace_head=True) and context.is_main:
-                layers = ", ".join(prefix.rstrip(".") for prefix in head_prefixes(model))
-                progress.message(f"weights: the class-dependent layers ({layers}) of {cfg.weights} do not match the "
-                                 f"dataset's {task.num_classes} classes; they are replaced by new ones")
-        if context.enabled and cfg.sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model.to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
+        model = _model(cfg, task.num_classes, replace_head=True, say=progress.message if context.is_main else None)
+        model = _for_training(cfg, model, device, context)
         average = _weight_average(cfg, model, options.max_epochs)
-        optimizer = build.build_optimizer(cfg, model)
-        if cfg.scale_lr_with_processes:
-            for group in optimizer.param_groups:
-                group["lr"] *= context.world_size
-        batches = len(loaders[0]) if options.max_train_batches is None else min(len(loaders[0]), 1)
-        scheduler = build.build_scheduler(cfg, optimizer, math.ceil(batches / options.accumulate_grad_batches),
-                                          options.max_epochs)
-        forward_model = model
-        if context.enabled:
-            forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        if cfg.compile:
-            forward_model = torch.compile(forward_model)
-        callbacks = list(epoch_callbacks or [])
-        if run_dir is not None and context.is_main:
-            callbacks.append(_metrics_log(Path(run_dir) / "metrics.jsonl"))
+        optimizer, scheduler = _optimizer_and_scheduler(cfg, model, len(train_loader), options, context.world_size)
+        forward_model = _forward_model(cfg, model, device, context)
+        callbacks = _epoch_callbacks(run_dir, epoch_callbacks, context, loggers)
         if loggers:
             loggers.start(_plain(cfg))
-            callbacks.insert(0, loggers.log_epoch)  # before a callback that may stop the run (a cancel)
-
-        def save_best(best_model: nn.Module, metrics: dict[str, Any]) -> None:
-            save_weights(options.checkpoint_path.with_name("best.pt"), best_model, train_index.class_names,
-                         cfg.task_type, _plain(cfg))
-
         trainer = Trainer(model, task, optimizer, scheduler, device, options, progress, callbacks,
                           forward_model=forward_model, average=average, distributed=context,
-                          on_best=save_best if cfg.keep_best and options.checkpoint_path is not None else None,
+                          on_best=_best_saver(cfg, options.checkpoint_path, train_index.class_names),
                           step_callbacks=[loggers.log_step] if loggers else ())
         try:
-            metrics = trainer.fit(*loaders)
+            metrics = trainer.fit(train_loader, val_loader)
         finally:
             progress.close()
 
     if cfg.output is not None and context.is_main:
-        final_model = average.module if average is not None else model
-        save_weights(cfg.output, final_model, train_index.class_names, cfg.task_type, _plain(cfg))
-        progress.message(f"weights saved to {cfg.output}" + (f" ({average.kind} average)" if average else ""))
+        _save_output(cfg, model, average, train_index.class_names, progress)
     return metrics
+
+
+def _loaders(cfg: DictConfig, train_index: DatasetIndex | DetectionIndex | None,
+             val_index: DatasetIndex | DetectionIndex, device: torch.device, seed: int = 0,
+             context: distributed.Distributed | None = None) -> tuple[DataLoader | None, DataLoader]:
+    """The training loader (None without train_index) and the validation loader, each over this
+    process's share of its images."""
+    context = context or distributed.Distributed()
+    train_transform, val_transform = build.build_transforms(cfg)
+    share = (seed, context.rank, context.world_size)
+    train_loader = (make_loader(make_dataset(cfg, train_index, train_transform), cfg, True, device, *share)
+                    if train_index is not None else None)
+    return train_loader, make_loader(make_dataset(cfg, val_index, val_transform), cfg, False, device, *share)
+
+
+def _model(cfg: DictConfig, num_classes: int, state: dict[str, torch.Tensor] | None = None,
+           replace_head: bool = False, say: Callable[[str], None] | None = None) -> nn.Module:
+    """The model of cfg with a head of num_classes outputs and cfg.weights (when set) loaded.
+
+    Args:
+        state: cfg.weights already read; None: read here.
+        replace_head: class-dependent layers of the weights that do not fit num_classes are
+            replaced by new ones (said through say) instead of refused.
+    """
+    model = build.build_model(cfg, num_classes)
+    if cfg.weights is None:
+        return model
+    if state is None:
+        state, _ = read_weights(cfg.weights)
+    if load_state(model, state, cfg.weights, replace_head=replace_head) and say is not None:
+        layers = ", ".join(prefix.rstrip(".") for prefix in head_prefixes(model))
+        say(f"weights: the class-dependent layers ({layers}) of {cfg.weights} do not match the "
+            f"dataset's {num_classes} classes; they are replaced by new ones")
+    return model
+
+
+def _for_training(cfg: DictConfig, model: nn.Module, device: torch.device,
+                  context: distributed.Distributed) -> nn.Module:
+    """The model on device, with batch norms synchronized across processes and the channels-last
+    layout where the config asks for them."""
+    if context.enabled and cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _optimizer_and_scheduler(cfg: DictConfig, model: nn.Module, train_batches: int, options: TrainerOptions,
+                             world_size: int) -> tuple[torch.optim.Optimizer, LRScheduler]:
+    """The optimizer (its lr times world_size with scale_lr_with_processes) and its schedule, whose
+    epochs last as many updates as the run makes of train_batches batches."""
+    optimizer = build.build_optimizer(cfg, model)
+    if cfg.scale_lr_with_processes:
+        for group in optimizer.param_groups:
+            group["lr"] *= world_size
+    batches = train_batches if options.max_train_batches is None else min(train_batches, 1)
+    scheduler = build.build_scheduler(cfg, optimizer, math.ceil(batches / options.accumulate_grad_batches),
+                                      options.max_epochs)
+    return optimizer, scheduler
+
+
+def _forward_model(cfg: DictConfig, model: nn.Module, device: torch.device,
+                   context: distributed.Distributed) -> nn.Module:
+    """What training calls: the model, wrapped for DDP and compiled where the run asks for it."""
+    forward_model = model
+    if context.enabled:
+        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        forward_model = torch.compile(forward_model)
+    return forward_model
+
+
+def _epoch_callbacks(run_dir: str | Path | None, epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None,
+                     context: distributed.Distributed,
+                     loggers: Loggers | None) -> list[Callable[[dict[str, Any]], None]]:
+    # The loggers come first: a caller's callback may stop the run (a cancel).
+    callbacks = [loggers.log_epoch] if loggers else []
+    callbacks += epoch_callbacks or []
+    if run_dir is not None and context.is_main:
+        callbacks.append(_metrics_log(Path(run_dir) / "metrics.jsonl"))
+    return callbacks
+
+
+def _best_saver(cfg: DictConfig, checkpoint_path: Path | None,
+                class_names: list[str]) -> Callable[[nn.Module, dict[str, Any]], None] | None:
+    """With keep_best, what saves best.pt beside last.pt; None without checkpoints."""
+    if not cfg.keep_best or checkpoint_path is None:
+        return None
+
+    def save_best(best_model: nn.Module, metrics: dict[str, Any]) -> None:
+        save_weights(checkpoint_path.with_name("best.pt"), best_model, class_names, cfg.task_type, _plain(cfg))
+    return save_best
+
+
+def _save_output(cfg: DictConfig, model: nn.Module, average: WeightAverage | None, class_names: list[str],
+                 progress: PlainProgress) -> None:
+    final_model = average.module if average is not None else model
+    save_weights(cfg.output, final_model, class_names, cfg.task_type, _plain(cfg))
+    progress.message(f"weights saved to {cfg.output}" + (f" ({average.kind} average)" if average else ""))
 
 
 def _from_main(context: distributed.Distributed, value: Any) -> Any:
@@ -199,13 +274,11 @@ def evaluate(cfg: DictConfig, progress: PlainProgress | None = None,
     if predictions_dir is not None and not is_detection(cfg):
         raise ConfigError("--predictions writes COCO files for object_detection only")
     _default_image_size(cfg, metadata=metadata)
-    _, val_transform = build.build_transforms(cfg)
-    val_loader = make_loader(make_dataset(cfg, val_index, val_transform), cfg, False, device)
+    _, val_loader = _loaders(cfg, None, val_index, device)
     task = make_task(cfg.task_type, len(class_names))
     predictions = [] if predictions_dir is not None else None
     with _reproducible(cfg):
-        model = build.build_model(cfg, task.num_classes)
-        load_state(model, state, cfg.weights, replace_head=False)
+        model = _model(cfg, task.num_classes, state)
         model.to(device)
         metrics = evaluate_model(model, val_loader, task, device, amp_dtype(device, cfg.amp),
                                  1 if cfg.fast_dev_run else None, predictions=predictions)
@@ -288,7 +361,6 @@ def _trainer_options(cfg: DictConfig, seed: int = 0, run_dir: str | Path | None 
     folder = cfg.checkpoint_dir or run_dir
     # A fast dev run leaves no checkpoint behind for a real run to resume from.
     checkpoint = Path(folder) / "last.pt" if folder is not None and not fast else None
-    task_metric = "mAP" if is_detection(cfg) else "accuracy_50" if is_multilabel(cfg) else "top1_accuracy"
     return TrainerOptions(
         max_epochs=1 if fast else cfg.max_epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
@@ -301,7 +373,7 @@ def _trainer_options(cfg: DictConfig, seed: int = 0, run_dir: str | Path | None 
         seed=seed,
         checkpoint_path=checkpoint,
         resume=cfg.resume,
-        best_metric=cfg.best_metric or task_metric,
+        best_metric=cfg.best_metric or main_metric(cfg.task_type),
         channels_last=cfg.channels_last,
     )
 

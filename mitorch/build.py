@@ -11,9 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig
 
-from mitorch.errors import ConfigError, MiTorchError
+from mitorch.errors import ConfigError, MiTorchError, first_line
 
 if TYPE_CHECKING:
+    from torch import nn
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler
+
     from mitorch.engine.loggers import Loggers
 
 ALLOWED_PREFIXES = ("torch.", "torchvision.", "mitorch.")
@@ -70,26 +74,41 @@ def _complete(partial: Callable, what: str, node: DictConfig, **kwargs: Any) -> 
 def _build_error(what: str, node: DictConfig, cause: BaseException) -> MiTorchError:
     if isinstance(cause, MiTorchError):
         return cause
-    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return ConfigError(f"cannot build {what} ({node.get('_target_')}): {reason}")
+    return ConfigError(f"cannot build {what} ({node.get('_target_')}): {first_line(cause)}")
 
 
-def build_model(cfg: DictConfig, num_classes: int):
-    """The model of cfg.model with a head of num_classes outputs."""
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The model of cfg.model with a head of num_classes outputs.
+
+    Raises:
+        ConfigError: naming cfg.model's target and why it cannot be built.
+    """
     return _instantiate(cfg.model, "model", num_classes=num_classes)
 
 
-def build_optimizer(cfg: DictConfig, model):
-    """The optimizer of cfg.optimizer over the model's parameters, without weight decay on
-    biases and normalization parameters."""
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> Optimizer:
+    """The optimizer of cfg.optimizer (a partial) over the model's parameters, without weight
+    decay on biases and normalization parameters.
+
+    Raises:
+        ConfigError: naming cfg.optimizer's target and why it cannot be built.
+    """
     from mitorch.engine.optim import param_groups
 
     partial = _instantiate(cfg.optimizer, "optimizer")
     return _complete(partial, "optimizer", cfg.optimizer, params=param_groups(model))
 
 
-def build_scheduler(cfg: DictConfig, optimizer, steps_per_epoch: int, max_epochs: int):
-    """The lr schedule of cfg.lr_scheduler, in optimizer updates."""
+def build_scheduler(cfg: DictConfig, optimizer: Optimizer, steps_per_epoch: int, max_epochs: int) -> LRScheduler:
+    """The lr schedule of cfg.lr_scheduler (a partial) over optimizer, in optimizer updates.
+
+    Args:
+        steps_per_epoch: optimizer updates in one epoch (batches over accumulate_grad_batches).
+        max_epochs: the run's length in epochs.
+
+    Raises:
+        ConfigError: naming cfg.lr_scheduler's target and why it cannot be built.
+    """
     partial = _instantiate(cfg.lr_scheduler, "lr_scheduler")
     return _complete(partial, "lr_scheduler", cfg.lr_scheduler, optimizer=optimizer,
                      steps_per_epoch=steps_per_epoch, max_epochs=max_epochs)

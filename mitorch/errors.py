@@ -4,6 +4,12 @@ from __future__ import annotations
 _WORKER_TRACEBACK_MARK = "Original Traceback"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, else its type name: a reason that fits in one line."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
 class MiTorchError(Exception):
     """A problem with the user's input (config, files, data) that they can fix.
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from mitorch.cli._common import fail, to_json
 from mitorch.errors import MiTorchError
+from mitorch.task_types import MAIN_METRICS
 
 PROG = "miquery"
-_MAIN_METRICS = ("top1_accuracy", "accuracy_50", "mAP")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,7 +94,7 @@ def _when(value: Any) -> str:
 
 
 def _main_metric(metrics: dict | None) -> str:
-    for name in _MAIN_METRICS:
+    for name in MAIN_METRICS:
         if metrics and metrics.get(name) is not None:
             return f"{name} {metrics[name]:.4f}"
     return ""

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from mitorch.config.overrides import GROUPS, group_choices, override_key
 from mitorch.config.screen import screen_overrides, shorten
 from mitorch.config.validate import validate
-from mitorch.errors import ConfigError
+from mitorch.errors import ConfigError, first_line
 
 CONFIG_MODULE = "mitorch.conf"
 CONFIG_NAME = "train"
@@ -69,7 +69,7 @@ def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> 
             reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items()))
             if "not in struct" in str(e) or "Key" in type(e).__name__:
                 raise ConfigError(f"unknown key '{key}'; {_valid_keys_hint(key, reference)}") from None
-            raise ConfigError(f"cannot set '{key}': {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"cannot set '{key}': {first_line(e)}") from None
     validate(cfg, _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items())))
     return cfg
 
@@ -149,8 +149,7 @@ def _explain(error: Exception, reference: DictConfig | None) -> ConfigError:
     not_deletable = _NOT_DELETABLE.search(message)
     if not_deletable:
         return ConfigError(f"cannot delete '{not_deletable.group(1)}': it is not in the config")
-    first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
-    return ConfigError(first)
+    return ConfigError(first_line(error))
 
 
 def override_error(error: Exception) -> ConfigError:
@@ -158,7 +157,7 @@ def override_error(error: Exception) -> ConfigError:
     from mitorch.store.uri import redact
 
     override = shorten(redact(getattr(error, "override", "") or ""), 100)
-    reason = shorten(redact(str(error).strip().splitlines()[0]), 200)
+    reason = shorten(redact(first_line(error)), 200)
     return ConfigError(f"cannot parse the override {override} ({reason}); quote a value with special "
                        "characters, e.g. key='a=b?c'")
 

@@ -8,8 +8,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mitorch.errors import ConfigError
+from mitorch.task_types import TASK_TYPES
 
-TASK_TYPES = ("multiclass_classification", "multilabel_classification", "object_detection")
 DETECTORS = ("fasterrcnn", "retinanet", "fcos", "ssdlite")
 
 # Types of keys whose shipped default is null, so the default cannot tell.

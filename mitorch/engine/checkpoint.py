@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mitorch.errors import DataError
+from mitorch.errors import DataError, first_line
 
 FORMAT = "mitorch-checkpoint-v1"
 
@@ -32,8 +32,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file raises any of several types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"checkpoint {path} cannot be read ({reason}); delete it or set resume=false") from None
+        raise DataError(f"checkpoint {path} cannot be read ({first_line(e)}); delete it or set resume=false") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path} is not a MiTorch checkpoint; delete it or set resume=false")
     return state

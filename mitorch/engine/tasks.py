@@ -1,18 +1,47 @@
 """What differs between task types: moving batches, the loss, the metrics and their names.
 
-The trainer and evaluate() only talk to a task through to_device, count, train_loss,
-eval_batch, metrics and compute.
+The trainer and evaluate() only talk to a task through the Task protocol.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torchmetrics
 from torch import nn
 from torch.nn import functional as F
+
+from mitorch.task_types import main_metric
+
+
+class Task(Protocol):
+    """What the trainer and evaluate() rely on from a task.
+
+    Inputs and targets are whatever the task's loader yields: a tensor of images and one of
+    labels for classification, lists of images and of per-image box dicts for detection.
+    """
+
+    def to_device(self, inputs: Any, targets: Any, device: torch.device,
+                  channels_last: bool = False) -> tuple[Any, Any]:
+        """A batch moved to device (images in channels-last layout when asked)."""
+
+    def count(self, inputs: Any) -> int:
+        """The number of images in a batch."""
+
+    def train_loss(self, model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        """The loss to backpropagate for one batch, from the model in training mode."""
+
+    def eval_batch(self, model: nn.Module, inputs: Any, targets: Any, metrics: nn.Module,
+                   predictions: list | None = None) -> torch.Tensor:
+        """Updates metrics with one batch; returns the batch's loss summed over its images."""
+
+    def metrics(self) -> nn.Module:
+        """A fresh metric state (torchmetrics) for one evaluation."""
+
+    def compute(self, metrics: nn.Module) -> dict[str, float | None]:
+        """The metrics' values under the names of the metrics contract."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +85,12 @@ class ClassificationTask:
             metrics.update(logits.softmax(dim=1), targets)
 
     @property
+    def task_type(self) -> str:
+        return "multilabel_classification" if self.multilabel else "multiclass_classification"
+
+    @property
     def main_metric(self) -> str:
-        return "accuracy_50" if self.multilabel else "top1_accuracy"
+        return main_metric(self.task_type)
 
     # -- what the trainer calls ------------------------------------------------------------
 
@@ -81,7 +114,7 @@ class ClassificationTask:
         self.update_metrics(metrics, logits, targets)
         return self.loss_sum(logits, targets)
 
-    def compute(self, metrics: nn.Module) -> dict[str, Any]:
+    def compute(self, metrics: nn.Module) -> dict[str, float | None]:
         return {name: to_float(value) for name, value in metrics.compute().items()}
 
 
@@ -96,7 +129,11 @@ class DetectionTask:
     """
 
     num_classes: int
-    main_metric: str = "mAP"
+    task_type: ClassVar[str] = "object_detection"
+
+    @property
+    def main_metric(self) -> str:
+        return main_metric(self.task_type)
 
     def to_device(self, inputs: list, targets: list, device: torch.device,
                   channels_last: bool = False) -> tuple[list, list]:
@@ -158,16 +195,14 @@ class DetectionTask:
 
         return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
 
-    def compute(self, metrics: nn.Module) -> dict[str, Any]:
+    def compute(self, metrics: nn.Module) -> dict[str, float | None]:
         values = metrics.compute()
         return {"mAP": to_float(values["map"]), "mAP_50": to_float(values["map_50"]),
                 "mAP_75": to_float(values["map_75"])}
 
 
-Task = ClassificationTask | DetectionTask
-
-
-def make_task(task_type: str, num_classes: int) -> Task:
+def make_task(task_type: str, num_classes: int) -> ClassificationTask | DetectionTask:
+    """The task of a task type, for a dataset of num_classes classes."""
     if task_type == "object_detection":
         return DetectionTask(num_classes)
     return ClassificationTask(task_type == "multilabel_classification", num_classes)

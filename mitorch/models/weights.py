@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mitorch.errors import DataError
+from mitorch.errors import DataError, first_line
 
 FORMAT = "mitorch-weights-v1"
 
@@ -41,8 +41,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"weights file {path} cannot be loaded: {reason}") from None
+        raise DataError(f"weights file {path} cannot be loaded: {first_line(e)}") from None
     if isinstance(content, dict) and isinstance(content.get("model"), dict):
         metadata = {k: v for k, v in content.items() if k != "model"}
         state = content["model"]

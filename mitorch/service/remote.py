@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from mitorch.envvars import env_float, env_int
-from mitorch.errors import DataError, MiTorchError
+from mitorch.errors import DataError, MiTorchError, first_line
 from mitorch.paths import cache_dir
 from mitorch.service.credentials import is_sas, sas_for
 from mitorch.store.uri import redact
@@ -182,4 +182,4 @@ def _reason(error: Exception) -> str:
         return f"HTTP {status} {code}{hint}"
     if isinstance(error, urllib.error.URLError):
         return redact(str(error.reason))
-    return redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    return redact(first_line(error))

@@ -11,15 +11,10 @@ from typing import Any
 
 from mitorch.config.overrides import GROUPS, format_value
 from mitorch.errors import ConfigError
+from mitorch.task_types import METRICS, main_metric
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "threshold", "none")
-# The main metric of each task type, and the metrics a training records (per epoch and final).
-MAIN_METRIC = {"multiclass_classification": "top1_accuracy", "multilabel_classification": "accuracy_50",
-               "object_detection": "mAP"}
-METRICS = {"multiclass_classification": ("top1_accuracy", "top5_accuracy", "average_precision", "loss"),
-           "multilabel_classification": ("accuracy_50", "average_precision", "loss"),
-           "object_detection": ("mAP_50", "mAP_75", "mAP", "loss")}
 _JOB_KEYS = ("job_type", "name", "dataset", "config", "overrides", "search_space", "objective", "sampler", "pruner",
              "n_trials", "max_concurrent", "max_failed", "priority")
 
@@ -185,7 +180,7 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
     objective = dict(job.get("objective") or {})
     if set(objective) - {"metric", "direction"}:
         raise ConfigError("objective takes metric and direction")
-    metric = objective.get("metric") or MAIN_METRIC[task_type]
+    metric = objective.get("metric") or main_metric(task_type)
     if metric not in METRICS[task_type]:
         raise ConfigError(f"objective.metric {metric!r} is not a metric of {task_type}; choose from "
                           f"{', '.join(METRICS[task_type])}")

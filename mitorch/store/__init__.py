@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from mitorch.errors import first_line
 from mitorch.store.base import (ACTIVE, DEFAULT_PRIORITY, FINISHED, STATUSES, DuplicateError, JobStore, StoreError,
                                 default_sqlite_path)
 from mitorch.store.uri import redact
@@ -36,6 +37,6 @@ def open_store(uri: str | None = None) -> JobStore:
             return SQLiteStore(uri[len("sqlite:///"):])
     except ValueError as e:
         # pymongo checks some parts of a URI (an out-of-range port) with ValueError; sqlite3 refuses a NUL byte.
-        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        reason = redact(first_line(e))
         raise StoreError(f"malformed database URI {redact(uri)!r} ({reason}); check MITORCH_DB_URI") from None
     raise StoreError(f"unsupported database URI {redact(uri)}; use mongodb://, mongodb+srv:// or sqlite:///PATH")

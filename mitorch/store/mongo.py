@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from mitorch.errors import first_line
 from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record,
                                 duplicate_message as _duplicate_message, new_id, now, status_fields, training_record)
 from mitorch.store.uri import redact
@@ -89,7 +90,7 @@ class MongoStore(JobStore):
         try:
             return operation(*args, **kwargs)
         except self._errors as e:
-            raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+            raise StoreError(f"database request failed: {first_line(e)}") from None
 
     # -- trainings ------------------------------------------------------------------------
 
@@ -114,7 +115,7 @@ class MongoStore(JobStore):
             duplicate = next((w for w in errors.get("writeErrors", ()) if w.get("code") == 11000), None)
             if isinstance(e, self._duplicate) or duplicate is not None:
                 raise DuplicateError(_duplicate_message(records[duplicate["index"] if duplicate else 0])) from None
-            raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+            raise StoreError(f"database request failed: {first_line(e)}") from None
 
     def get_training(self, training_id: str) -> dict[str, Any] | None:
         return _out(self._call(self._db.trainings.find_one, {"_id": training_id}))
@@ -245,7 +246,7 @@ class MongoStore(JobStore):
         except self._duplicate:
             return False  # held by another: the filter missed and the insert met its _id
         except self._errors as e:
-            raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+            raise StoreError(f"database request failed: {first_line(e)}") from None
         return True
 
     def release_lease(self, name: str, holder: str) -> None:
@@ -280,7 +281,7 @@ class MongoStore(JobStore):
                 except self._duplicate:
                     continue
                 except self._errors as e:
-                    raise StoreError(f"database request failed: {str(e).splitlines()[0]}") from None
+                    raise StoreError(f"database request failed: {first_line(e)}") from None
 
     def read_logs(self, journal: str, log_number_from: int = 0) -> list[dict[str, Any]]:
         import json

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mitorch.store import JobStore
+from mitorch.task_types import in_display_order
 
 # Results keep coming only for these statuses.
 _LIVE = ("queued", "running")
@@ -24,7 +25,6 @@ _LIVE = ("queued", "running")
 _LOWER_IS_BETTER = ("loss",)
 # Not a metric: the number of images evaluated.
 _NOT_METRICS = ("num_samples",)
-MAIN_METRICS = ("top1_accuracy", "accuracy_50", "mAP")
 # Sortable columns besides the metrics, with the direction a click on them starts from.
 SORT_KEYS = {"created": "desc", "priority": "asc", "status": "asc", "name": "asc", "epochs": "desc",
              "started": "desc", "completed": "desc", "model": "asc", "dataset": "asc", "job": "asc"}
@@ -129,7 +129,7 @@ class Snapshot:
         self.newest_first = sorted(rows.values(), key=lambda r: (r["created_at"] or _EPOCH, r["id"]), reverse=True)
         self.counts = Counter(r["status"] for r in self.newest_first)
         names = {name for row in self.newest_first for name in row["metrics"]}
-        self.metric_names = sorted(names, key=lambda n: (n not in MAIN_METRICS, n == "loss", n))
+        self.metric_names = in_display_order(names)
         self.datasets = sorted({r["dataset"] for r in self.newest_first if r["dataset"]})
         self.running = [r for r in self.newest_first if r["status"] in _LIVE]
         # Dispatch order: priority, then oldest first.

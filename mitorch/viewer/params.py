@@ -5,7 +5,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mitorch.store import STATUSES
-from mitorch.viewer.index import MAIN_METRICS, SORT_KEYS, Query
+from mitorch.task_types import MAIN_METRICS
+from mitorch.viewer.index import SORT_KEYS, Query
 
 COLUMNS = ("name", "status", "priority", "model", "dataset", "job", "epochs", "attempt", "created", "started",
            "completed", "error")

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mitorch.store import ACTIVE, STATUSES, JobStore
-from mitorch.viewer.index import MAIN_METRICS, TrainingIndex, summarize
+from mitorch.task_types import in_display_order
+from mitorch.viewer.index import TrainingIndex, summarize
 
 _NOT_METRICS = ("num_samples",)
 _FINISHED = tuple(s for s in STATUSES if s not in ACTIVE)
@@ -80,7 +81,7 @@ def training(store: JobStore, training_id: str, log_lines: int = 60) -> dict[str
 def metric_names(results: Sequence[dict[str, Any]], final: dict[str, Any] | None = None) -> list[str]:
     names = {n for r in results for n in (r.get("val") or {}) if n not in _NOT_METRICS}
     names |= {n for n in (final or {}) if n not in _NOT_METRICS}
-    return sorted(names, key=lambda n: (n not in MAIN_METRICS, n == "loss", n))
+    return in_display_order(names)
 
 
 def curves(results: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, Any]:
@@ -163,8 +164,7 @@ def compare(store: JobStore, training_ids: Sequence[str]) -> dict[str, Any]:
     if not trainings:
         raise NotFound("none of these trainings exists")
     results = store.results_of([t["id"] for t in trainings])
-    metrics = sorted({n for rs in results.values() for n in metric_names(rs)},
-                     key=lambda n: (n not in MAIN_METRICS, n == "loss", n))
+    metrics = in_display_order({n for rs in results.values() for n in metric_names(rs)})
     epochs = sorted({r["epoch"] for rs in results.values() for r in rs})
     charts = []
     for name, pick in [("train_loss", lambda r: r.get("train_loss"))] + [
@@ -209,8 +209,7 @@ def job(store: JobStore, job_id: str) -> dict[str, Any]:
     results = store.results_of([t["id"] for t in trainings])
     rows = [summarize(t, results[t["id"]]) for t in trainings]
     view = {"job": record, "trainings": rows, "counts": dict(Counter(r["status"] for r in rows)),
-            "metrics": sorted({m for r in rows for m in r["metrics"]},
-                              key=lambda n: (n not in MAIN_METRICS, n == "loss", n)), "study": None}
+            "metrics": in_display_order({m for r in rows for m in r["metrics"]}), "study": None}
     if record.get("job_type") == "search":
         from mitorch.viewer.study import study
 
