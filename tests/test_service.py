@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mitorch.store.base import STATUSES
 from tests.conftest import make_text_dataset, run
 
 pytestmark = pytest.mark.slow
@@ -141,8 +142,7 @@ def test_an_invalid_config_is_refused_with_nothing_stored(service: Service) -> N
         result = service("misubmit", *bad)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         assert result.stderr.startswith("misubmit: error: ")
-    assert service.query()["counts"] == dict.fromkeys(["new", "queued", "running", "completed", "failed",
-                                                       "cancelled"], 0)
+    assert service.query()["counts"] == dict.fromkeys(STATUSES, 0)
 
 
 @pytest.mark.parametrize("argv", [["misubmit", "--help"], ["micontrol", "--help"], ["miquery", "--help"],
