@@ -26,7 +26,7 @@ from mitorch.engine.checkpoint import load_checkpoint, rng_state, save_checkpoin
 from mitorch.engine.distributed import Distributed
 from mitorch.engine.progress import PlainProgress
 from mitorch.engine.tasks import Task, to_float
-from mitorch.errors import DataError, Interrupted, TrainingError
+from mitorch.errors import DataError, Interrupted, TrainingError, first_line
 
 
 @dataclass
@@ -295,8 +295,7 @@ class Trainer:
             if self.average is not None:
                 self.average.load_state_dict(state["average"])
         except (RuntimeError, ValueError, KeyError) as e:
-            reason = str(e).strip().splitlines()[0]
-            raise DataError(f"checkpoint {path} does not fit this training ({reason}); "
+            raise DataError(f"checkpoint {path} does not fit this training ({first_line(e)}); "
                             "delete it or set resume=false") from None
         self.step, self.best = state["step"], state["best"]
         epoch, batches = state["epoch"] + 1, state["batches_done"]
