@@ -154,15 +154,23 @@ def test_a_lost_hosts_training_is_taken_over_after_its_lease_and_fenced(service:
 
 def test_the_heartbeat_and_the_training_ride_out_a_locked_database(service: Service) -> None:
     env = {"MITORCH_SQLITE_BUSY_TIMEOUT_S": "0.5", "MITORCH_HEARTBEAT_S": "0.5"}
-    training_id = service.start_slow_training(epochs=2, **env)
+    # More epochs than the test waits for, so the training is still running while the lock is
+    # held however fast this machine trains; the lock is held until a heartbeat has failed.
+    training_id = service.start_slow_training(epochs=50, **env)
+    log = Path(service.training(training_id)["log"])
     lock = sqlite3.connect(service.root / "db.sqlite", isolation_level=None)
-    lock.execute("BEGIN EXCLUSIVE")  # longer than the busy timeout and several heartbeats
-    time.sleep(4)
+    lock.execute("BEGIN EXCLUSIVE")
+    wait_for(lambda: "heartbeat failed" in log.read_text(), "a failed heartbeat", timeout=60)
+    time.sleep(2)  # longer than the busy timeout and several heartbeats
     lock.execute("ROLLBACK")
     lock.close()
-    wait_for(lambda: service.status(training_id) == "completed", "the training", timeout=300)
-    log = Path(service.training(training_id)["log"]).read_text()
-    assert "heartbeat failed" in log and "heartbeat back after" in log
+    wait_for(lambda: "heartbeat back after" in log.read_text(), "the heartbeat to come back", timeout=60)
+    # The training goes on: it records another epoch, then stops when asked.
+    epochs = len(service.query(training_id)["results"])
+    wait_for(lambda: len(service.query(training_id)["results"]) > epochs, "another epoch", timeout=300)
+    assert service.status(training_id) == "running"
+    service("micontrol", "cancel", training_id)
+    wait_for(lambda: service.status(training_id) == "cancelled", "the training to stop", timeout=300)
 
 
 def test_a_failed_launch_is_recorded_and_the_others_are_dispatched(service: Service, tmp_path: Path) -> None:
