@@ -11,6 +11,8 @@ TASK_TYPES = ("multiclass_classification", "multilabel_classification", "object_
 METRICS = {"multiclass_classification": ("top1_accuracy", "top5_accuracy", "average_precision", "loss"),
            "multilabel_classification": ("accuracy_50", "average_precision", "loss"),
            "object_detection": ("mAP_50", "mAP_75", "mAP", "loss")}
+# Recorded beside the metrics but not a metric: the number of images evaluated.
+NOT_METRICS = ("num_samples",)
 # The one metric that stands for how good a training of each task type is.
 _MAIN_METRIC = {"multiclass_classification": "top1_accuracy", "multilabel_classification": "accuracy_50",
                 "object_detection": "mAP"}

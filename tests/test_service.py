@@ -93,6 +93,25 @@ def test_priorities_run_in_order_with_per_epoch_results(service: Service) -> Non
     assert {t["id"] for t in overview["recent"]} == set(ids.values())
 
 
+def test_a_queued_training_logs_to_mlflow_and_csv_as_its_config_asks(service: Service, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # this test's reader; the training sets it itself
+    mlruns = (tmp_path / "mlruns").as_uri()
+    training_id = service.submit("max_epochs=2", "logger=[mlflow,csv]")
+    service.tick_until(lambda: service.status(training_id) == "completed", MLFLOW_TRACKING_URI=mlruns)
+    client = MlflowClient(tracking_uri=mlruns)
+    [logged] = client.search_runs([client.get_experiment_by_name("mitorch").experiment_id])
+    assert logged.info.status == "FINISHED" and logged.info.run_name == f"{training_id} attempt 1"
+    assert logged.data.tags["mitorch.training_id"] == training_id and logged.data.tags["mitorch.attempt"] == "1"
+    accuracy = [r["val"]["top1_accuracy"] for r in service.query(training_id)["results"]]
+    history = client.get_metric_history(logged.info.run_id, "val/top1_accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, pytest.approx(accuracy[0])), (2, pytest.approx(accuracy[1]))]
+    rows = (Path(service.training(training_id)["log"]).parent / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # a header and one row an epoch
+
+
 def test_a_killed_training_is_requeued_and_resumes(service: Service) -> None:
     training_id = service.start_slow_training(epochs=3)
     os.kill(service.training(training_id)["pid"], signal.SIGKILL)

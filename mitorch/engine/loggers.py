@@ -192,22 +192,25 @@ class MLflowLogger(Logger):
         experiment_name: the experiment of new runs.
         run_name: the run's name; None: MLflow's.
         log_weights: upload the weights file (output=) at the end.
+        tags: set on the run (a queued training's own: mitorch.training_id, mitorch.attempt).
         run_dir: unused (MLflow keeps its own store).
     """
 
     def __init__(self, tracking_uri: str | None = None, experiment_name: str = "mitorch", run_name: str | None = None,
-                 log_weights: bool = True, run_dir: str | Path | None = None) -> None:
+                 log_weights: bool = True, tags: dict[str, Any] | None = None,
+                 run_dir: str | Path | None = None) -> None:
         _require("mlflow", "mlflow")
         self.tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking_uri or Path("mlruns").resolve().as_uri()
         self.experiment_name = experiment_name
         self.run_name = run_name
+        self.tags = {str(key): str(value) for key, value in (tags or {}).items()}
         self.upload_weights = log_weights
         self._client = None
         self._run_id: str | None = None
         self._own_run = False
 
     def start(self, config: dict[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
 
         if self.tracking_uri.startswith("file:") or "://" not in self.tracking_uri:
@@ -225,6 +228,8 @@ class MLflowLogger(Logger):
         params = [Param(key, str(value)[:_MAX_PARAM_LENGTH]) for key, value in _flatten(config)]
         for first in range(0, len(params), 100):  # MLflow takes at most 100 params a call
             self._client.log_batch(self._run_id, params=params[first:first + 100])
+        if self.tags:
+            self._client.log_batch(self._run_id, tags=[RunTag(key, value) for key, value in self.tags.items()])
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         from mlflow.entities import Metric

@@ -159,7 +159,7 @@ def _train_beside_rank_0(store: JobStore, training: dict[str, Any], attempt: int
         _say(message)
         raise Replaced(message)
     folder = attempt_dir(training_id, attempt)
-    cfg = _training_config(store, training, folder)
+    cfg = _training_config(store, training, folder, attempt)
     if int(os.environ.get("LOCAL_RANK", "0").strip() or 0) == 0:
         # The first process of another node: its processes resume from the same checkpoint as
         # rank 0 (they all join the process group, after this, before reading it).
@@ -196,7 +196,7 @@ def _train(run: _Attempt, training: dict[str, Any]) -> tuple[dict[str, Any], str
         if requests.get("prune_requested"):
             raise Pruned(f"training {training_id} was pruned by its search job at the end of epoch {record['epoch']}")
 
-    cfg = _training_config(store, training, run.folder)
+    cfg = _training_config(store, training, run.folder, run.attempt)
     source = artifacts.restore_checkpoint(training_id, run.attempt, run.folder, training.get("resume_from_attempt", 1))
     if source is not None:
         _say(f"attempt {run.attempt} starts from the checkpoint of {source}")
@@ -315,8 +315,8 @@ def _with_retry(action: Callable[[], T], what: str) -> T:
             delay = min(delay * 2, 10.0)
 
 
-def _training_config(store: JobStore, training: dict[str, Any], folder: Path) -> Any:
-    from omegaconf import OmegaConf
+def _training_config(store: JobStore, training: dict[str, Any], folder: Path, attempt: int) -> Any:
+    from omegaconf import OmegaConf, open_dict
 
     cfg = OmegaConf.create(training["config"])
     OmegaConf.set_struct(cfg, True)
@@ -334,4 +334,11 @@ def _training_config(store: JobStore, training: dict[str, Any], folder: Path) ->
         if dataset is None:
             raise StoreError(f"dataset {name}:{version} is not registered; register it with midataset register")
         cfg.data.train, cfg.data.val = (local_split(dataset[split]) for split in SPLITS)
+    mlflow = (cfg.get("logger") or {}).get("mlflow")
+    if mlflow is not None:  # its MLflow run says which training and attempt it is
+        with open_dict(mlflow):
+            mlflow.tags = {**(mlflow.get("tags") or {}), "mitorch.training_id": training["id"],
+                           "mitorch.attempt": attempt}
+            if mlflow.get("run_name") is None:
+                mlflow.run_name = f"{training.get('name') or training['id']} attempt {attempt}"
     return cfg

@@ -343,7 +343,8 @@ class SQLiteStore(JobStore):
         return counts
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # not while another thread's request is in flight on this connection
+            self._db.close()
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:

@@ -17,14 +17,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mitorch.store import JobStore
-from mitorch.task_types import in_display_order
+from mitorch.task_types import NOT_METRICS, in_display_order
 
 # Results keep coming only for these statuses.
 _LIVE = ("queued", "running")
 # Metrics where lower is better; every other one is maximized.
 _LOWER_IS_BETTER = ("loss",)
-# Not a metric: the number of images evaluated.
-_NOT_METRICS = ("num_samples",)
 # Sortable columns besides the metrics, with the direction a click on them starts from.
 SORT_KEYS = {"created": "desc", "priority": "asc", "status": "asc", "name": "asc", "epochs": "desc",
              "started": "desc", "completed": "desc", "model": "asc", "dataset": "asc", "job": "asc"}
@@ -56,11 +54,11 @@ def rollups(training: dict[str, Any], results: Sequence[dict[str, Any]]) -> dict
     values: dict[str, list[float]] = {}
     for result in results:
         for name, value in (result.get("val") or {}).items():
-            if name not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name not in NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool):
                 values.setdefault(name, []).append(float(value))
     final = training.get("metrics") or {} if training.get("status") == "completed" else {}
     summary = {}
-    for name in set(values) | {k for k, v in final.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS}:
+    for name in set(values) | {k for k, v in final.items() if isinstance(v, (int, float)) and k not in NOT_METRICS}:
         series = values.get(name, [])
         last = final.get(name, series[-1] if series else None)
         candidates = series + ([float(last)] if last is not None else [])

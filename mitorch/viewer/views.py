@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from mitorch.store import ACTIVE, STATUSES, JobStore
-from mitorch.task_types import in_display_order
+from mitorch.task_types import NOT_METRICS, in_display_order
 from mitorch.viewer.index import TrainingIndex, summarize
 
-_NOT_METRICS = ("num_samples",)
 _FINISHED = tuple(s for s in STATUSES if s not in ACTIVE)
 _ABSENT = "\0absent"
 LOG_TAIL_BYTES = 16_000
@@ -79,8 +78,8 @@ def training(store: JobStore, training_id: str, log_lines: int = 60) -> dict[str
 
 
 def metric_names(results: Sequence[dict[str, Any]], final: dict[str, Any] | None = None) -> list[str]:
-    names = {n for r in results for n in (r.get("val") or {}) if n not in _NOT_METRICS}
-    names |= {n for n in (final or {}) if n not in _NOT_METRICS}
+    names = {n for r in results for n in (r.get("val") or {}) if n not in NOT_METRICS}
+    names |= {n for n in (final or {}) if n not in NOT_METRICS}
     return in_display_order(names)
 
 
