@@ -41,7 +41,7 @@ def test_a_failing_process_stops_the_run_with_its_error(tmp_path: Path) -> None:
 
 def _train_command(data, checkpoints: Path, run_dir: Path, weights: Path) -> list[str]:
     return [str(BIN / "mitrain"), f"data.train={data.train}", f"data.val={data.val}", "image_size=32",
-            "batch_size=8", "data.num_workers=2", "max_epochs=3", "deterministic=true", "augmentation=standard",
+            "batch_size=8", "data.num_workers=2", "max_epochs=2", "deterministic=true", "augmentation=standard",
             f"checkpoint_dir={checkpoints}", f"hydra.run.dir={run_dir}", "-o", str(weights)]
 
 
@@ -138,7 +138,7 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_sigterm_to_mitrain_stops_every_local_process_with_a_checkpoint(tmp_path: Path) -> None:
     data = make_text_dataset(tmp_path / "data", num_train=320, num_val=8)
     command = [str(BIN / "mitrain"), f"data.train={data.train}", f"data.val={data.val}", "num_processes=2",
-               "image_size=32", "batch_size=8", "data.num_workers=0", "max_epochs=3", f"checkpoint_dir={tmp_path / 'ck'}"]
+               "image_size=32", "batch_size=8", "data.num_workers=0", "max_epochs=2", f"checkpoint_dir={tmp_path / 'ck'}"]
     process = subprocess.Popen([*command, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "metrics.jsonl"
