@@ -9,6 +9,8 @@ images/s and the ratio MiTorch / ImageFolder (target: at least 1.0).
 A third side loads MiTorch's dataset through its training sampler, whose keys carry each image's
 augmentation seed (so every augmentation is a function of seed, epoch and index), against the
 same shuffled order with plain indices: the ratio is the cost of that (target: at least 0.97).
+Whole loader runs vary by up to 20% from one to the next on a shared machine, so the same two
+are also timed image by image, alternating, in this process: the steadier figure.
 
     python benchmarks/data_throughput.py [--images 1000] [--workers 2] [--repeats 4]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import statistics
 import tempfile
 import time
@@ -75,6 +78,23 @@ def _images_per_second(dataset: torch.utils.data.Dataset, workers: int, batch_si
     return images / (time.perf_counter() - start)
 
 
+def _interleaved(dataset: ImageDataset, keys: EpochSampler, count: int) -> tuple[float, float]:
+    """Seconds an image with its seed and with a plain index, loaded in this process image by
+    image, the two alternating (which goes first alternates too): both meet the same machine
+    conditions, so the ratio holds still where whole-epoch runs vary by 20% on a shared machine."""
+    seeded = plain = 0.0
+    for i, key in enumerate(itertools.islice(iter(keys), count)):
+        for with_seed in ((True, False) if i % 2 == 0 else (False, True)):
+            start = time.perf_counter()
+            dataset[key if with_seed else key.index]
+            elapsed = time.perf_counter() - start
+            if with_seed:
+                seeded += elapsed
+            else:
+                plain += elapsed
+    return seeded / count, plain / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
@@ -101,6 +121,8 @@ def main() -> None:
             for name in order:
                 dataset, sampler = sides[name]
                 rates[name].append(_images_per_second(dataset, args.workers, args.batch_size, sampler))
+        keys.set_epoch(1)
+        per_seeded, per_plain = _interleaved(mitorch_dataset, keys, min(args.images, 400))
     print(f"{args.images} JPEGs 400x320 -> 224 px train preset, {args.workers} workers, batch {args.batch_size}, "
           f"{args.repeats} runs each")
     for name, values in rates.items():
@@ -112,6 +134,8 @@ def main() -> None:
     seeded, plain = rates["mitorch, training sampler (per-image seeds)"], rates["mitorch, same order, plain indices"]
     print(f"ratio per-image seeds / plain indices: {max(seeded) / max(plain):.3f} best-of-{args.repeats} "
           f"(target >= 0.97), {statistics.median(seeded) / statistics.median(plain):.3f} of medians")
+    print(f"ratio per-image seeds / plain indices, image by image in one process: {per_plain / per_seeded:.3f} "
+          f"({per_seeded * 1e3:.2f} ms against {per_plain * 1e3:.2f} ms an image; target >= 0.97)")
 
 
 if __name__ == "__main__":
