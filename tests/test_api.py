@@ -39,9 +39,10 @@ def test_validation_every_n_epochs_and_after_the_last(data_overrides: list[str],
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged == json.loads(json.dumps(records))
     assert all(r["train_loss"] > 0 and r["duration_s"] > 0 for r in logged)
-    # The default cosine from optimizer.lr=0.1 to 0 over 3 epochs of 2 updates (16 images, batch_size=8);
-    # an epoch's lr is the one its next update would use: 0.1 * (1 + cos(pi * updates_done / 6)) / 2.
-    assert [r["lr"] for r in logged] == pytest.approx([0.075, 0.025, 0.0], abs=1e-9)
+    # The default schedule over 3 epochs of 2 updates (16 images, batch_size=8): a one-epoch warmup to
+    # optimizer.lr=0.05, then cosine to 0 over the other 4 updates. An epoch's lr is the one its next
+    # update would use: after the warmup 0.05, then 0.05 * (1 + cos(pi * (updates_done - 2) / 4)) / 2.
+    assert [r["lr"] for r in logged] == pytest.approx([0.05, 0.025, 0.0], abs=1e-9)
 
 
 @pytest.fixture

@@ -55,16 +55,16 @@ def test_tensorboard_holds_steps_epochs_and_the_resolved_config(logged: dict[str
     losses = events.Scalars("train/loss")
     lrs = events.Scalars("train/lr")
     assert [e.step for e in losses] == [e.step for e in lrs] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
-    # Cosine from optimizer.lr=0.1 to 0: each step shows the lr its update used.
-    assert lrs[0].value == pytest.approx(0.1)
-    assert all(a.value > b.value for a, b in zip(lrs, lrs[1:]))
+    # Each step shows the lr its update used: the default one-epoch warmup (2 updates) rises linearly
+    # towards optimizer.lr=0.05, then the cosine falls from 0.05 to 0.
+    assert [e.value for e in lrs] == pytest.approx([0.05 / 3, 0.1 / 3, 0.05, 0.025])
     epoch_losses = events.Scalars("epoch/train_loss")
     assert [e.step for e in epoch_losses] == [1, 2]
     assert epoch_losses[0].value == pytest.approx(logged["records"][0]["train_loss"], rel=1e-5)
     accuracy = events.Scalars("val/top1_accuracy")
     assert [(e.step, e.value) for e in accuracy] == [(2, pytest.approx(logged["final"]["top1_accuracy"]))]
     config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert "image_size: 32" in config and "lr: 0.1" in config
+    assert "image_size: 32" in config and "lr: 0.05" in config
 
 
 def test_csv_has_one_row_per_epoch_and_a_column_per_metric(logged: dict[str, Any]) -> None:
@@ -89,7 +89,7 @@ def test_mlflow_run_holds_params_metrics_and_the_weights(logged: dict[str, Any])
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["optimizer.lr"] == "0.1" and params["image_size"] == "32" and params["max_epochs"] == "2"
+    assert params["optimizer.lr"] == "0.05" and params["image_size"] == "32" and params["max_epochs"] == "2"
     assert params["model._target_"] == "mitorch.models.resnet"
     history = client.get_metric_history(run.info.run_id, "val/top1_accuracy")
     assert [(m.step, m.value) for m in history] == [(2, pytest.approx(logged["final"]["top1_accuracy"]))]

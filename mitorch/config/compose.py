@@ -87,14 +87,15 @@ def _reference(selections: tuple[str, ...]) -> DictConfig:
 
 
 # What a task type sets unless the command line chooses otherwise: group options, and values
-# that apply while their group is the default one (SGD's lr of 0.1 suits classifiers, not
-# detectors; a few hundred proposals suit images with a few objects and train several times faster).
+# that apply while their group is the default one (SGD's lr of 0.05 after a one-epoch warmup suits
+# classifiers, not detectors; a few hundred proposals suit images with a few objects and train several times faster).
 # Detectors from random weights see rare gradient spikes (a box-head loss jumps) that SGD at 0.02
 # turns into a divergence within a few updates, on small data with few updates an epoch most of
 # all: clipping the gradient norm bounds those updates, and a warmup counted in updates (not
 # epochs, which may be two updates long) eases the first ones, as torchvision's reference does.
 TASK_DEFAULTS = {"object_detection": {"model": "fasterrcnn", "augmentation": "detection", "optimizer.lr": "0.02",
                                       "gradient_clip_norm": "10.0", "lr_scheduler.warmup_steps": "10",
+                                      "lr_scheduler.warmup_epochs": "0",
                                       "model.rpn_pre_nms_top_n_train": "300", "model.rpn_post_nms_top_n_train": "100",
                                       "model.box_batch_size_per_image": "64"}}
 
