@@ -78,6 +78,16 @@ def test_warmup_in_updates_adds_to_warmup_in_epochs() -> None:
         constant(optimizer, steps_per_epoch=4, max_epochs=1, warmup_steps=-1)
 
 
+def test_a_warmup_takes_at_most_half_of_the_run() -> None:
+    # The default one-epoch warmup in a one-epoch run: two of four updates, then the decay.
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    assert _lrs(cosine(optimizer, steps_per_epoch=4, max_epochs=1, warmup_epochs=1), 4) == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 0.5])
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=1.0)
+    assert _lrs(constant(optimizer, steps_per_epoch=2, max_epochs=2, warmup_steps=10), 4) == pytest.approx(
+        [1 / 3, 2 / 3, 1.0, 1.0])
+
+
 def test_non_finite_loss_names_epoch_and_step() -> None:
     loader = _loader(6)
     loader[3] = (torch.full((4, 6), float("nan")), loader[3][1])
