@@ -58,7 +58,7 @@ class Service:
     def start_slow_training(self, epochs: int, **env: str) -> str:
         """Queues a training of a few seconds an epoch, dispatches it (with env added to the
         controller's, and so the training's, environment), and waits for its first epoch."""
-        slow = make_text_dataset(self.root / "slow", num_train=400, num_val=8)
+        slow = make_text_dataset(self.root / "slow", num_train=240, num_val=8)
         training_id = self("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
                            "batch_size=8", "data.num_workers=0", f"max_epochs={epochs}").stdout.strip()
         self("micontrol", **env)
