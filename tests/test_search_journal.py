@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.testing.pytest_storages import StorageTestCase
 
-from mitorch.service.journal import study_storage
+from mitorch.service.journal import forget_study_storage, kept_study_storage, study_storage
 from mitorch.store.mongo import MongoStore
 from mitorch.store.sqlite import SQLiteStore
 
@@ -85,6 +85,33 @@ def test_several_processes_share_one_study(tmp_path: Path) -> None:
     trials = optuna.load_study(study_name="shared", storage=study_storage(store, "job")).trials
     assert sorted(t.number for t in trials) == list(range(15))
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_a_kept_storage_sees_what_others_wrote_and_does_not_keep_its_store(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    import optuna
+
+    path = tmp_path / "db.sqlite"
+    store, other = SQLiteStore(path), SQLiteStore(path)
+    kept = kept_study_storage(store, "job")
+    study = optuna.create_study(study_name="s", storage=kept, direction="maximize")
+    study.tell(study.ask(), 1.0)
+    assert kept_study_storage(store, "job") is kept
+    # Another controller (another store object, as another process) tells a better trial.
+    elsewhere = optuna.load_study(study_name="s", storage=study_storage(other, "job"))
+    elsewhere.tell(elsewhere.ask(), 3.0)
+    assert [t.value for t in optuna.load_study(study_name="s", storage=kept).trials] == [1.0, 3.0]
+    assert optuna.load_study(study_name="s", storage=kept).best_value == 3.0
+    forget_study_storage(store, "job")
+    assert kept_study_storage(store, "job") is not kept
+    held = weakref.ref(store)
+    store.close()
+    del store, kept, study
+    gc.collect()
+    assert held() is None
+    other.close()
 
 
 def test_a_database_of_the_previous_schema_gains_the_journal_table(tmp_path: Path) -> None:

@@ -77,6 +77,15 @@ class StoreConformance:
         assert store.list_trainings(["completed"], order="recent")[0]["metrics"] == {"top1_accuracy": 0.5}
         counts = store.count_trainings()
         assert counts == {**dict.fromkeys(STATUSES, 0), "new": 3, "completed": 1}
+        assert store.count_trainings(job_id=job) == {**dict.fromkeys(STATUSES, 0), "new": 2, "completed": 1}
+        assert store.count_trainings(job_id="0" * 24) == dict.fromkeys(STATUSES, 0)
+        listed = store.list_trainings(job_id=job, fields=["n", "status", "metrics", "missing"])
+        assert listed == [{"id": ids[0], "n": 0, "status": "new", "metrics": None, "missing": None},
+                          {"id": ids[1], "n": 1, "status": "completed", "metrics": {"top1_accuracy": 0.5},
+                           "missing": None},
+                          {"id": ids[2], "n": 2, "status": "new", "metrics": None, "missing": None}]
+        with pytest.raises(ValueError, match="field name"):
+            store.list_trainings(fields=["data') --"])
 
     def test_results_by_epoch_replace_on_retry(self, store) -> None:
         training_id = store.add_training({})

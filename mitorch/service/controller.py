@@ -100,10 +100,14 @@ def _wait_for_lease(store: JobStore, name: str, holder: str, settings: Settings)
 
 
 def _finish_jobs(store: JobStore, act: Callable[[str], None]) -> None:
+    """Completes the sweep jobs whose trainings have all ended (search jobs end in their own step,
+    which knows whether more trials are to come)."""
     for job in store.list_jobs(["running"]):
-        trainings = store.list_trainings(job_id=job["id"])
-        if trainings and all(t["status"] in FINISHED for t in trainings):
-            counts = {s: sum(t["status"] == s for t in trainings) for s in FINISHED}
+        if job.get("job_type") == "search":
+            continue
+        counts = store.count_trainings(job_id=job["id"])
+        if any(counts.values()) and not any(counts[s] for s in counts if s not in FINISHED):
+            counts = {s: counts[s] for s in FINISHED}
             store.update_job(job["id"], {"status": "completed", "completed_at": store.clock(), "counts": counts})
             act(f"completed job {job['id']} ({', '.join(f'{n} {s}' for s, n in counts.items() if n)})")
 

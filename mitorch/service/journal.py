@@ -6,6 +6,8 @@ controller that loads one.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -51,3 +53,27 @@ class StoreJournalBackend(BaseJournalBackend):
 def study_storage(store: JobStore, journal: str, uri: str | None = None) -> JournalStorage:
     """The Optuna storage of one search job (see StoreJournalBackend for uri)."""
     return JournalStorage(StoreJournalBackend(store, journal, uri))
+
+
+# Storages kept for the life of their store object: a long-running process (micontrol --loop,
+# miviewer) replays a journal once, then reads only the logs appended since, by anyone.
+_kept: weakref.WeakKeyDictionary[JobStore, dict[str, JournalStorage]] = weakref.WeakKeyDictionary()
+_kept_lock = threading.Lock()
+
+
+def kept_study_storage(store: JobStore, journal: str) -> JournalStorage:
+    """study_storage(store, journal), kept while `store` lives. Every read syncs with the
+    journal in the store first (Optuna's JournalStorage does), so what other processes wrote
+    is seen; only the replay of what was read before is saved."""
+    with _kept_lock:
+        storages = _kept.setdefault(store, {})
+        if journal not in storages:
+            # The backend refers to the store weakly, so the cache does not keep the store alive.
+            storages[journal] = study_storage(weakref.proxy(store), journal)  # type: ignore[arg-type]
+        return storages[journal]
+
+
+def forget_study_storage(store: JobStore, journal: str) -> None:
+    """Drops a kept storage (a job that ended)."""
+    with _kept_lock:
+        _kept.get(store, {}).pop(journal, None)

@@ -40,27 +40,28 @@ IMPORTANCE_MIN_TRIALS = 3
 def step(store: JobStore, act: Callable[[str], None]) -> None:
     """One step of every running search job (see the module's docstring)."""
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
+    watched = [training_id for job in jobs for training_id in ((job.get("watch") or {}).get("trainings") or {})]
+    seen = {training["id"]: [training["status"], 0] for training in store.get_trainings(watched)}
+    for training_id, counted in store.count_results(list(seen)).items():
+        seen[training_id][1] = counted["count"]
     for job in jobs:
         try:
-            if not _changed(store, job):
+            if not _changed(store, job, seen):
                 continue
             _Search(store, job, act).run()
         except MiTorchError as e:  # one broken job must not stop the others
             act(f"search job {job['id']}: {' '.join(str(e).split())}")
 
 
-def _changed(store: JobStore, job: dict[str, Any]) -> bool:
-    """Whether the job may have work: anything differs from what its last step left (`watch`)."""
+def _changed(store: JobStore, job: dict[str, Any], seen: dict[str, list[Any]]) -> bool:
+    """Whether the job may have work: anything differs from what its last step left (`watch`);
+    `seen` holds every watched training's [status, results] now."""
     watch = job.get("watch")
     if not watch or job.get("cancel_requested") or watch.get("n_trials") != job["n_trials"]:
         return True
-    if store.read_logs(job["id"], watch["logs"]):
-        return True  # someone wrote to the study after that step (a tick that died part-way)
-    for training_id, seen in watch["trainings"].items():
-        training = store.get_training(training_id)
-        if training is None or [training["status"], len(store.list_results(training_id))] != seen:
-            return True
-    return False
+    if any(seen.get(training_id) != then for training_id, then in watch["trainings"].items()):
+        return True
+    return bool(store.read_logs(job["id"], watch["logs"]))  # a tick that died part-way wrote to the study
 
 
 @contextmanager
@@ -149,14 +150,14 @@ class _Search:
     def __init__(self, store: JobStore, job: dict[str, Any], act: Callable[[str], None]) -> None:
         import optuna
 
-        from mitorch.service.journal import study_storage
+        from mitorch.service.journal import kept_study_storage
         from mitorch.service.search_job import distributions, make_pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.store, self.job, self.act = optuna, store, job, act
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
-        self.storage = storage = study_storage(store, job["id"])
+        self.storage = storage = kept_study_storage(store, job["id"])
         # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
         exists = any(study.study_name == job["id"] for study in storage.get_all_studies())
         open_study = optuna.load_study if exists else optuna.create_study
@@ -169,8 +170,7 @@ class _Search:
         cancelling = bool(self.job.get("cancel_requested"))
         if cancelling:
             cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
-        trainings = {t["trial_number"]: t for t in self.store.list_trainings(job_id=self.job["id"])
-                     if t.get("trial_number") is not None}
+        trainings = {t["trial_number"]: t for t in self._trainings() if t["trial_number"] is not None}
         for trial in self.study.get_trials(deepcopy=False):
             training = trainings.get(trial.number)
             if trial.state == running and training is None:
@@ -195,24 +195,31 @@ class _Search:
             created += 1
             in_flight += 1
         trials = self.study.get_trials(deepcopy=False)
-        summary = {**self._summary(trials), **self._importances(trials), "watch": self._watch(trials)}
+        trainings = self._trainings()
+        summary = {**self._summary(trials, trainings), **self._importances(trials),
+                   "watch": self._watch(trials, trainings)}
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n)
         if (cancelling or created >= self.job["n_trials"]) and not any(t.state == running for t in trials):
             ended = {"status": "cancelled" if cancelling else "completed", "completed_at": self.store.clock()}
             self.store.update_job(self.job["id"], {**summary, **ended})
+            self._forget()
             best = summary["best"]
             self.act(f"{ended['status']} search job {self.job['id']} ({counts}"
                      + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g})" if best else ")"))
         else:
             self.store.update_job(self.job["id"], summary)
 
-    def _watch(self, trials: list[Any]) -> dict[str, Any]:
+    def _trainings(self) -> list[dict[str, Any]]:
+        """The job's trainings, as much of them as a step reads (not their configs)."""
+        return self.store.list_trainings(job_id=self.job["id"],
+                                         fields=["trial_number", "status", "metrics", "prune_requested"])
+
+    def _watch(self, trials: list[Any], trainings: list[dict[str, Any]]) -> dict[str, Any]:
         """What the next tick compares to skip this job when nothing changed (see _changed)."""
         numbers = {t.number for t in trials if t.state == self.optuna.trial.TrialState.RUNNING}
-        watched = {}
-        for training in self.store.list_trainings(job_id=self.job["id"]):
-            if training.get("trial_number") in numbers:
-                watched[training["id"]] = [training["status"], len(self.store.list_results(training["id"]))]
+        running = [training for training in trainings if training.get("trial_number") in numbers]
+        counted = self.store.count_results([training["id"] for training in running])
+        watched = {t["id"]: [t["status"], counted[t["id"]]["count"]] for t in running}
         if len(watched) < len(numbers):
             watched[""] = ["a running trial without a training", 0]  # never matches: look again next tick
         self.study.get_trials(deepcopy=False)  # reads the logs this step wrote
@@ -308,13 +315,20 @@ class _Search:
             if "stop" not in str(e):
                 raise
 
+    def _forget(self) -> None:
+        from mitorch.service.journal import forget_study_storage
+
+        forget_study_storage(self.store, self.job["id"])
+
     def _fail(self, reason: str) -> None:
         cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
-        self.store.update_job(self.job["id"], {**self._summary(self.study.get_trials(deepcopy=False)),
+        self.store.update_job(self.job["id"], {**self._summary(self.study.get_trials(deepcopy=False),
+                                                               self._trainings()),
                                                "status": "failed", "error": reason, "completed_at": self.store.clock()})
+        self._forget()
         self.act(f"failed search job {self.job['id']} ({reason})")
 
-    def _summary(self, trials: list[Any]) -> dict[str, Any]:
+    def _summary(self, trials: list[Any], trainings: list[dict[str, Any]]) -> dict[str, Any]:
         names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
         counts = {name: sum(t.state.name == state for t in trials) for state, name in names.items()}
         done = [t for t in trials if t.state == self.optuna.trial.TrialState.COMPLETE]
@@ -322,8 +336,7 @@ class _Search:
         if done:
             pick = max if self.job["objective"]["direction"] == "maximize" else min
             trial = pick(done, key=lambda t: t.value)
-            training = next(iter(t for t in self.store.list_trainings(job_id=self.job["id"])
-                                 if t.get("trial_number") == trial.number), None)
+            training = next(iter(t for t in trainings if t.get("trial_number") == trial.number), None)
             best = {"number": trial.number, "value": trial.value, "params": dict(trial.params),
                     "training_id": training and training["id"]}
         return {"counts": counts, "trials_created": len(trials), "best": best}

@@ -7,6 +7,7 @@ timezone-aware UTC datetimes, kept to the millisecond (as MongoDB keeps them).
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -115,12 +116,15 @@ class JobStore(ABC):
 
     @abstractmethod
     def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
-                       order: str = "queue", limit: int | None = None) -> list[dict[str, Any]]:
+                       order: str = "queue", limit: int | None = None,
+                       fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Trainings with one of `statuses` (all when None), or of one job.
 
         Args:
             order: "queue" (priority, then oldest first: the dispatch order) or "recent"
                 (newest first).
+            fields: when given, each training is read as its "id" and these top-level fields
+                only (None for a field it lacks): a listing that skips whole configs.
         """
 
     @abstractmethod
@@ -154,8 +158,9 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def count_trainings(self) -> dict[str, int]:
-        """The number of trainings in each status (every status present, zeros included)."""
+    def count_trainings(self, job_id: str | None = None) -> dict[str, int]:
+        """The number of trainings in each status (every status present, zeros included), of
+        one job when job_id is given."""
 
     # -- per-epoch results ----------------------------------------------------------------
 
@@ -299,3 +304,15 @@ def status_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 def default_sqlite_path() -> str:
     """$XDG_DATA_HOME/mitorch/mitorch.db, else ~/.local/share/mitorch/mitorch.db."""
     return str(data_dir() / "mitorch.db")
+
+
+def field_names(fields: Sequence[str]) -> list[str]:
+    """Checks the top-level field names a listing asks for (they become parts of queries).
+
+    Raises:
+        ValueError: a name that is not a plain identifier.
+    """
+    for name in fields:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"not a training field name: {name!r}")
+    return list(fields)

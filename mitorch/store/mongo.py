@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mitorch.errors import first_line
-from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record,
+from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record, field_names,
                                 duplicate_message as _duplicate_message, new_id, now, status_fields, training_record)
 from mitorch.store.uri import redact
 
@@ -121,14 +121,20 @@ class MongoStore(JobStore):
         return _out(self._call(self._db.trainings.find_one, {"_id": training_id}))
 
     def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
-                       order: str = "queue", limit: int | None = None) -> list[dict[str, Any]]:
+                       order: str = "queue", limit: int | None = None,
+                       fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {}
         if statuses is not None:
             query["status"] = {"$in": list(statuses)}
         if job_id is not None:
             query["job_id"] = job_id
-        cursor = self._db.trainings.find(query, sort=_QUEUE if order == "queue" else _RECENT, limit=limit or 0)
-        return [_out(d) for d in self._call(list, cursor)]
+        projection = None if fields is None else dict.fromkeys(field_names(fields), 1)
+        cursor = self._db.trainings.find(query, projection, sort=_QUEUE if order == "queue" else _RECENT,
+                                         limit=limit or 0)
+        trainings = [_out(d) for d in self._call(list, cursor)]
+        if fields is not None:
+            trainings = [{"id": t["id"], **{name: t.get(name) for name in fields}} for t in trainings]
+        return trainings
 
     def claim_training(self, fields: dict[str, Any], from_status: str = "new", to_status: str = "queued",
                        new_attempt: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -163,8 +169,9 @@ class MongoStore(JobStore):
             update["$push"]["status_history"] = history
         return {k: v for k, v in update.items() if v}
 
-    def count_trainings(self) -> dict[str, int]:
-        return {s: self._call(self._db.trainings.count_documents, {"status": s}) for s in STATUSES}
+    def count_trainings(self, job_id: str | None = None) -> dict[str, int]:
+        of_job = {} if job_id is None else {"job_id": job_id}
+        return {s: self._call(self._db.trainings.count_documents, {"status": s, **of_job}) for s in STATUSES}
 
     # -- per-epoch results ----------------------------------------------------------------
 

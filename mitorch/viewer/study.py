@@ -2,7 +2,8 @@
 optimization history, every trial's intermediate values and the parameter importances.
 
 The study is read from Optuna's journal in the job store (mitorch.service.journal), the same
-storage the controller writes; loading a study appends nothing to it. The importances are the
+storage the controller writes; loading a study appends nothing to it, and the viewer keeps
+each study it replayed, reading only the logs appended since. The importances are the
 ones the controller records in the job (mitorch.service.search), as miquery shows them. Optuna
 is imported here only, when a search job's page is asked for.
 """
@@ -19,13 +20,13 @@ def study(store: JobStore, job: dict[str, Any], trainings: Sequence[dict[str, An
     """The study of a search job (see the module's docstring); `trials` is empty before its first tick."""
     import optuna
 
-    from mitorch.service.journal import study_storage
+    from mitorch.service.journal import kept_study_storage
     from mitorch.service.search import trial_state
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = job.get("objective") or {}
     metric, maximize = objective.get("metric"), objective.get("direction", "maximize") == "maximize"
-    storage = study_storage(store, job["id"])
+    storage = kept_study_storage(store, job["id"])  # the viewer runs for days: replay each log once
     if not any(s.study_name == job["id"] for s in storage.get_all_studies()):
         return {"metric": metric, "direction": objective.get("direction"), "trials": [], "history": [],
                 "intermediate": [], "importances": None, "importances_note": _importances(job)[1], "best": None}
