@@ -19,7 +19,7 @@ def test_a_tiny_search_runs_to_completion(tmp_path: Path) -> None:
         "job_type": "search", "name": "tiny", "overrides": [*service.data, "max_epochs=1"],
         "search_space": {"optimizer.lr": "tag(log, interval(1e-3, 1e-1))", "batch_size": "4,8"},
         "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"},
-        "n_trials": 4, "max_concurrent": 2}))
+        "n_trials": 6, "max_concurrent": 2}))
     submitted = service("misubmit", str(job_file))
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.split()[1]
@@ -34,19 +34,19 @@ def test_a_tiny_search_runs_to_completion(tmp_path: Path) -> None:
     view = service.query(job_id)
     job, trials = view["job"], view["trials"]
     assert job["status"] == "completed", actions
-    assert sorted(t["number"] for t in trials) == list(range(4)) and {t["state"] for t in trials} == {"complete"}
-    assert job["counts"] == {"complete": 4, "pruned": 0, "failed": 0, "running": 0} and max(in_flight) <= 2
+    assert sorted(t["number"] for t in trials) == list(range(6)) and {t["state"] for t in trials} == {"complete"}
+    assert job["counts"] == {"complete": 6, "pruned": 0, "failed": 0, "running": 0} and max(in_flight) <= 2
     best = max(trials, key=lambda t: t["value"])
     assert job["best"]["value"] == best["value"] and job["best"]["training_id"] == best["training_id"]
     assert trials[0] == best and all(t["epochs"] == 1 for t in trials)
-    assert job["importances"]["trials"] == 4 and set(job["importances"]["params"]) == {"optimizer.lr", "batch_size"}
+    assert job["importances"]["trials"] == 6 and set(job["importances"]["params"]) == {"optimizer.lr", "batch_size"}
     for trial in trials:
         training = service.training(trial["training_id"])
         assert training["job_id"] == job_id and training["config"]["optimizer"]["lr"] == trial["params"]["optimizer.lr"]
     queued = [a for a in actions if a.startswith("queued trial")]
-    assert len(queued) == 4 and any(a.startswith(f"completed search job {job_id}") for a in actions)
+    assert len(queued) == 6 and any(a.startswith(f"completed search job {job_id}") for a in actions)
     shown = service("miquery", job_id).stdout
-    assert f"search job {job_id} tiny: completed" in shown and "parameter importances (4 complete trials)" in shown
+    assert f"search job {job_id} tiny: completed" in shown and "parameter importances (6 complete trials)" in shown
 
 
 def test_a_stop_request_ends_a_training_as_pruned_after_its_epoch(tmp_path: Path) -> None:
