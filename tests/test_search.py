@@ -323,6 +323,24 @@ def test_cancelling_a_search_job_cancels_its_trainings_and_ends_it(store, tmp_pa
     assert capsys.readouterr().out.strip() == f"unchanged job {job_id} (already cancelled)"
 
 
+def test_requeue_leaves_a_trial_as_its_study_was_told(store, tmp_path: Path, monkeypatch, capsys) -> None:
+    from mitorch.cli import micontrol
+
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    job_id = _search_job(store, tmp_path, n_trials=2)
+    _step(store)
+    failed, done = store.list_trainings(job_id=job_id)
+    store.update_training(failed["id"], {"status": "failed", "error": "boom"})
+    store.update_training(done["id"], {"status": "completed", "metrics": {"top1_accuracy": 0.5}})
+    _step(store)
+    micontrol.main(["requeue", failed["id"]])
+    assert capsys.readouterr().out.strip() == (
+        f"unchanged {failed['id']} (trial 0 of search job {job_id}, whose study keeps how it ended; "
+        f"`misubmit --add-trials 1 {job_id}` asks for another trial)")
+    assert store.get_training(failed["id"])["status"] == "failed"
+    assert [t.state.name for t in _trials(store, job_id)] == ["FAIL", "COMPLETE"]
+
+
 def test_add_trials_extends_a_completed_search_in_the_same_study(store, tmp_path: Path, monkeypatch, capsys) -> None:
     from mitorch.cli import misubmit
 

@@ -68,12 +68,18 @@ def _cancel_training(store: JobStore, training: dict, local: list, say: Callable
 
 def requeue(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None:
     """Queues failed, cancelled, pruned or completed trainings again (a completed one as a fresh
-    run, its earlier result kept in its history)."""
+    run, its earlier result kept in its history). A search job's trial is left as it is: its
+    study was told how it ended, and an Optuna trial never runs again."""
     unknown = []
     for training_id in ids:
         training = store.get_training(training_id)
         if training is None:
             unknown.append(training_id)
+            continue
+        if training.get("job_id") and training.get("trial_number") is not None:
+            say(f"unchanged {training_id} (trial {training['trial_number']} of search job {training['job_id']}, "
+                f"whose study keeps how it ended; `misubmit --add-trials 1 {training['job_id']}` asks for another "
+                "trial)")
             continue
         fields = {"status": "new", "retries": 0, "launch_failures": 0, "cancel_requested": False, "error": None}
         if training["status"] == "completed":
