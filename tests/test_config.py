@@ -43,6 +43,19 @@ def test_command_line_group_choice_drops_the_file_section_for_another_option(tmp
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 0.3
 
 
+@pytest.mark.parametrize("overrides", [["logger.mlflow.tags={team: vision, stage: 2}"],
+                                       ["logger.mlflow.tags.team=vision", "+logger.mlflow.tags.stage=2"],
+                                       ["CONFIG"]])
+def test_mlflow_tags_are_set_in_any_form(overrides: list[str], tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("logger:\n  mlflow:\n    tags: {team: vision, stage: 2}\n")
+    argv = [str(config) if o == "CONFIG" else o for o in overrides]
+    command = parse_command_line([*argv[:1], "logger=[mlflow]", *argv[1:]], "mitrain")
+    assert OmegaConf.to_container(compose(command.overrides).logger.mlflow.tags) == {"team": "vision", "stage": 2}
+    with pytest.raises(ConfigError, match="unknown key 'logger.mlflow.tagz.team'"):
+        compose(["logger=[mlflow]", "logger.mlflow.tagz.team=vision"])
+
+
 def test_legacy_positionals_and_flags_are_overrides(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.json").write_text("{}")

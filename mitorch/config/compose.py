@@ -42,9 +42,31 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     screen_overrides(overrides)
     # The defaults of the selected options are the reference for key names and types.
     reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(overrides).items()))
-    cfg = _compose(overrides, overrides, reference)
+    cfg = _compose(_into_open_mappings(overrides, reference), overrides, reference)
     validate(cfg, reference)
     return cfg
+
+
+def _into_open_mappings(overrides: list[str], reference: DictConfig) -> list[str]:
+    """overrides, with those that set a key of an open mapping (a key whose default is `{}`,
+    such as logger.mlflow.tags) written as Hydra's add-or-override (`++key=value`): without it
+    Hydra refuses `tags.team=vision` and `tags={team: vision}` (and so a config file's tags)
+    as keys that are not in the config."""
+    tree = OmegaConf.to_container(reference, resolve=False)
+    out = []
+    for override in overrides:
+        node: Any = tree
+        opens = False
+        if "=" in override and not override.startswith(("+", "~")):
+            for part in override_key(override).split("."):
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+                if node == {}:
+                    opens = True
+                    break
+        out.append(f"++{override}" if opens else override)
+    return out
 
 
 def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> DictConfig:
