@@ -39,6 +39,15 @@ class TrainingError(MiTorchError):
     """Training cannot go on (for example a non-finite loss)."""
 
 
+class Stopped(MiTorchError):
+    """Training was stopped on purpose at an epoch end (a cancel, a search job's pruner, an
+    attempt that another one replaced); exit_code is the process's exit status."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Interrupted(MiTorchError):
     """Training stopped on SIGTERM or SIGINT after saving a checkpoint to resume from."""
 

@@ -67,5 +67,10 @@ def start(context: Distributed, device: torch.device) -> None:
 
 
 def stop() -> None:
+    """Leaves the process group. Best effort: when another process has already gone (it stopped
+    the run, or failed), tearing down may fail too, and must not hide why this one stops."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - the process is ending; its own error says why
+            pass

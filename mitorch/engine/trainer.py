@@ -26,7 +26,7 @@ from mitorch.engine.checkpoint import load_checkpoint, rng_state, save_checkpoin
 from mitorch.engine.distributed import Distributed
 from mitorch.engine.progress import PlainProgress
 from mitorch.engine.tasks import Task, to_float
-from mitorch.errors import DataError, Interrupted, TrainingError, first_line
+from mitorch.errors import DataError, Interrupted, Stopped, TrainingError, first_line
 
 
 @dataclass
@@ -149,12 +149,36 @@ class Trainer:
                 if epoch % options.val_every_n_epochs == 0 or epoch == options.max_epochs:
                     final = record["val"] = self._validate(val_loader, train_loader, last=epoch == options.max_epochs)
                 self._save_checkpoint(epoch, 0)
+                stopping = None
                 if self.distributed.is_main:
                     self.progress.end_epoch(epoch, {k: v for k, v in record.items() if k not in ("epoch", "val")}
                                             | record.get("val", {}))
-                    for callback in self.epoch_callbacks:
-                        callback(record)
+                    try:
+                        for callback in self.epoch_callbacks:
+                            callback(record)
+                    except Exception as e:  # noqa: BLE001 - raised below, once every process knows
+                        stopping = e
+                self._stop_together(stopping, epoch)
         return final
+
+    def _stop_together(self, stopping: Exception | None, epoch: int) -> None:
+        """Raises `stopping` (what the main process's epoch callbacks raised) and, in a
+        distributed run, stops the other processes with it: without this they would wait for
+        the main process at the next epoch's first all-reduce, until the process group's timeout."""
+        if self.distributed.enabled:
+            # [stopped, on purpose, exit status] from the main process; the others add zeros.
+            told = [0, 0, 0]
+            if stopping is not None:
+                told = [1, int(isinstance(stopping, Stopped)), int(getattr(stopping, "exit_code", 1))]
+            told = self.distributed.all_sum(torch.tensor(told, device=self.device)).tolist()
+            if told[0] and not self.distributed.is_main:
+                if told[1]:
+                    raise Stopped(f"the main process stopped the run at the end of epoch {epoch}; "
+                                  f"process {self.distributed.rank} stops with it", exit_code=told[2])
+                raise TrainingError(f"the main process failed at the end of epoch {epoch} (its output says why); "
+                                    f"process {self.distributed.rank} stops with it")
+        if stopping is not None:
+            raise stopping
 
     def _validate(self, val_loader: Iterable, train_loader: Iterable, last: bool) -> dict[str, Any]:
         model, averaging = self.model, None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mitorch.envvars import env_float
-from mitorch.errors import Interrupted, MiTorchError
+from mitorch.errors import Interrupted, MiTorchError, Stopped
 from mitorch.service import artifacts, remote
 from mitorch.service.artifacts import attempt_dir
 from mitorch.service.datasets import SPLITS, local_split
@@ -31,7 +31,7 @@ T = TypeVar("T")
 REPLACED_EXIT = 75
 
 
-class Cancelled(MiTorchError):
+class Cancelled(Stopped):
     """The training was cancelled (micontrol cancel)."""
 
 
@@ -39,12 +39,11 @@ class Pruned(Cancelled):
     """Its search job's pruner stopped the training: it ends with status pruned."""
 
 
-class Replaced(MiTorchError):
+class Replaced(Stopped):
     """This attempt is no longer the training's current one: another process owns the training."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.exit_code = REPLACED_EXIT
+        super().__init__(message, exit_code=REPLACED_EXIT)
 
 
 def _say(message: str) -> None:
