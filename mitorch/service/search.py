@@ -155,6 +155,7 @@ class _Search:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.store, self.job, self.act = optuna, store, job, act
+        self.wrote = False  # whether this step changed any of the job's trainings
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
         self.storage = storage = kept_study_storage(store, job["id"])
@@ -167,10 +168,11 @@ class _Search:
 
     def run(self) -> None:
         running = self.optuna.trial.TrialState.RUNNING
-        cancelling = bool(self.job.get("cancel_requested"))
+        cancelling = self.wrote = bool(self.job.get("cancel_requested"))
         if cancelling:
             cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
-        trainings = {t["trial_number"]: t for t in self._trainings() if t["trial_number"] is not None}
+        listed = self._trainings()
+        trainings = {t["trial_number"]: t for t in listed if t["trial_number"] is not None}
         for trial in self.study.get_trials(deepcopy=False):
             training = trainings.get(trial.number)
             if trial.state == running and training is None:
@@ -195,9 +197,10 @@ class _Search:
             created += 1
             in_flight += 1
         trials = self.study.get_trials(deepcopy=False)
-        trainings = self._trainings()
-        summary = {**self._summary(trials, trainings), **self._importances(trials),
-                   "watch": self._watch(trials, trainings)}
+        if self.wrote:  # the trainings as this step left them (a status read earlier only makes
+            listed = self._trainings()  # the next tick look again)
+        summary = {**self._summary(trials, listed), **self._importances(trials),
+                   "watch": self._watch(trials, listed)}
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n)
         if (cancelling or created >= self.job["n_trials"]) and not any(t.state == running for t in trials):
             ended = {"status": "cancelled" if cancelling else "completed", "completed_at": self.store.clock()}
@@ -260,6 +263,7 @@ class _Search:
             self._tell(trial, self.optuna.trial.TrialState.FAIL)
             self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
             return
+        self.wrote = True
         try:
             training_id = self.store.add_training({
                 "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
@@ -300,6 +304,7 @@ class _Search:
                 continue
             # The stop request first: a tick that dies before telling leaves a request the next
             # tick finds (and tells); the other order could leave a pruned trial training on.
+            self.wrote = True
             if self.store.update_training(training["id"], {"prune_requested": True}, expected_status=_ACTIVE):
                 self._tell(trial, states.PRUNED)
                 self.act(f"pruned trial {number} of job {self.job['id']} at epoch {epoch} "
