@@ -364,13 +364,14 @@ def test_add_trials_extends_a_completed_search_in_the_same_study(store, tmp_path
 
 @pytest.mark.parametrize("values", [{"optimizer.lr": 0.0123, "batch_size": 8},
                                     {"model.depth": 34, "lr_scheduler.warmup_steps": 3},
-                                    {"model": "mobilenet_v3", "optimizer.lr": 0.5}])
+                                    {"model": "mobilenet_v3", "optimizer.lr": 0.5},
+                                    {"logger.mlflow.tags.team": "vision", "optimizer.lr": 0.5}])
 def test_a_trials_config_is_the_one_compose_gives(values: dict) -> None:
     from omegaconf import OmegaConf
 
     from mitorch.config import compose, compose_with_values
 
-    base = ["max_epochs=2", "model=resnet", "task_type=multiclass_classification"]
+    base = ["max_epochs=2", "model=resnet", "task_type=multiclass_classification", "logger=[mlflow]"]
     fast = compose_with_values(base, values)
     slow = compose([*base, *param_overrides(values)])
     assert OmegaConf.to_container(fast) == OmegaConf.to_container(slow)

@@ -53,20 +53,20 @@ def _into_open_mappings(overrides: list[str], reference: DictConfig) -> list[str
     Hydra refuses `tags.team=vision` and `tags={team: vision}` (and so a config file's tags)
     as keys that are not in the config."""
     tree = OmegaConf.to_container(reference, resolve=False)
-    out = []
-    for override in overrides:
-        node: Any = tree
-        opens = False
-        if "=" in override and not override.startswith(("+", "~")):
-            for part in override_key(override).split("."):
-                if not isinstance(node, dict) or part not in node:
-                    break
-                node = node[part]
-                if node == {}:
-                    opens = True
-                    break
-        out.append(f"++{override}" if opens else override)
-    return out
+    return [f"++{override}" if "=" in override and not override.startswith(("+", "~"))
+            and _in_open_mapping(override_key(override), tree) else override for override in overrides]
+
+
+def _in_open_mapping(key: str, tree: Any) -> bool:
+    """Whether key is, or is inside, a mapping whose default is empty (in tree, a plain config)."""
+    node = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+        if node == {}:
+            return True
+    return False
 
 
 def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> DictConfig:
@@ -84,15 +84,16 @@ def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> 
         return compose([*overrides, *(f"{k}={v if k in GROUPS else format_value(v)}" for k, v in values.items())])
     overrides = tuple(overrides)
     cfg = copy.deepcopy(_composed(overrides))
+    reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items()))
+    tree = OmegaConf.to_container(reference, resolve=False)
     for key, value in values.items():
         try:
-            OmegaConf.update(cfg, key, value, merge=False)
+            OmegaConf.update(cfg, key, value, merge=False, force_add=_in_open_mapping(key, tree))
         except Exception as e:  # noqa: BLE001 - OmegaConf's errors for unknown keys and wrong types
-            reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items()))
             if "not in struct" in str(e) or "Key" in type(e).__name__:
                 raise ConfigError(f"unknown key '{key}'; {_valid_keys_hint(key, reference)}") from None
             raise ConfigError(f"cannot set '{key}': {first_line(e)}") from None
-    validate(cfg, _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items())))
+    validate(cfg, reference)
     return cfg
 
 
