@@ -54,6 +54,11 @@ def test_mlflow_tags_are_set_in_any_form(overrides: list[str], tmp_path: Path) -
     assert OmegaConf.to_container(compose(command.overrides).logger.mlflow.tags) == {"team": "vision", "stage": 2}
     with pytest.raises(ConfigError, match="unknown key 'logger.mlflow.tagz.team'"):
         compose(["logger=[mlflow]", "logger.mlflow.tagz.team=vision"])
+    # A group with no option chosen is not an open mapping: it is chosen, and takes no keys.
+    assert not compose(["logger=[mlflow]", "logger=none"]).logger and not compose(["logger=[none]"]).logger
+    for unknown in ("logger.typo=1", "logger.mlflow.tags.team=vision"):
+        with pytest.raises(ConfigError, match=f"unknown key '{unknown.split('=')[0]}'"):
+            compose([unknown])
 
 
 def test_legacy_positionals_and_flags_are_overrides(tmp_path: Path, monkeypatch) -> None:

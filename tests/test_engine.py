@@ -156,3 +156,20 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"garbage")
     with pytest.raises(DataError, match="junk.pt cannot be loaded"):
         read_weights(tmp_path / "junk.pt")
+
+
+def test_the_local_launcher_raises_the_main_processs_error_first() -> None:
+    import queue
+
+    from mitorch.engine.launch import _raise_reported_error
+    from mitorch.errors import Stopped
+
+    reported = queue.Queue()
+    reported.put(("error", 1, "TrainingError", "the main process failed at the end of epoch 1", 1))
+    reported.put(("error", 0, "DataError", "image a.png is corrupt", 1))
+    with pytest.raises(DataError, match="a.png is corrupt"):
+        _raise_reported_error(reported)
+    reported.put(("error", 1, "Stopped", "the main process stopped the run", 75))
+    with pytest.raises(Stopped) as stopped:
+        _raise_reported_error(reported)
+    assert stopped.value.exit_code == 75

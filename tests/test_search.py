@@ -197,6 +197,29 @@ def test_more_failures_than_max_failed_fail_the_job(store, tmp_path: Path) -> No
     assert store.get_job(job_id)["status"] == "failed" and len(store.list_trainings(job_id=job_id)) == 2
 
 
+def test_a_trial_that_does_not_compose_is_replaced_in_the_same_step(store, tmp_path: Path, monkeypatch) -> None:
+    from mitorch.service import submit
+
+    job_id = _search_job(store, tmp_path, n_trials=6, max_failed=2)
+    real, calls = submit.submission, []
+
+    def first_two_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConfigError("this point does not compose")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(submit, "submission", first_two_fail)
+    actions = _step(store)
+    assert [a.split(" (")[0] for a in actions[:2]] == [f"failed trial 0 of job {job_id}", f"failed trial 1 of job {job_id}"]
+    assert [t["trial_number"] for t in store.list_trainings(job_id=job_id)] == [2, 3]  # 2 in flight all the same
+    assert [t.state.name for t in _trials(store, job_id)] == ["FAIL", "FAIL", "RUNNING", "RUNNING"]
+    monkeypatch.setattr(submit, "submission", lambda *args, **kwargs: (_ for _ in ()).throw(ConfigError("no")))
+    for training in store.list_trainings(job_id=job_id):
+        store.update_training(training["id"], {"status": "completed", "metrics": {"top1_accuracy": 0.5}})
+    assert _step(store)[-1] == f"failed search job {job_id} (3 trials failed, more than max_failed 2)"
+
+
 def test_misubmit_search_stores_the_same_job_as_a_file(store, tmp_path: Path, monkeypatch, capsys) -> None:
     from mitorch.cli import misubmit
 

@@ -79,6 +79,9 @@ class StoreConformance:
         assert counts == {**dict.fromkeys(STATUSES, 0), "new": 3, "completed": 1}
         assert store.count_trainings(job_id=job) == {**dict.fromkeys(STATUSES, 0), "new": 2, "completed": 1}
         assert store.count_trainings(job_id="0" * 24) == dict.fromkeys(STATUSES, 0)
+        store.update_training(ids[2], {"flag": True, "x": 0.1 + 0.2})
+        assert store.list_trainings(job_id=job, fields=["flag", "x"])[2] == {"id": ids[2], "flag": True,
+                                                                           "x": 0.30000000000000004}
         listed = store.list_trainings(job_id=job, fields=["n", "status", "metrics", "missing"])
         assert listed == [{"id": ids[0], "n": 0, "status": "new", "metrics": None, "missing": None},
                           {"id": ids[1], "n": 1, "status": "completed", "metrics": {"top1_accuracy": 0.5},

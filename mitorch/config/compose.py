@@ -58,14 +58,17 @@ def _into_open_mappings(overrides: list[str], reference: DictConfig) -> list[str
 
 
 def _in_open_mapping(key: str, tree: Any) -> bool:
-    """Whether key is, or is inside, a mapping whose default is empty (in tree, a plain config)."""
-    node = tree
-    for part in key.split("."):
+    """Whether key is, or is inside, a mapping whose default is empty (in tree, a plain config),
+    other than a config group with no option chosen (`logger` under logger=none): that one takes
+    no keys, and a group is chosen, never added to."""
+    node, parts = tree, key.split(".")
+    for depth, part in enumerate(parts, 1):
         if not isinstance(node, dict) or part not in node:
             return False
         node = node[part]
         if node == {}:
-            return True
+            prefix = ".".join(parts[:depth])
+            return prefix not in GROUPS and prefix not in _known_groups()
     return False
 
 

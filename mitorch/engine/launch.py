@@ -29,7 +29,7 @@ def _worker(rank: int, world_size: int, port: int, train: Any, args: tuple, resu
     try:
         metrics = train(*args)
     except errors.MiTorchError as e:
-        results.put(("error", type(e).__name__, str(e), getattr(e, "exit_code", 1)))
+        results.put(("error", rank, type(e).__name__, str(e), getattr(e, "exit_code", 1)))
         raise SystemExit(1) from None
     if rank == 0:
         results.put(("metrics", metrics))
@@ -82,11 +82,16 @@ def run_local_processes(world_size: int, train: Any, *args: Any) -> dict[str, An
 
 
 def _raise_reported_error(results: Any) -> None:
+    """Raises the error a process reported: the main process's when it reported one (the others
+    may only say that they stopped with it), else the first."""
+    reported = []
     while not results.empty():
         kind, *payload = results.get()
-        if kind != "error":
-            continue
-        name, message, exit_code = payload
-        if name == "Interrupted":
-            raise errors.Interrupted(message, exit_code) from None
-        raise getattr(errors, name, errors.MiTorchError)(message) from None
+        if kind == "error":
+            reported.append(payload)
+    if not reported:
+        return
+    _, name, message, exit_code = min(reported, key=lambda error: error[0] != 0)
+    if name in ("Interrupted", "Stopped"):
+        raise getattr(errors, name)(message, exit_code) from None
+    raise getattr(errors, name, errors.MiTorchError)(message) from None

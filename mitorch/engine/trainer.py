@@ -170,7 +170,12 @@ class Trainer:
             told = [0, 0, 0]
             if stopping is not None:
                 told = [1, int(isinstance(stopping, Stopped)), int(getattr(stopping, "exit_code", 1))]
-            told = self.distributed.all_sum(torch.tensor(told, device=self.device)).tolist()
+            try:
+                told = self.distributed.all_sum(torch.tensor(told, device=self.device)).tolist()
+            except Exception:  # noqa: BLE001 - a peer already gone: the main process's reason first
+                if stopping is not None:
+                    raise stopping from None
+                raise
             if told[0] and not self.distributed.is_main:
                 if told[1]:
                     raise Stopped(f"the main process stopped the run at the end of epoch {epoch}; "

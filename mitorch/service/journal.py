@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -56,9 +57,11 @@ def study_storage(store: JobStore, journal: str, uri: str | None = None) -> Jour
 
 
 # Storages kept for the life of their store object: a long-running process (micontrol --loop,
-# miviewer) replays a journal once, then reads only the logs appended since, by anyone.
-_kept: weakref.WeakKeyDictionary[JobStore, dict[str, JournalStorage]] = weakref.WeakKeyDictionary()
+# miviewer) replays a journal once, then reads only the logs appended since, by anyone. The most
+# recently used ones are kept, up to _KEPT_PER_STORE a store.
+_kept: weakref.WeakKeyDictionary[JobStore, OrderedDict[str, JournalStorage]] = weakref.WeakKeyDictionary()
 _kept_lock = threading.Lock()
+_KEPT_PER_STORE = 64
 
 
 def kept_study_storage(store: JobStore, journal: str) -> JournalStorage:
@@ -66,14 +69,30 @@ def kept_study_storage(store: JobStore, journal: str) -> JournalStorage:
     journal in the store first (Optuna's JournalStorage does), so what other processes wrote
     is seen; only the replay of what was read before is saved."""
     with _kept_lock:
-        storages = _kept.setdefault(store, {})
-        if journal not in storages:
-            # The backend refers to the store weakly, so the cache does not keep the store alive.
-            storages[journal] = study_storage(weakref.proxy(store), journal)  # type: ignore[arg-type]
-        return storages[journal]
+        storage = _kept.get(store, {}).get(journal)
+    if storage is None:
+        # The first replay, outside the lock (other threads go on with other studies). The
+        # backend refers to the store weakly, so the cache does not keep the store alive.
+        storage = study_storage(weakref.proxy(store), journal)  # type: ignore[arg-type]
+    with _kept_lock:
+        storages = _kept.setdefault(store, OrderedDict())
+        storage = storages.setdefault(journal, storage)
+        storages.move_to_end(journal)
+        while len(storages) > _KEPT_PER_STORE:
+            storages.popitem(last=False)
+        return storage
 
 
 def forget_study_storage(store: JobStore, journal: str) -> None:
     """Drops a kept storage (a job that ended)."""
     with _kept_lock:
         _kept.get(store, {}).pop(journal, None)
+
+
+def keep_only(store: JobStore, journals: Iterable[str]) -> None:
+    """Drops the kept storages of every other journal (jobs that ended, here or elsewhere)."""
+    wanted = set(journals)
+    with _kept_lock:
+        storages = _kept.get(store, {})
+        for journal in [j for j in storages if j not in wanted]:
+            del storages[journal]

@@ -39,7 +39,10 @@ IMPORTANCE_MIN_TRIALS = 3
 
 def step(store: JobStore, act: Callable[[str], None]) -> None:
     """One step of every running search job (see the module's docstring)."""
+    from mitorch.service.journal import keep_only
+
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
+    keep_only(store, (job["id"] for job in jobs))  # studies of jobs that ended elsewhere
     watched = [training_id for job in jobs for training_id in ((job.get("watch") or {}).get("trainings") or {})]
     seen = {training["id"]: [training["status"], 0] for training in store.get_trainings(watched)}
     for training_id, counted in store.count_results(list(seen)).items():
@@ -156,6 +159,7 @@ class _Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.store, self.job, self.act = optuna, store, job, act
         self.wrote = False  # whether this step changed any of the job's trainings
+        self.results_read: dict[str, int] = {}  # training id -> the results _follow reported from
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
         self.storage = storage = kept_study_storage(store, job["id"])
@@ -193,9 +197,14 @@ class _Search:
             from mitorch.service.search_job import make_sampler
 
             self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
-            self._queue(self.study.ask(self.space), recovered=False)
             created += 1
-            in_flight += 1
+            if self._queue(self.study.ask(self.space), recovered=False):
+                in_flight += 1
+                continue
+            failed += 1  # its point did not compose: ask for another in its place
+            if failed > self.job["max_failed"]:
+                self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
+                return
         trials = self.study.get_trials(deepcopy=False)
         if self.wrote:  # the trainings as this step left them (a status read earlier only makes
             listed = self._trainings()  # the next tick look again)
@@ -221,8 +230,10 @@ class _Search:
         """What the next tick compares to skip this job when nothing changed (see _changed)."""
         numbers = {t.number for t in trials if t.state == self.optuna.trial.TrialState.RUNNING}
         running = [training for training in trainings if training.get("trial_number") in numbers]
-        counted = self.store.count_results([training["id"] for training in running])
-        watched = {t["id"]: [t["status"], counted[t["id"]]["count"]] for t in running}
+        # A result _follow did not read (recorded since) must look new to the next tick.
+        counted = self.store.count_results([t["id"] for t in running if t["id"] not in self.results_read])
+        counts = {training_id: c["count"] for training_id, c in counted.items()} | self.results_read
+        watched = {t["id"]: [t["status"], counts[t["id"]]] for t in running}
         if len(watched) < len(numbers):
             watched[""] = ["a running trial without a training", 0]  # never matches: look again next tick
         self.study.get_trials(deepcopy=False)  # reads the logs this step wrote
@@ -247,9 +258,13 @@ class _Search:
             return {}  # e.g. every complete trial has the same params
         return {"importances": {"trials": done, "params": {k: float(v) for k, v in values.items()}}}
 
-    def _queue(self, trial: Any, recovered: bool) -> None:
+    def _queue(self, trial: Any, recovered: bool) -> bool:
         """Queues the trial's training (job_id, trial_number, params); a trial whose point does
-        not compose is told FAIL."""
+        not compose is told FAIL.
+
+        Returns:
+            Whether the trial has its training (False: it was told FAIL).
+        """
         from mitorch.config import compose_with_values
         from mitorch.service.search_job import param_overrides
         from mitorch.service.submit import submission
@@ -262,16 +277,17 @@ class _Search:
         except MiTorchError as e:
             self._tell(trial, self.optuna.trial.TrialState.FAIL)
             self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
-            return
+            return False
         self.wrote = True
         try:
             training_id = self.store.add_training({
                 "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
                 "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides})
         except DuplicateError:
-            return  # another tick queued it in the meantime
+            return True  # another tick queued it in the meantime
         self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
                  + (" (its tick had stopped before queueing it)" if recovered else ""))
+        return True
 
     def _follow(self, trial: Any, training: dict[str, Any]) -> None:
         states = self.optuna.trial.TrialState
@@ -295,7 +311,9 @@ class _Search:
             return
         reported = trial.intermediate_values
         live = self.optuna.trial.Trial(self.study, trial._trial_id)
-        for result in self.store.list_results(training["id"]):
+        results = self.store.list_results(training["id"])
+        self.results_read[training["id"]] = len(results)
+        for result in results:
             epoch, value = result["epoch"], (result.get("val") or {}).get(self.metric)
             if epoch in reported or value is None:
                 continue

@@ -49,6 +49,10 @@ def _encode(record: dict[str, Any]) -> str:
     return json.dumps(record, default=default)
 
 
+# SQLite's `->` JSON operator (3.38 and later).
+_JSON_ARROW = sqlite3.sqlite_version_info >= (3, 38)
+
+
 def _decode(text: str) -> dict[str, Any]:
     def hook(value: dict) -> Any:
         if len(value) == 1 and "$date" in value:
@@ -152,15 +156,20 @@ class SQLiteStore(JobStore):
             where.append("job_id = ?")
             args.append(job_id)
         column = "data"
-        if fields is not None:
-            # json_extract's objects and arrays stay JSON inside json_object.
-            pairs = "".join(f", '{name}', json_extract(data, '$.{name}')" for name in field_names(fields))
+        names = None if fields is None else field_names(fields)
+        if names is not None and _JSON_ARROW:
+            # `->` gives each value as JSON (true stays true, floats keep every digit), and
+            # json_object keeps it JSON.
+            pairs = "".join(f", '{name}', data -> '$.{name}'" for name in names)
             column = f"json_object('id', id{pairs})"
         sql = f"SELECT {column} FROM trainings" + (f" WHERE {' AND '.join(where)}" if where else "")
         sql += " ORDER BY priority, created_at, id" if order == "queue" else " ORDER BY created_at DESC, id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self._rows(sql, args)
+        rows = self._rows(sql, args)
+        if names is not None and not _JSON_ARROW:  # an SQLite before 3.38: whole records, then their fields
+            rows = [{"id": row["id"], **{name: row.get(name) for name in names}} for row in rows]
+        return rows
 
     def claim_training(self, fields: dict[str, Any], from_status: str = "new", to_status: str = "queued",
                        new_attempt: dict[str, Any] | None = None) -> dict[str, Any] | None:
