@@ -76,7 +76,7 @@ def requeue(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None
         if training is None:
             unknown.append(training_id)
             continue
-        if training.get("job_id") and training.get("trial_number") is not None:
+        if training.get("job_id") and training.get("trial_number") is not None and training["status"] in FINISHED:
             say(f"unchanged {training_id} (trial {training['trial_number']} of search job {training['job_id']}, "
                 f"whose study keeps how it ended; `misubmit --add-trials 1 {training['job_id']}` asks for another "
                 "trial)")
