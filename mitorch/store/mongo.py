@@ -170,8 +170,11 @@ class MongoStore(JobStore):
         return {k: v for k, v in update.items() if v}
 
     def count_trainings(self, job_id: str | None = None) -> dict[str, int]:
-        of_job = {} if job_id is None else {"job_id": job_id}
-        return {s: self._call(self._db.trainings.count_documents, {"status": s, **of_job}) for s in STATUSES}
+        match = {} if job_id is None else {"job_id": job_id}
+        groups = self._call(lambda: list(self._db.trainings.aggregate(
+            [{"$match": match}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}])))
+        counts = {group["_id"]: group["n"] for group in groups}
+        return {s: counts.get(s, 0) for s in STATUSES}
 
     # -- per-epoch results ----------------------------------------------------------------
 
