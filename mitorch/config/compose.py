@@ -41,18 +41,18 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     overrides = task_defaults(list(overrides))
     screen_overrides(overrides)
     # The defaults of the selected options are the reference for key names and types.
-    reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(overrides).items()))
-    cfg = _compose(_into_open_mappings(overrides, reference), overrides, reference)
+    selections = _selections(overrides)
+    reference = _reference(selections)
+    cfg = _compose(_into_open_mappings(overrides, _reference_tree(selections)), overrides, reference)
     validate(cfg, reference)
     return cfg
 
 
-def _into_open_mappings(overrides: list[str], reference: DictConfig) -> list[str]:
+def _into_open_mappings(overrides: list[str], tree: dict[str, Any]) -> list[str]:
     """overrides, with those that set a key of an open mapping (a key whose default is `{}`,
     such as logger.mlflow.tags) written as Hydra's add-or-override (`++key=value`): without it
     Hydra refuses `tags.team=vision` and `tags={team: vision}` (and so a config file's tags)
-    as keys that are not in the config."""
-    tree = OmegaConf.to_container(reference, resolve=False)
+    as keys that are not in the config. tree: the reference config (_reference_tree)."""
     return [f"++{override}" if "=" in override and not override.startswith(("+", "~"))
             and _in_open_mapping(override_key(override), tree) else override for override in overrides]
 
@@ -87,8 +87,8 @@ def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> 
         return compose([*overrides, *(f"{k}={v if k in GROUPS else format_value(v)}" for k, v in values.items())])
     overrides = tuple(overrides)
     cfg = copy.deepcopy(_composed(overrides))
-    reference = _reference(tuple(f"{g}={c}" for g, c in group_choices(task_defaults(list(overrides))).items()))
-    tree = OmegaConf.to_container(reference, resolve=False)
+    selections = _selections(task_defaults(list(overrides)))
+    reference, tree = _reference(selections), _reference_tree(selections)
     for key, value in values.items():
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=_in_open_mapping(key, tree))
@@ -103,6 +103,17 @@ def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> 
 @functools.lru_cache(maxsize=8)
 def _composed(overrides: tuple[str, ...]) -> DictConfig:
     return compose(overrides)
+
+
+def _selections(overrides: Sequence[str]) -> tuple[str, ...]:
+    """The group choices of overrides, as the key of a reference config."""
+    return tuple(f"{g}={c}" for g, c in group_choices(overrides).items())
+
+
+@functools.lru_cache(maxsize=32)
+def _reference_tree(selections: tuple[str, ...]) -> dict[str, Any]:
+    """_reference(selections) as plain containers, unresolved (read, never changed)."""
+    return OmegaConf.to_container(_reference(selections), resolve=False)
 
 
 @functools.lru_cache(maxsize=32)

@@ -44,9 +44,7 @@ def step(store: JobStore, act: Callable[[str], None]) -> None:
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
     keep_only(store, (job["id"] for job in jobs))  # studies of jobs that ended elsewhere
     watched = [training_id for job in jobs for training_id in ((job.get("watch") or {}).get("trainings") or {})]
-    seen = {training["id"]: [training["status"], 0] for training in store.get_trainings(watched)}
-    for training_id, counted in store.count_results(list(seen)).items():
-        seen[training_id][1] = counted["count"]
+    seen = _observed(store, store.get_trainings(watched))
     for job in jobs:
         try:
             if not _changed(store, job, seen):
@@ -65,6 +63,16 @@ def _changed(store: JobStore, job: dict[str, Any], seen: dict[str, list[Any]]) -
     if any(seen.get(training_id) != then for training_id, then in watch["trainings"].items()):
         return True
     return bool(store.read_logs(job["id"], watch["logs"]))  # a tick that died part-way wrote to the study
+
+
+def _observed(store: JobStore, trainings: list[dict[str, Any]],
+              known: dict[str, int] | None = None) -> dict[str, list[Any]]:
+    """Each training's [status, results recorded]: what a step leaves in the job's `watch` and
+    the next tick compares. known: result counts already read (training id -> count)."""
+    known = known or {}
+    counted = store.count_results([t["id"] for t in trainings if t["id"] not in known])
+    return {t["id"]: [t["status"], known[t["id"]] if t["id"] in known else counted[t["id"]]["count"]]
+            for t in trainings}
 
 
 @contextmanager
@@ -230,10 +238,8 @@ class _Search:
         """What the next tick compares to skip this job when nothing changed (see _changed)."""
         numbers = {t.number for t in trials if t.state == self.optuna.trial.TrialState.RUNNING}
         running = [training for training in trainings if training.get("trial_number") in numbers]
-        # A result _follow did not read (recorded since) must look new to the next tick.
-        counted = self.store.count_results([t["id"] for t in running if t["id"] not in self.results_read])
-        counts = {training_id: c["count"] for training_id, c in counted.items()} | self.results_read
-        watched = {t["id"]: [t["status"], counts[t["id"]]] for t in running}
+        # The counts _follow reported from: a result recorded since must look new to the next tick.
+        watched = _observed(self.store, running, self.results_read)
         if len(watched) < len(numbers):
             watched[""] = ["a running trial without a training", 0]  # never matches: look again next tick
         self.study.get_trials(deepcopy=False)  # reads the logs this step wrote
