@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import secrets
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from mitorch.store import STATUSES, DuplicateError, StoreError, open_store, redact
+from mitorch.store import STATUSES, DuplicateError, LeaseLost, StoreError, open_store, redact
 from mitorch.store.base import DB_NOW
 from mitorch.store.mongo import MongoStore
 from mitorch.store.sqlite import SQLiteStore
@@ -198,6 +199,39 @@ class StoreConformance:
         for thread in threads:
             thread.join()
         assert len(winners) == 1 and store.get_lease("tick")["holder"] == winners[0]
+
+    def test_a_lease_fences_job_updates(self, store) -> None:
+        job_id, _ = store.add_job({"job_type": "search", "status": "running"})
+        assert store.acquire_lease("step", "host-a", ttl_s=30)
+        assert store.update_job(job_id, {"n_trials": 4}, lease=("step", "host-a"))
+        assert not store.update_job(job_id, {"n_trials": 5}, lease=("step", "host-b"))  # held by another
+        assert not store.update_job(job_id, {"n_trials": 6}, lease=("other", "host-a"))  # never taken
+        assert not store.update_job("0" * 24, {"n_trials": 7}, lease=("step", "host-a"))
+        store.release_lease("step", "host-a")
+        assert store.acquire_lease("step", "host-b", ttl_s=0.05)
+        time.sleep(0.1)  # host-b's lease ran out and no one took it: host-b must renew first
+        assert not store.update_job(job_id, {"n_trials": 8}, lease=("step", "host-b"))
+        assert store.acquire_lease("step", "host-a", ttl_s=30)  # taken over
+        assert not store.update_job(job_id, {"n_trials": 9}, lease=("step", "host-b"))
+        assert store.get_job(job_id)["n_trials"] == 4
+        assert store.update_job(job_id, {"n_trials": 10})  # unfenced, as before
+
+    def test_a_lease_fences_journal_appends(self, store) -> None:
+        assert store.acquire_lease("step", "host-a", ttl_s=30)
+        store.append_logs("study", [{"n": 0}, {"n": 1}], lease=("step", "host-a"))
+        with pytest.raises(LeaseLost, match="host-b lost the lease 'step'"):
+            store.append_logs("study", [{"n": "b"}], lease=("step", "host-b"))
+        store.release_lease("step", "host-a")
+        assert store.acquire_lease("step", "host-b", ttl_s=0.05)
+        time.sleep(0.1)
+        with pytest.raises(LeaseLost, match="host-b lost the lease 'step'"):  # expired, not taken
+            store.append_logs("study", [{"n": "b"}], lease=("step", "host-b"))
+        assert store.acquire_lease("step", "host-a", ttl_s=30)
+        with pytest.raises(LeaseLost, match="host-b lost the lease 'step'") as lost:  # expired and taken over
+            store.append_logs("study", [{"n": "b"}, {"n": "c"}], lease=("step", "host-b"))
+        assert str(pickle.loads(pickle.dumps(lost.value))) == str(lost.value)  # it crosses process boundaries
+        store.append_logs("study", [{"n": 2}], lease=("step", "host-a"))
+        assert store.read_logs("study") == [{"n": 0}, {"n": 1}, {"n": 2}]
 
     def test_a_job_and_its_trainings_are_stored_all_or_nothing(self, store) -> None:
         job_id, ids = store.add_job({"job_type": "sweep", "status": "running"}, [{"n": 0}, {"n": 1}])

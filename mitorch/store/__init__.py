@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 
 from mitorch.errors import first_line
-from mitorch.store.base import (ACTIVE, DEFAULT_PRIORITY, FINISHED, STATUSES, DuplicateError, JobStore, StoreError,
-                                default_sqlite_path)
+from mitorch.store.base import (ACTIVE, DEFAULT_PRIORITY, FINISHED, STATUSES, DuplicateError, JobStore, LeaseLost,
+                                StoreError, default_sqlite_path)
 from mitorch.store.uri import redact
 
-__all__ = ["ACTIVE", "DEFAULT_PRIORITY", "FINISHED", "STATUSES", "DuplicateError", "JobStore", "StoreError", "open_store",
-           "redact"]
+__all__ = ["ACTIVE", "DEFAULT_PRIORITY", "FINISHED", "STATUSES", "DuplicateError", "JobStore", "LeaseLost", "StoreError",
+           "open_store", "redact"]
 
 
 def open_store(uri: str | None = None) -> JobStore:

@@ -34,6 +34,20 @@ class DuplicateError(StoreError):
     """A record with the same id, or a training with the same (job_id, trial_number), exists."""
 
 
+class LeaseLost(StoreError):
+    """A write fenced by a lease was refused: its holder no longer holds the lease (it expired, or
+    another holder took it)."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        super().__init__(f"{holder} lost the lease {name!r} (it expired or another holder took it); "
+                         "nothing was written: renew it with acquire_lease before writing again")
+        self.name, self.holder = name, holder
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from (name, holder), not from the message, when it crosses a process boundary.
+        return type(self), (self.name, self.holder)
+
+
 class _DatabaseNow:
     """A field value the backend replaces with the database's own clock at the moment of the write."""
 
@@ -194,8 +208,16 @@ class JobStore(ABC):
         """The job, or None."""
 
     @abstractmethod
-    def update_job(self, job_id: str, fields: dict[str, Any]) -> bool:
-        """Sets fields of a job; whether it exists."""
+    def update_job(self, job_id: str, fields: dict[str, Any], lease: tuple[str, str] | None = None) -> bool:
+        """Sets fields of a job.
+
+        Args:
+            lease: (name, holder): the job is updated only while holder holds the lease `name`
+                unexpired on the database's clock (an expired lease must be renewed first).
+
+        Returns:
+            Whether the job exists and was updated (False when the lease is not held).
+        """
 
     @abstractmethod
     def list_jobs(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -241,10 +263,17 @@ class JobStore(ABC):
     # -- Optuna journals ------------------------------------------------------------------
 
     @abstractmethod
-    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]]) -> None:
+    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]], lease: tuple[str, str] | None = None) -> None:
         """Appends logs (JSON-serialisable dicts) to the journal `journal`, each with the next log
         number: numbers are dense from 0 and every reader sees the logs in one order, also when
         several processes append at once.
+
+        Args:
+            lease: (name, holder): the logs are appended only while holder holds the lease `name`
+                unexpired on the database's clock.
+
+        Raises:
+            LeaseLost: holder does not hold the lease; nothing was appended.
         """
 
     @abstractmethod

@@ -7,8 +7,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from mitorch.errors import first_line
-from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record, field_names,
-                                duplicate_message as _duplicate_message, new_id, now, status_fields, training_record)
+from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, LeaseLost, StoreError, dataset_record,
+                                field_names, duplicate_message as _duplicate_message, new_id, now, status_fields,
+                                training_record)
 from mitorch.store.uri import redact
 
 DATABASE = "mitorch"
@@ -216,7 +217,16 @@ class MongoStore(JobStore):
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         return _out(self._call(self._db.jobs.find_one, {"_id": job_id}))
 
-    def update_job(self, job_id: str, fields: dict[str, Any]) -> bool:
+    def update_job(self, job_id: str, fields: dict[str, Any], lease: tuple[str, str] | None = None) -> bool:
+        """Sets fields of a job (see JobStore.update_job).
+
+        With a lease, the lease is checked, then the job is written: two requests, not one atomic
+        step. A holder paused between the two for longer than the lease's remaining time could
+        still write once after another holder took over; callers renew the lease just before
+        each write, so that remaining time is a whole ttl.
+        """
+        if lease is not None and not self._holds(lease):
+            return False
         return self._call(self._db.jobs.update_one, {"_id": job_id}, {"$set": dict(fields)}).matched_count == 1
 
     def list_jobs(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -259,6 +269,14 @@ class MongoStore(JobStore):
             raise StoreError(f"database request failed: {first_line(e)}") from None
         return True
 
+    def _holds(self, lease: tuple[str, str]) -> bool:
+        """Whether holder holds the lease unexpired, judged in one request: the read stamps the
+        database's clock on the lease's record and returns both."""
+        name, holder = lease
+        document = self._call(self._db.leases.find_one_and_update, {"_id": name, "holder": holder},
+                              {"$currentDate": {"checked_at": True}}, return_document=self._return_after)
+        return document is not None and _utc(document["checked_at"]) < _utc(document["expires_at"])
+
     def release_lease(self, name: str, holder: str) -> None:
         self._call(self._db.leases.delete_one, {"_id": name, "holder": holder})
 
@@ -269,7 +287,17 @@ class MongoStore(JobStore):
 
     # -- Optuna journals ------------------------------------------------------------------
 
-    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]]) -> None:
+    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]], lease: tuple[str, str] | None = None) -> None:
+        """Appends logs to a journal (see JobStore.append_logs).
+
+        With a lease, the lease is checked once, then the logs are appended: separate requests,
+        not one atomic step. A holder paused between the check and the appends for longer than
+        the lease's remaining time could still append once after another holder took over;
+        callers renew the lease just before each append, so that remaining time is a whole ttl.
+
+        Raises:
+            LeaseLost: holder does not hold the lease at the check; nothing was appended.
+        """
         import json
 
         from pymongo.write_concern import WriteConcern
@@ -279,6 +307,8 @@ class MongoStore(JobStore):
         # that number first; a separate counter would leave a hole when its writer died between
         # the two steps, and readers would disagree on the order.
         texts = [json.dumps(log) for log in logs]
+        if lease is not None and not self._holds(lease):
+            raise LeaseLost(*lease)
         journals = self._db.get_collection("optuna_journal", write_concern=WriteConcern("majority"))
         for text in texts:
             while True:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mitorch.envvars import env_float
-from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, StoreError, dataset_record, field_names,
-                                duplicate_message as _duplicate_message, new_id, now, set_path, status_fields,
-                                training_record)
+from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, LeaseLost, StoreError, dataset_record,
+                                field_names, duplicate_message as _duplicate_message, new_id, now, set_path,
+                                status_fields, training_record)
 
 # Version 2: attempts and leases; 3: Optuna journals; 4: one training per search trial. A
 # database written by a newer MiTorch is refused, not misread.
@@ -250,8 +250,12 @@ class SQLiteStore(JobStore):
         rows = self._rows("SELECT data FROM jobs WHERE id = ?", (job_id,))
         return rows[0] if rows else None
 
-    def update_job(self, job_id: str, fields: dict[str, Any]) -> bool:
+    def update_job(self, job_id: str, fields: dict[str, Any], lease: tuple[str, str] | None = None) -> bool:
+        # The lease check and the write share one immediate transaction: no other process can
+        # take the lease between them.
         with self._transaction() as db:
+            if lease is not None and not _holds(db, lease):
+                return False
             row = db.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 return False
@@ -310,9 +314,11 @@ class SQLiteStore(JobStore):
 
     # -- Optuna journals ------------------------------------------------------------------
 
-    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]]) -> None:
+    def append_logs(self, journal: str, logs: Sequence[dict[str, Any]], lease: tuple[str, str] | None = None) -> None:
         texts = [json.dumps(log) for log in logs]  # checked before the write lock is taken
-        with self._transaction() as db:  # the write lock makes max + 1 safe
+        with self._transaction() as db:  # the write lock makes max + 1 safe, and the lease check atomic
+            if lease is not None and not _holds(db, lease):
+                raise LeaseLost(*lease)
             last = db.execute("SELECT MAX(number) FROM optuna_journal WHERE journal = ?", (journal,)).fetchone()[0]
             start = -1 if last is None else last
             db.executemany("INSERT INTO optuna_journal VALUES (?, ?, ?)",
@@ -367,6 +373,13 @@ def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
     # SQLite caps the number of parameters of one statement.
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def _holds(db: sqlite3.Connection, lease: tuple[str, str]) -> bool:
+    """Whether the lease (name, holder) is held by holder and unexpired now."""
+    name, holder = lease
+    row = db.execute("SELECT holder, expires_at FROM leases WHERE name = ?", (name,)).fetchone()
+    return row is not None and row[0] == holder and datetime.fromisoformat(row[1]) > now()
 
 
 def _stamped(fields: dict[str, Any]) -> dict[str, Any]:
