@@ -162,6 +162,20 @@ class StoreConformance:
         assert [a.get("pid") for a in training["attempts"]] == [7, 8]
         assert not store.update_training(store.add_training({}), {"status": "running"}, attempt=1)
 
+    def test_results_of_an_attempt_are_stored_only_while_it_runs(self, store) -> None:
+        training_id = store.add_training({})
+        store.claim_training({}, new_attempt={})
+        for status in ("queued", "cancelled", "failed", "completed", "pruned", "new"):
+            store.update_training(training_id, {"status": status})
+            assert store.get_training(training_id)["attempt"] == 1
+            assert not store.put_result(training_id, {"epoch": 1, "status_was": status}, attempt=1)
+        assert store.list_results(training_id) == []
+        store.update_training(training_id, {"status": "running"})
+        assert not store.put_result(training_id, {"epoch": 1}, attempt=2)
+        assert store.put_result(training_id, {"epoch": 1, "loss": 0.5}, attempt=1)
+        assert [(r["epoch"], r["loss"]) for r in store.list_results(training_id)] == [(1, 0.5)]
+        assert not store.put_result("0" * 24, {"epoch": 1}, attempt=1)
+
     def test_db_now_stamps_the_databases_clock(self, store) -> None:
         training_id = store.add_training({})
         before = store.clock()

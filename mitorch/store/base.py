@@ -183,7 +183,9 @@ class JobStore(ABC):
         """Stores one epoch's result (result["epoch"]); a second one for that epoch replaces it.
 
         Args:
-            attempt: when given, the result is stored only while the training holds that attempt.
+            attempt: when given, the result is stored only while the training holds that attempt
+                and is "running": a process back from an outage adds nothing to a training that
+                was requeued, cancelled or ended meanwhile, even under the same attempt.
 
         Returns:
             Whether it was stored.

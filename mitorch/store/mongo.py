@@ -42,6 +42,11 @@ def _in(record: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def _attempt_query(attempt: int) -> Any:
+    # A training never claimed has no attempt field: it holds attempt 0.
+    return attempt if attempt else {"$in": [0, None]}
+
+
 class MongoStore(JobStore):
     """A JobStore in a MongoDB database.
 
@@ -155,7 +160,7 @@ class MongoStore(JobStore):
             expected = [expected_status] if isinstance(expected_status, str) else list(expected_status)
             query["status"] = {"$in": expected}
         if attempt is not None:
-            query["attempt"] = attempt if attempt else {"$in": [0, None]}
+            query["attempt"] = _attempt_query(attempt)
         result = self._call(self._db.trainings.update_one, query, self._update(fields))
         return result.matched_count == 1
 
@@ -183,9 +188,11 @@ class MongoStore(JobStore):
         record = {**result, "training_id": training_id, "recorded_at": now()}
         if attempt is not None:
             # Checked, then written: a successor that takes over in between writes its own
-            # result for the same epoch, which replaces this one.
+            # result for the same epoch, which replaces this one; a training ended in between
+            # keeps this one result of the epoch it was running.
             record["attempt"] = attempt
-            if self._call(self._db.trainings.count_documents, {"_id": training_id, "attempt": attempt}) == 0:
+            current = {"_id": training_id, "status": "running", "attempt": _attempt_query(attempt)}
+            if self._call(self._db.trainings.count_documents, current) == 0:
                 return False
         self._call(self._db.training_results.replace_one, {"training_id": training_id, "epoch": int(result["epoch"])},
                    record, upsert=True)

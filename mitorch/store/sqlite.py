@@ -225,8 +225,8 @@ class SQLiteStore(JobStore):
             record["attempt"] = attempt
         with self._transaction() as db:
             if attempt is not None:
-                row = db.execute("SELECT data FROM trainings WHERE id = ?", (training_id,)).fetchone()
-                if row is None or _decode(row[0]).get("attempt", 0) != attempt:
+                row = db.execute("SELECT status, data FROM trainings WHERE id = ?", (training_id,)).fetchone()
+                if row is None or row[0] != "running" or _decode(row[1]).get("attempt", 0) != attempt:
                     return False
             db.execute("INSERT OR REPLACE INTO training_results VALUES (?, ?, ?)",
                        (training_id, int(result["epoch"]), _encode(record)))
