@@ -184,6 +184,17 @@ class StoreConformance:
         assert before.tzinfo is not None and beat.tzinfo is not None
         assert before - timedelta(seconds=1) <= beat <= store.clock() + timedelta(seconds=1)
 
+    def test_db_now_stamps_a_dotted_path_with_the_databases_clock(self, store) -> None:
+        training_id = store.add_training({})
+        store.claim_training({}, new_attempt={"executor": "local:a"})
+        before = store.clock()
+        assert store.update_training(training_id, {"attempts.0.started_at": DB_NOW}, attempt=1)
+        after = store.clock()
+        entry = store.get_training(training_id)["attempts"][0]
+        assert entry["executor"] == "local:a" and isinstance(entry["started_at"], datetime)
+        assert entry["started_at"].tzinfo is not None
+        assert before - timedelta(seconds=1) <= entry["started_at"] <= after + timedelta(seconds=1)
+
     def test_leases_expire_and_hold_against_others(self, store) -> None:
         assert store.get_lease("jobs") is None
         assert store.acquire_lease("jobs", "host-a", ttl_s=30)
@@ -327,6 +338,20 @@ class TestMongoStoreOnMongomock(StoreConformance):
     @pytest.mark.skip(reason="mongomock is not thread-safe; runs on a real server (MITORCH_TEST_MONGODB_URI)")
     def test_racing_journal_appends_keep_every_log_once(self, store) -> None:
         pass
+
+
+def test_mongodb_stamps_the_servers_clock_not_this_machines(monkeypatch) -> None:
+    mongomock = pytest.importorskip("mongomock")
+    ahead = timedelta(hours=3)  # the server's clock runs 3 hours ahead of this machine's
+    monkeypatch.setattr(mongomock, "utcnow", lambda: datetime.now(timezone.utc).replace(tzinfo=None) + ahead)
+    store = MongoStore(client=mongomock.MongoClient(tz_aware=True))
+    training_id = store.add_training({})
+    store.claim_training({}, new_attempt={})
+    store.update_training(training_id, {"heartbeat_at": DB_NOW, "attempts.0.started_at": DB_NOW})
+    training = store.get_training(training_id)
+    server_now = datetime.now(timezone.utc) + ahead
+    for stamp in (store.clock(), training["heartbeat_at"], training["attempts"][0]["started_at"]):
+        assert abs(stamp - server_now) < timedelta(minutes=5)
 
 
 @pytest.mark.skipif(not os.environ.get("MITORCH_TEST_MONGODB_URI"), reason="set MITORCH_TEST_MONGODB_URI")
