@@ -9,9 +9,6 @@ heartbeat has expired. Every time is judged on the database's clock.
 """
 from __future__ import annotations
 
-import os
-import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,7 +17,8 @@ from typing import Any
 from mitorch.envvars import env_float, env_int
 from mitorch.service.artifacts import log_tail
 from mitorch.service.executors import Executor, LaunchError, LocalExecutor
-from mitorch.store import JobStore
+from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+from mitorch.store import JobStore, LeaseLost, StoreError
 from mitorch.store.base import DB_NOW, FINISHED
 
 
@@ -55,78 +53,95 @@ def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str],
 
     Returns:
         One line per action ("dispatched ID ...", "requeued ID ...", "failed ID ...", ...).
+
+    Raises:
+        MiTorchError: the executor cannot run trainings with these settings (checked before
+            anything is claimed).
     """
     executor = executor or LocalExecutor()
     settings = settings or Settings()
+    executor.check_ready()
     actions: list[str] = []
 
     def act(line: str) -> None:
         actions.append(line)
         say(line)
 
-    holder = f"{executor.name}:{os.getpid()}:{secrets.token_hex(4)}"
-    lease = f"tick:{executor.name}"
-    if not _wait_for_lease(store, lease, holder, settings):
+    holder = new_holder(executor.name)
+    lease = Lease(store, f"tick:{executor.name}", holder, settings.tick_lease_s)
+    if not lease.take(settings.tick_wait_s):
         act(f"skipped: another tick of {executor.name} still holds its lease")
         return actions
     try:
         # Other hosts take this executor's trainings over only once this marker has expired.
         store.acquire_lease(f"executor:{executor.name}", executor.name, settings.heartbeat_timeout.total_seconds())
-        active = _Reconciler(store, executor, act, settings).run()
+        active = _Reconciler(store, executor, act, settings, lease).run()
         # Search jobs before dispatch: a trial queued now is dispatched by this same tick.
-        if store.acquire_lease("jobs", holder, settings.tick_lease_s):  # once across hosts
-            try:
-                if any(job.get("job_type") == "search" for job in store.list_jobs(["running"])):
-                    from mitorch.service import search  # imports Optuna only when a job needs a step
-
-                    search.step(store, act)
-                _finish_jobs(store, act)
-            finally:
-                store.release_lease("jobs", holder)
-        _dispatch(store, executor, act, active, settings,
-                  lambda: store.acquire_lease(lease, holder, settings.tick_lease_s))
+        _step_jobs(store, act, Lease(store, JOBS_LEASE, holder, settings.tick_lease_s))
+        _dispatch(store, executor, act, active, lease, settings)
+    except LeaseLost as e:  # a tick slower than its lease: another tick took over; it stops here
+        act(f"stopped: {e}")
     finally:
-        store.release_lease(lease, holder)
+        lease.release()
     return actions
 
 
-def _wait_for_lease(store: JobStore, name: str, holder: str, settings: Settings) -> bool:
-    deadline = time.monotonic() + settings.tick_wait_s
-    while not store.acquire_lease(name, holder, settings.tick_lease_s):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.2)
-    return True
+def _step_jobs(store: JobStore, act: Callable[[str], None], lease: Lease) -> None:
+    """Steps the search jobs and completes ended sweep jobs, once across hosts (the jobs lease)."""
+    if not lease.take():
+        return
+    try:
+        if any(job.get("job_type") == "search" for job in store.list_jobs(["running"])):
+            from mitorch.service import search  # imports Optuna only when a job needs a step
+
+            search.step(store, act, lease)
+        _finish_jobs(store, act, lease)
+    except LeaseLost as e:
+        act(f"stopped stepping the search jobs: {e}")
+    finally:
+        lease.release()
 
 
-def _finish_jobs(store: JobStore, act: Callable[[str], None]) -> None:
+def _finish_jobs(store: JobStore, act: Callable[[str], None], lease: Lease) -> None:
     """Completes the sweep jobs whose trainings have all ended (search jobs end in their own step,
     which knows whether more trials are to come)."""
     for job in store.list_jobs(["running"]):
         if job.get("job_type") == "search":
             continue
+        lease.keep()
         counts = store.count_trainings(job_id=job["id"])
         if any(counts.values()) and not any(counts[s] for s in counts if s not in FINISHED):
             counts = {s: counts[s] for s in FINISHED}
-            store.update_job(job["id"], {"status": "completed", "completed_at": store.clock(), "counts": counts})
+            fields = {"status": "completed", "completed_at": store.clock(), "counts": counts}
+            if not store.update_job(job["id"], fields, lease=lease.fence):
+                raise LeaseLost(*lease.fence)
             act(f"completed job {job['id']} ({', '.join(f'{n} {s}' for s, n in counts.items() if n)})")
 
 
 class _Reconciler:
     """Acts on the executor's lost, silent, cancelled or never-launched trainings."""
 
-    def __init__(self, store: JobStore, executor: Executor, act: Callable[[str], None], settings: Settings) -> None:
-        self.store, self.executor, self.act, self.settings = store, executor, act, settings
+    def __init__(self, store: JobStore, executor: Executor, act: Callable[[str], None], settings: Settings,
+                 lease: Lease) -> None:
+        self.store, self.executor, self.act, self.settings, self.lease = store, executor, act, settings, lease
         self.clock = store.clock()
 
     def run(self) -> list[dict[str, Any]]:
         """Returns the executor's trainings that still hold a slot."""
         active = []
         for training in self.store.list_trainings(["queued", "running"]):
-            if training.get("executor") != self.executor.name:
-                self._maybe_take_over(training)
-            elif self._reconcile(training):
-                active.append(training)
+            self.lease.keep()
+            try:
+                if training.get("executor") != self.executor.name:
+                    self._maybe_take_over(training)
+                elif self._reconcile(training):
+                    active.append(training)
+            except StoreError as e:  # one training's failed write must not stop the others
+                if isinstance(e, LeaseLost):
+                    raise
+                self.act(f"skipped {training['id']} this tick ({' '.join(str(e).split())})")
+                if training.get("executor") == self.executor.name:
+                    active.append(training)  # it may hold a slot: count it
         return active
 
     def _age(self, moment: datetime | None) -> timedelta:
@@ -162,17 +177,14 @@ class _Reconciler:
         # Gone, or silent where the executor cannot tell: the attempt fencing makes a live
         # process of it harmless, since its next write is refused and it stops.
         if state == "gone":
-            reason = "its process is gone" if training["status"] == "running" else "it exited before it started"
+            reason = self.executor.gone_reason(training) or (
+                "its process is gone" if training["status"] == "running" else "it exited before it started")
         else:
             reason = f"{silence} and its executor cannot tell"
         tail = log_tail(training["id"], training.get("attempt", 0), lines=3)
         if tail and training["status"] == "queued":  # a crash at start-up: its log says why
             reason += " (log: " + " | ".join(tail.splitlines()) + ")"
-        if training.get("cancel_requested"):
-            self._end(training, {"status": "cancelled", "completed_at": DB_NOW}, "cancelled",
-                      f"cancelled {training['id']} ({reason})")
-        else:
-            self._requeue(training, reason, retry=True)
+        self._requeue(training, reason, retry=True)
         return False
 
     def _stop(self, training: dict[str, Any], why: str) -> None:
@@ -180,17 +192,32 @@ class _Reconciler:
         grace, at once. The training keeps its slot until its run is gone."""
         asked = training.get("stop_requested_at")
         if asked is None:
-            self.executor.cancel(training)
+            if not self.executor.cancel(training):
+                self.act(f"cancel refused {training['id']} ({why}; {self.executor.name} refused to stop its run; "
+                         "asking again next tick)")
+                return
             self.store.update_training(training["id"], {"stop_requested_at": DB_NOW},
                                        expected_status=training["status"], attempt=training.get("attempt", 0))
             self.act(f"stopping {training['id']} ({why})")
         elif self._age(asked) > self.settings.kill_grace:
-            self.executor.cancel(training, force=True)
-            self.act(f"killed {training['id']} ({why}; still running {self.settings.kill_grace} after SIGTERM)")
+            if self.executor.cancel(training, force=True):
+                self.act(f"killed {training['id']} ({why}; still running {self.settings.kill_grace} after SIGTERM)")
+            else:
+                self.act(f"cancel refused {training['id']} ({why}; {self.executor.name} refused to kill its run "
+                         f"still running {self.settings.kill_grace} after SIGTERM; asking again next tick)")
 
     def _requeue(self, training: dict[str, Any], reason: str, retry: bool) -> None:
+        """Puts a training whose run is over back in the queue; one whose cancel (or pruning) was
+        asked for while its run was out of reach ends as asked instead, using no retry."""
         retries = training.get("retries", 0)
-        if not retry:
+        if training.get("cancel_requested"):
+            self._end(training, {"status": "cancelled", "completed_at": DB_NOW}, "cancelled",
+                      f"cancelled {training['id']} ({reason})")
+        elif training.get("prune_requested"):
+            self._end(training, {"status": "pruned", "completed_at": DB_NOW,
+                                 "error": "pruned by its search job while its run was out of reach"},
+                      "pruned", f"pruned {training['id']} ({reason})")
+        elif not retry:
             fields = {"status": "new", "requeue_reason": reason}
             self._end(training, fields, "requeued", f"requeued {training['id']} ({reason}; no retry used)")
         elif retries < self.settings.max_retries:
@@ -224,33 +251,35 @@ class _Reconciler:
 
 
 def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], active: list[dict[str, Any]],
-              settings: Settings, renew: Callable[[], bool]) -> None:
+              lease: Lease, settings: Settings) -> None:
     busy_gpus = {t["gpu"] for t in active if t.get("gpu") is not None}
     free = executor.capacity - len(active)
     failed_launches: list[tuple[dict[str, Any], str]] = []
-    while free > 0:
-        training = store.claim_training(
-            {"executor": executor.name, "dispatched_at": DB_NOW, "run_id": None, "pid": None, "host": None,
-             "heartbeat_at": None, "stop_requested_at": None},
-            new_attempt={"executor": executor.name, "dispatched_at": DB_NOW})
-        if training is None:
-            break
-        attempt = training["attempt"]
-        gpu = executor.free_gpu(busy_gpus)
-        try:
-            run_id = executor.launch(training, gpu)
-        except LaunchError as e:
-            failed_launches.append((training, str(e)))  # back to the queue after this tick's claims
-            continue
-        store.update_training(training["id"], {"run_id": run_id, "gpu": gpu, f"attempts.{attempt - 1}.run_id": run_id},
-                              attempt=attempt)
-        if gpu is not None:
-            busy_gpus.add(gpu)
-        free -= 1
-        renew()
-        act(f"dispatched {training['id']} to {run_id}" + (f" (GPU {gpu})" if gpu is not None else ""))
-    for training, error in failed_launches:
-        _launch_failed(store, training, error, settings, act)
+    try:
+        while free > 0:
+            lease.keep()  # a tick that lost its lease claims nothing more
+            training = store.claim_training(
+                {"executor": executor.name, "dispatched_at": DB_NOW, "run_id": None, "pid": None, "host": None,
+                 "heartbeat_at": None, "stop_requested_at": None},
+                new_attempt={"executor": executor.name, "dispatched_at": DB_NOW})
+            if training is None:
+                break
+            attempt = training["attempt"]
+            gpu = executor.free_gpu(busy_gpus)
+            try:
+                run_id = executor.launch(training, gpu)
+            except LaunchError as e:
+                failed_launches.append((training, str(e)))  # back to the queue after this tick's claims
+                continue
+            store.update_training(training["id"], {"run_id": run_id, "gpu": gpu,
+                                                   f"attempts.{attempt - 1}.run_id": run_id}, attempt=attempt)
+            if gpu is not None:
+                busy_gpus.add(gpu)
+            free -= 1
+            act(f"dispatched {training['id']} to {run_id}" + (f" (GPU {gpu})" if gpu is not None else ""))
+    finally:  # also when the lease was lost: a claimed training goes back to the queue
+        for training, error in failed_launches:
+            _launch_failed(store, training, error, settings, act)
 
 
 def _launch_failed(store: JobStore, training: dict[str, Any], error: str, settings: Settings,

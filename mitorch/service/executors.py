@@ -52,8 +52,26 @@ class Executor(ABC):
         "unknown" (cannot tell from here)."""
 
     @abstractmethod
-    def cancel(self, training: dict[str, Any], force: bool = False) -> None:
-        """Asks the training's run to stop (it checkpoints first); force: stops it at once."""
+    def cancel(self, training: dict[str, Any], force: bool = False) -> bool:
+        """Asks the training's run to stop (it checkpoints first); force: stops it at once.
+
+        Returns:
+            Whether the request was accepted (a run already gone counts as stopped); False when
+            the executor's service refused it.
+        """
+
+    def gone_reason(self, training: dict[str, Any]) -> str | None:
+        """After state() said "gone": why, when the executor knows more than that the run ended
+        (e.g. it cancelled a job stuck in its service); None otherwise."""
+        return None
+
+    def check_ready(self) -> None:
+        """Checks, before a tick claims anything, that this executor can run trainings with the
+        current settings (e.g. it can reach where artifacts go).
+
+        Raises:
+            MiTorchError: one line naming what to fix.
+        """
 
     def waiting(self, training: dict[str, Any]) -> bool:
         """Whether the training's run waits for the executor to start it (an AzureML job queued
@@ -131,10 +149,12 @@ class LocalExecutor(Executor):
             _reap(pid)
         return "running" if alive else "gone"
 
-    def cancel(self, training: dict[str, Any], force: bool = False) -> None:
+    def cancel(self, training: dict[str, Any], force: bool = False) -> bool:
         process = self._process(training)
-        if process is None or self.state(training) != "running":
-            return
+        if process is None:
+            return False  # not a process of this machine
+        if self.state(training) != "running":
+            return True
         try:
             if force:
                 os.killpg(process[0], signal.SIGKILL)  # its data-loading workers too
@@ -142,6 +162,17 @@ class LocalExecutor(Executor):
                 os.kill(process[0], signal.SIGTERM)
         except ProcessLookupError:
             pass
+        except PermissionError:
+            return False
+        return True
+
+    def check_ready(self) -> None:
+        """Local processes write artifacts to a local folder or a Blob container; any other
+        MITORCH_ARTIFACTS_URI is refused before a training is claimed."""
+        from mitorch.service.artifacts import artifacts_root, remote_root
+
+        remote_root()
+        artifacts_root()
 
 
 def _start_time(pid: int) -> str | None:

@@ -31,6 +31,9 @@ class StoreJournalBackend(BaseJournalBackend):
     def __init__(self, store: JobStore, journal: str, uri: str | None = None) -> None:
         self.store, self.journal, self.uri = store, journal, uri
         self.logs_read = 0  # how many logs this backend has read: the journal's length after a sync
+        # (lease name, holder) that fences every append: the controller's search step sets it, so
+        # a step that lost its lease cannot add a trial (the store raises LeaseLost).
+        self.lease: tuple[str, str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         if self.uri is None:
@@ -48,23 +51,31 @@ class StoreJournalBackend(BaseJournalBackend):
         return logs
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        self.store.append_logs(self.journal, logs)
+        self.store.append_logs(self.journal, logs, lease=self.lease)
 
 
-def study_storage(store: JobStore, journal: str, uri: str | None = None) -> JournalStorage:
+class StudyStorage(JournalStorage):
+    """Optuna's journal storage over a StoreJournalBackend, which it keeps as `journal`."""
+
+    def __init__(self, backend: StoreJournalBackend) -> None:
+        super().__init__(backend)
+        self.journal = backend
+
+
+def study_storage(store: JobStore, journal: str, uri: str | None = None) -> StudyStorage:
     """The Optuna storage of one search job (see StoreJournalBackend for uri)."""
-    return JournalStorage(StoreJournalBackend(store, journal, uri))
+    return StudyStorage(StoreJournalBackend(store, journal, uri))
 
 
 # Storages kept for the life of their store object: a long-running process (micontrol --loop,
 # miviewer) replays a journal once, then reads only the logs appended since, by anyone. The most
 # recently used ones are kept, up to _KEPT_PER_STORE a store.
-_kept: weakref.WeakKeyDictionary[JobStore, OrderedDict[str, JournalStorage]] = weakref.WeakKeyDictionary()
+_kept: weakref.WeakKeyDictionary[JobStore, OrderedDict[str, StudyStorage]] = weakref.WeakKeyDictionary()
 _kept_lock = threading.Lock()
 _KEPT_PER_STORE = 64
 
 
-def kept_study_storage(store: JobStore, journal: str) -> JournalStorage:
+def kept_study_storage(store: JobStore, journal: str) -> StudyStorage:
     """study_storage(store, journal), kept while `store` lives. Every read syncs with the
     journal in the store first (Optuna's JournalStorage does), so what other processes wrote
     is seen; only the replay of what was read before is saved."""

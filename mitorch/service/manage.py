@@ -5,7 +5,6 @@ Ids the store does not have are reported together at the end, after the others w
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from mitorch.service.search import jobs_lease
@@ -31,11 +30,14 @@ def cancel(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None:
             say(f"unchanged job {some_id} (already {state})")
             continue
         # Under the search step's lease: no tick asks for a trial of this job while it is cancelled.
-        with jobs_lease(store, f"micontrol-cancel:{os.getpid()}"):
+        with jobs_lease(store, "micontrol-cancel") as lease:
             if job.get("job_type") == "search":
-                store.update_job(some_id, {"cancel_requested": True})
+                changed = {"cancel_requested": True}
             else:
-                store.update_job(some_id, {"status": "cancelled", "completed_at": store.clock()})
+                changed = {"status": "cancelled", "completed_at": store.clock()}
+            if not store.update_job(some_id, changed, lease=lease.fence):
+                raise StoreError(f"job {some_id} was not changed: a controller tick took the search jobs over; "
+                                 "try again")
             trainings = store.list_trainings(ACTIVE, job_id=some_id)
             for training in trainings:
                 _cancel_training(store, training, local, say)
@@ -76,7 +78,7 @@ def requeue(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None
         if training is None:
             unknown.append(training_id)
             continue
-        if training.get("job_id") and training.get("trial_number") is not None and training["status"] in FINISHED:
+        if _search_trial(store, training) and training["status"] in FINISHED:
             say(f"unchanged {training_id} (trial {training['trial_number']} of search job {training['job_id']}, "
                 f"whose study keeps how it ended; `misubmit --add-trials 1 {training['job_id']}` asks for another "
                 "trial)")
@@ -94,6 +96,14 @@ def requeue(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None
         else:
             say(f"unchanged {training_id} (it is {store.get_training(training_id)['status']}; cancel it first)")
     _report_unknown(unknown)
+
+
+def _search_trial(store: JobStore, training: dict) -> bool:
+    """Whether the training is a search job's trial (a sweep's trainings are numbered too)."""
+    if not training.get("job_id") or training.get("trial_number") is None:
+        return False
+    job = store.get_job(training["job_id"]) or {}
+    return job.get("job_type") == "search"
 
 
 def _report_unknown(unknown: list[str], kind: str = "training") -> None:

@@ -66,6 +66,7 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
     Raises:
         Replaced: a newer attempt (or a cancel) took the training over; nothing more was written.
     """
+    heartbeat_s = heartbeat_interval()  # a bad setting stops here, not in the heartbeat's thread
     if store is None:
         uri = _key_vault_db_uri()
         store = _with_retry(lambda: open_store(uri), "opening the job store")
@@ -76,7 +77,7 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         return _train_beside_rank_0(store, training, attempt)
     if attempt is None:
         attempt = _start_by_hand(store, training)
-    run = _Attempt(store, training_id, attempt)
+    run = _Attempt(store, training_id, attempt, heartbeat_s)
     run.start()
     try:
         metrics, weights = _train(run, store.get_training(training_id))
@@ -85,6 +86,7 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         raise
     except Pruned as e:
         run.finish({"status": "pruned", "error": str(e)}, "pruned")
+        _remove_checkpoints(run)  # a pruned trial never runs again
         raise
     except Cancelled as e:
         run.finish({"status": "cancelled", "error": str(e)}, "cancelled")
@@ -106,12 +108,26 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         run.finish({"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tail}, "failed")
         raise
     run.finish({"status": "completed", "metrics": metrics, "weights": weights}, "completed")
-    try:
-        for path in artifacts.remove_checkpoints(training_id, run.attempt):
-            _say(f"removed {path} (the weights are kept; MITORCH_KEEP_CHECKPOINTS=1 keeps checkpoints)")
-    except MiTorchError as e:  # the training is complete; a leftover checkpoint costs only space
-        _say(f"could not remove a checkpoint: {e}")
+    _remove_checkpoints(run)
     return metrics
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats ($MITORCH_HEARTBEAT_S, default 30).
+
+    Raises:
+        ConfigError: the setting is not a number of at least 0.05.
+    """
+    return env_float("MITORCH_HEARTBEAT_S", 30.0, minimum=0.05)
+
+
+def _remove_checkpoints(run: _Attempt) -> None:
+    """Deletes the checkpoints of a training that will never resume (completed or pruned)."""
+    try:
+        for path in artifacts.remove_checkpoints(run.training_id, run.attempt):
+            _say(f"removed {path} (the weights are kept; MITORCH_KEEP_CHECKPOINTS=1 keeps checkpoints)")
+    except MiTorchError as e:  # the training has ended; a leftover checkpoint costs only space
+        _say(f"could not remove a checkpoint: {e}")
 
 
 def _key_vault_db_uri() -> str | None:
@@ -170,9 +186,15 @@ def _train_beside_rank_0(store: JobStore, training: dict[str, Any], attempt: int
 def _start_by_hand(store: JobStore, training: dict[str, Any]) -> int:
     """Takes a `new` training as a new attempt, as a controller's claim would."""
     current = training.get("attempt", 0)
-    entry = {"executor": f"hand:{local_host()}", "dispatched_at": training["created_at"]}
+    executor = f"hand:{local_host()}"
+    entry = {"executor": executor, "dispatched_at": training["created_at"]}
+    # No controller's executor owns this attempt: a previous attempt's executor and run id would
+    # make that controller take this process for its own lost run and stop it.
     taken = store.update_training(training["id"], {"status": "queued", "attempt": current + 1,
-                                                   "attempts": [*training.get("attempts", []), entry]},
+                                                   "attempts": [*training.get("attempts", []), entry],
+                                                   "executor": executor, "run_id": None, "pid": None, "gpu": None,
+                                                   "dispatched_at": DB_NOW, "heartbeat_at": None,
+                                                   "stop_requested_at": None},
                                   expected_status="new", attempt=current)
     if not taken:
         raise StoreError(f"training {training['id']} is {training['status']}, not new; "
@@ -206,8 +228,8 @@ def _train(run: _Attempt, training: dict[str, Any]) -> tuple[dict[str, Any], str
 class _Attempt:
     """The fenced writes of one attempt, and its heartbeat."""
 
-    def __init__(self, store: JobStore, training_id: str, attempt: int) -> None:
-        self.store, self.training_id, self.attempt = store, training_id, attempt
+    def __init__(self, store: JobStore, training_id: str, attempt: int, heartbeat_s: float) -> None:
+        self.store, self.training_id, self.attempt, self.heartbeat_s = store, training_id, attempt, heartbeat_s
         self.index = attempt - 1  # attempt N is attempts[N - 1]
         self.folder = attempt_dir(training_id, attempt)
         self._stop = threading.Event()
@@ -274,7 +296,7 @@ class _Attempt:
 
     def _heartbeat(self) -> None:
         failing_since: float | None = None
-        interval = env_float("MITORCH_HEARTBEAT_S", 30.0, minimum=0.05)
+        interval = self.heartbeat_s
         while not self._stop.wait(interval):
             try:
                 beat = self.store.update_training(self.training_id, {"heartbeat_at": DB_NOW},

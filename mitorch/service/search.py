@@ -7,9 +7,18 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
   3. ended trainings are told: completed -> COMPLETE with the objective, failed -> FAIL,
      cancelled -> PRUNED when pruned, else FAIL; more than max_failed failures fail the job;
   4. new trials are asked for until max_concurrent are in flight and n_trials were created;
-  5. once every trial has ended, the job completes with its best trial and counts by state;
-     a job whose cancel was requested (micontrol cancel JOB_ID) asks for nothing more and ends
-     cancelled once its trainings have ended.
+  5. once every trial has ended and every training of the job has stopped (a pruned trial's
+     training finishes its epoch first), the job completes with its best trial and counts by
+     state, or fails when no trial completed; a job whose cancel was requested (micontrol cancel
+     JOB_ID) asks for nothing more and ends cancelled once its trainings have ended.
+
+A step holds the store lease "jobs" (leases.JOBS_LEASE) and keeps it renewed; every write to a
+job and to its study is fenced by it, so a step that outlived its lease (another host's tick took
+over) is refused and stops. A job never has more than MAX_CONCURRENT_LIMIT trials in flight.
+
+`study.ask` journals a trial's creation and then each parameter on its own: a tick killed in
+between leaves a trial with part of its point. Such a trial is told FAIL and another asked in its
+place; it counts neither towards n_trials nor towards max_failed, and never trains.
 
 Every step reads its state from the study and the store and so is safe to repeat: a tick killed
 at any point leaves work the next tick finishes, and never a duplicate trial or training (the
@@ -21,24 +30,28 @@ many trials the running searches hold.
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from mitorch.errors import MiTorchError
-from mitorch.store import DuplicateError, JobStore, StoreError
+from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+from mitorch.store import DuplicateError, JobStore, LeaseLost, StoreError
 
 _ACTIVE = ("new", "queued", "running")
-# The store lease a controller holds while it steps search jobs, once across hosts; misubmit
-# --add-trials and micontrol cancel JOB_ID take it too, so no tick works on a job they change.
-JOBS_LEASE = "jobs"
 # Parameter importances are computed from this many complete trials on.
 IMPORTANCE_MIN_TRIALS = 3
 
 
-def step(store: JobStore, act: Callable[[str], None]) -> None:
-    """One step of every running search job (see the module's docstring)."""
+def step(store: JobStore, act: Callable[[str], None], lease: Lease | None = None) -> None:
+    """One step of every running search job (see the module's docstring).
+
+    Args:
+        lease: the jobs lease this step holds (the controller's tick passes it); None: no fence.
+
+    Raises:
+        LeaseLost: the lease was taken over; this step wrote nothing after that.
+    """
     from mitorch.service.journal import keep_only
 
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
@@ -47,9 +60,13 @@ def step(store: JobStore, act: Callable[[str], None]) -> None:
     seen = _observed(store, store.get_trainings(watched))
     for job in jobs:
         try:
+            if lease is not None:
+                lease.keep()
             if not _changed(store, job, seen):
                 continue
-            _Search(store, job, act).run()
+            _Search(store, job, act, lease).run()
+        except LeaseLost:
+            raise
         except MiTorchError as e:  # one broken job must not stop the others
             act(f"search job {job['id']}: {' '.join(str(e).split())}")
 
@@ -76,23 +93,21 @@ def _observed(store: JobStore, trainings: list[dict[str, Any]],
 
 
 @contextmanager
-def jobs_lease(store: JobStore, holder: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[None]:
+def jobs_lease(store: JobStore, who: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[Lease]:
     """Holds the lease of the controller's search step while the caller changes a search job.
 
     Raises:
         StoreError: a controller tick held it for all of wait_s.
     """
-    deadline = time.monotonic() + wait_s
-    while not store.acquire_lease(JOBS_LEASE, holder, ttl_s):
-        if time.monotonic() >= deadline:
-            lease = store.get_lease(JOBS_LEASE) or {}
-            raise StoreError(f"a controller tick ({lease.get('holder', 'unknown')}) has been working on the search "
-                             f"jobs for {wait_s:.0f} s; try again in a few minutes")
-        time.sleep(0.2)
+    lease = Lease(store, JOBS_LEASE, new_holder(who), ttl_s)
+    if not lease.take(wait_s):
+        holder = (store.get_lease(JOBS_LEASE) or {}).get("holder", "unknown")
+        raise StoreError(f"a controller tick ({holder}) has been working on the search jobs for {wait_s:.0f} s; "
+                         "try again in a few minutes")
     try:
-        yield
+        yield lease
     finally:
-        store.release_lease(JOBS_LEASE, holder)
+        lease.release()
 
 
 def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
@@ -105,16 +120,17 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
     Raises:
         ConfigError, StoreError: naming why the job cannot take more trials.
     """
-    import os
-
     from mitorch.errors import ConfigError
 
     if count < 1:
         raise ConfigError(f"--add-trials needs 1 or more trials, got {count}")
-    with jobs_lease(store, f"misubmit:{os.getpid()}"):
+    with jobs_lease(store, "misubmit") as lease:
         job = store.get_job(job_id)
-        if job is None or job.get("job_type") != "search":
-            raise StoreError(f"no search job {job_id}; see miquery for the ids")
+        if job is None:
+            raise StoreError(f"no job {job_id}; see miquery for the ids")
+        if job.get("job_type") != "search":
+            raise ConfigError(f"job {job_id} is a sweep (misubmit -m), whose trainings are all queued at once; "
+                              "--add-trials takes a search job")
         if job["status"] not in ("running", "completed") or job.get("cancel_requested"):
             raise ConfigError(f"search job {job_id} is {'cancelling' if job.get('cancel_requested') else job['status']}"
                               "; only a running or completed search takes more trials")
@@ -129,7 +145,10 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
             after = min(after, size)
             if after == before:
                 raise ConfigError(f"search job {job_id} has asked for every point of its grid ({size})")
-        store.update_job(job_id, {"n_trials": after, "status": "running", "completed_at": None})
+        if not store.update_job(job_id, {"n_trials": after, "status": "running", "completed_at": None, "error": None},
+                                lease=lease.fence):
+            raise StoreError(f"search job {job_id} was not changed: a controller tick took the search jobs over; "
+                             "try again")
     return before, after
 
 
@@ -158,19 +177,21 @@ def trial_state(training: dict[str, Any]) -> str:
 
 
 class _Search:
-    def __init__(self, store: JobStore, job: dict[str, Any], act: Callable[[str], None]) -> None:
+    def __init__(self, store: JobStore, job: dict[str, Any], act: Callable[[str], None],
+                 lease: Lease | None = None) -> None:
         import optuna
 
         from mitorch.service.journal import kept_study_storage
         from mitorch.service.search_job import distributions, make_pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna, self.store, self.job, self.act = optuna, store, job, act
+        self.optuna, self.store, self.job, self.act, self.lease = optuna, store, job, act, lease
         self.wrote = False  # whether this step changed any of the job's trainings
         self.results_read: dict[str, int] = {}  # training id -> the results _follow reported from
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
         self.storage = storage = kept_study_storage(store, job["id"])
+        storage.journal.lease = lease and lease.fence  # every log this step appends is fenced
         # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
         exists = any(study.study_name == job["id"] for study in storage.get_all_studies())
         open_study = optuna.load_study if exists else optuna.create_study
@@ -179,7 +200,7 @@ class _Search:
                                 pruner=make_pruner(job["pruner"]), **direction)
 
     def run(self) -> None:
-        running = self.optuna.trial.TrialState.RUNNING
+        states = self.optuna.trial.TrialState
         cancelling = self.wrote = bool(self.job.get("cancel_requested"))
         if cancelling:
             cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
@@ -187,23 +208,31 @@ class _Search:
         trainings = {t["trial_number"]: t for t in listed if t["trial_number"] is not None}
         for trial in self.study.get_trials(deepcopy=False):
             training = trainings.get(trial.number)
-            if trial.state == running and training is None:
-                if cancelling:
-                    self._tell(trial, self.optuna.trial.TrialState.FAIL)
-                else:
-                    self._queue(trial, recovered=True)
-            elif trial.state == running:
+            if trial.state != states.RUNNING:
+                continue
+            self._keep()
+            if training is not None:
                 self._follow(trial, training)
-        trials = self.study.get_trials(deepcopy=False)
-        failed = sum(t.state == self.optuna.trial.TrialState.FAIL for t in trials)
+            elif self._partial(trial):
+                self._tell(trial, states.FAIL)
+                self.act(f"dropped trial {trial.number} of job {self.job['id']} (its tick stopped while asking "
+                         f"for its point: {', '.join(sorted(trial.params)) or 'no parameter'} of "
+                         f"{', '.join(sorted(self.space))}); another trial takes its place")
+            elif cancelling:
+                self._tell(trial, states.FAIL)
+            else:
+                self._queue(trial, recovered=True)
+        trials = self._counted()
+        failed = sum(t.state == states.FAIL for t in trials)
         if failed > self.job["max_failed"] and not cancelling:
             self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
             return
-        in_flight = sum(t.state == running for t in trials)
+        in_flight = sum(t.state == states.RUNNING for t in trials)
         created = len(trials)
         while not cancelling and in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
             from mitorch.service.search_job import make_sampler
 
+            self._keep()
             self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
             created += 1
             if self._queue(self.study.ask(self.space), recovered=False):
@@ -213,21 +242,56 @@ class _Search:
             if failed > self.job["max_failed"]:
                 self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
                 return
-        trials = self.study.get_trials(deepcopy=False)
+        trials = self._counted()
         if self.wrote:  # the trainings as this step left them (a status read earlier only makes
             listed = self._trainings()  # the next tick look again)
         summary = {**self._summary(trials, listed), **self._importances(trials),
                    "watch": self._watch(trials, listed)}
-        counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n)
-        if (cancelling or created >= self.job["n_trials"]) and not any(t.state == running for t in trials):
-            ended = {"status": "cancelled" if cancelling else "completed", "completed_at": self.store.clock()}
-            self.store.update_job(self.job["id"], {**summary, **ended})
-            self._forget()
-            best = summary["best"]
-            self.act(f"{ended['status']} search job {self.job['id']} ({counts}"
-                     + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g})" if best else ")"))
+        # Ended once no trial runs and no training of the job is active: a pruned trial's training
+        # still finishing its epoch (or a cancelled one still stopping) keeps the job running.
+        over = not any(t.state == states.RUNNING for t in trials) and not any(t["status"] in _ACTIVE for t in listed)
+        if (cancelling or created >= self.job["n_trials"]) and over:
+            self._end(summary, cancelling)
         else:
-            self.store.update_job(self.job["id"], summary)
+            self._update_job(summary)
+
+    def _end(self, summary: dict[str, Any], cancelling: bool) -> None:
+        counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n) or "no trials"
+        best = summary["best"]
+        if cancelling:
+            status, error = "cancelled", None
+        elif best is None:
+            status, error = "failed", f"no trial completed ({counts})"
+        else:
+            status, error = "completed", None
+        self._update_job({**summary, "status": status, "error": error, "completed_at": self.store.clock()})
+        self._forget()
+        self.act(f"{status} search job {self.job['id']} ({counts}"
+                 + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g})" if best else ")"))
+
+    def _keep(self) -> None:
+        """Renews the jobs lease inside the step's loops (LeaseLost: another tick took over)."""
+        if self.lease is not None:
+            self.lease.keep()
+
+    def _update_job(self, fields: dict[str, Any]) -> None:
+        """Updates the job while this step still holds the jobs lease.
+
+        Raises:
+            LeaseLost: another tick took the lease over; nothing was written.
+        """
+        fence = self.lease and self.lease.fence
+        if not self.store.update_job(self.job["id"], fields, lease=fence) and fence is not None:
+            raise LeaseLost(*fence)
+
+    def _partial(self, trial: Any) -> bool:
+        """Whether the trial has only part of its point (its ask was cut short)."""
+        return set(trial.params) != set(self.space)
+
+    def _counted(self) -> list[Any]:
+        """The study's trials, without those dropped because their ask was cut short."""
+        failed = self.optuna.trial.TrialState.FAIL
+        return [t for t in self.study.get_trials(deepcopy=False) if not (t.state == failed and self._partial(t))]
 
     def _trainings(self) -> list[dict[str, Any]]:
         """The job's trainings, as much of them as a step reads (not their configs)."""
@@ -237,13 +301,16 @@ class _Search:
     def _watch(self, trials: list[Any], trainings: list[dict[str, Any]]) -> dict[str, Any]:
         """What the next tick compares to skip this job when nothing changed (see _changed)."""
         numbers = {t.number for t in trials if t.state == self.optuna.trial.TrialState.RUNNING}
-        running = [training for training in trainings if training.get("trial_number") in numbers]
+        # Also the trainings that are still active though their trial ended (a pruned trial's
+        # training finishing its epoch): the job ends once they stop.
+        running = [training for training in trainings
+                   if training.get("trial_number") in numbers or training["status"] in _ACTIVE]
         # The counts _follow reported from: a result recorded since must look new to the next tick.
         watched = _observed(self.store, running, self.results_read)
-        if len(watched) < len(numbers):
+        if len({t.get("trial_number") for t in running} & numbers) < len(numbers):
             watched[""] = ["a running trial without a training", 0]  # never matches: look again next tick
         self.study.get_trials(deepcopy=False)  # reads the logs this step wrote
-        return {"logs": self.storage._backend.logs_read, "n_trials": self.job["n_trials"], "trainings": watched}
+        return {"logs": self.storage.journal.logs_read, "n_trials": self.job["n_trials"], "trainings": watched}
 
     def _importances(self, trials: list[Any]) -> dict[str, Any]:
         """Parameter importances, recomputed when more trials completed. PED-ANOVA: deterministic,
@@ -284,6 +351,7 @@ class _Search:
             self._tell(trial, self.optuna.trial.TrialState.FAIL)
             self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
             return False
+        self._keep()
         self.wrote = True
         try:
             training_id = self.store.add_training({
@@ -328,6 +396,7 @@ class _Search:
                 continue
             # The stop request first: a tick that dies before telling leaves a request the next
             # tick finds (and tells); the other order could leave a pruned trial training on.
+            self._keep()
             self.wrote = True
             if self.store.update_training(training["id"], {"prune_requested": True}, expected_status=_ACTIVE):
                 self._tell(trial, states.PRUNED)
@@ -350,10 +419,10 @@ class _Search:
         forget_study_storage(self.store, self.job["id"])
 
     def _fail(self, reason: str) -> None:
+        self._keep()
         cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
-        self.store.update_job(self.job["id"], {**self._summary(self.study.get_trials(deepcopy=False),
-                                                               self._trainings()),
-                                               "status": "failed", "error": reason, "completed_at": self.store.clock()})
+        self._update_job({**self._summary(self._counted(), self._trainings()),
+                          "status": "failed", "error": reason, "completed_at": self.store.clock()})
         self._forget()
         self.act(f"failed search job {self.job['id']} ({reason})")
 
