@@ -81,8 +81,19 @@ def training_record(fields: dict[str, Any]) -> dict[str, Any]:
     created = now()
     status = fields.get("status", "new")
     _check_status(status)
-    return {"priority": DEFAULT_PRIORITY, **fields, "id": fields.get("id") or new_id(), "status": status,
-            "created_at": created, "status_history": [{"status": status, "at": created}]}
+    record = {"priority": DEFAULT_PRIORITY, **fields, "id": fields.get("id") or new_id(), "status": status,
+              "created_at": created, "status_history": [{"status": status, "at": created}]}
+    record["trial_key"] = trial_key(record)
+    return record
+
+
+def trial_key(training: dict[str, Any]) -> str:
+    """What keeps one training per search trial: "<job_id>:<trial_number>" for a trial of a job,
+    the training's own id otherwise. Every training carries it, so a plain unique index (which
+    every MongoDB-compatible server takes, unlike a partial one) guards it."""
+    if training.get("job_id") is not None and training.get("trial_number") is not None:
+        return f"{training['job_id']}:{training['trial_number']}"
+    return str(training["id"])
 
 
 def duplicate_message(training: dict[str, Any]) -> str:

@@ -2,17 +2,22 @@
 an index behind every sort."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import unquote_plus
 
 from mitorch.errors import first_line
 from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, LeaseLost, StoreError, dataset_record,
                                 field_names, duplicate_message as _duplicate_message, new_id, now, status_fields,
-                                training_record)
+                                training_record, trial_key)
 from mitorch.store.uri import redact
 
 DATABASE = "mitorch"
+# One training per search trial: a plain unique index on trial_key, which every training carries
+# (MiTorch before trial_key kept a partial unique index on (job_id, trial_number)).
+_TRIAL_INDEX, _OLD_TRIAL_INDEX = "one_training_per_trial_key", "one_training_per_trial"
 _QUEUE = [("priority", 1), ("created_at", 1), ("_id", 1)]
 _RECENT = [("created_at", -1), ("_id", -1)]
 
@@ -42,6 +47,67 @@ def _in(record: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+def database_in_uri(uri: str) -> str | None:
+    """The database a mongodb:// or mongodb+srv:// URI names, read as pymongo and MongoDB's tools
+    read it: the path after the hosts, before any options, decoded, up to a "." (the older
+    "db.collection" form); None when it names none.
+
+    Raises:
+        ValueError: a name with a character MongoDB refuses.
+    """
+    hosts_and_path = uri.partition("://")[2].partition("?")[0]
+    name = unquote_plus(hosts_and_path.partition("/")[2]).split(".", 1)[0]
+    if re.search(r'[/ "$]', name):
+        raise ValueError(f"database name {name!r} has a character MongoDB refuses (/, space, \" or $)")
+    return name or None
+
+
+# MongoDB's error codes that opening a store can meet.
+_UNAUTHORIZED, _AUTHENTICATION_FAILED, _INDEX_NOT_FOUND = 13, 18, 27
+_CANNOT_CREATE_INDEX, _INDEX_OPTIONS_CONFLICT, _INDEX_KEY_SPECS_CONFLICT, _DUPLICATE_KEY = 67, 85, 86, 11000
+
+
+def _server_reason(error: Any) -> str:
+    details = error.details if isinstance(error.details, dict) else {}
+    reason = details.get("errmsg") or str(error).split(", full error:")[0]
+    reason = " ".join(str(reason).split())  # one line
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def _index_refused(error: Any, collection: Any, name: str, action: str) -> str:
+    """One line: which index, why the server refused it and what to do."""
+    where = f"{collection.database.name}.{collection.name}"
+    reason = f"{_server_reason(error)}, code {error.code}"
+    causes = {
+        _UNAUTHORIZED: (f"the database user lacks the privilege to {action} indexes",
+                        f"grant it the readWrite role (or dbAdmin) on database {collection.database.name}, or open "
+                        "the store once as a user who has it"),
+        _CANNOT_CREATE_INDEX: ("the server refuses an option of this index",
+                               "use a server that supports plain and unique indexes on fields (MongoDB 4.4 or later, "
+                               "Azure Cosmos DB for MongoDB: there on a new, empty database)"),
+        _INDEX_OPTIONS_CONFLICT: ("an index on the same keys exists with other options or another name",
+                                  f"drop that index (db.{collection.name}.dropIndex(NAME)) and open the store again: "
+                                  "MiTorch creates its own"),
+        _INDEX_KEY_SPECS_CONFLICT: (f"an index named {name} exists with other keys or options",
+                                    f"drop it (db.{collection.name}.dropIndex({name!r})) and open the store again: "
+                                    "MiTorch creates its own"),
+        _DUPLICATE_KEY: ("documents already in the collection break this unique index",
+                         "remove the duplicates the server names, and stop processes of an older MiTorch (they "
+                         "write trainings without trial_key), then open the store again"),
+    }
+    cause, remedy = causes.get(error.code, ("the server refused it", "check that the server is one MiTorch supports "
+                                                                     "(MongoDB 4.4 or later, or a compatible one)"))
+    return f"cannot {action} the index {name} on {where}: {cause} ({reason}); {remedy}"
+
+
+def _refused_at_open(error: Any, shown_uri: str) -> str:
+    reason = f"{_server_reason(error)}, code {error.code}"
+    if error.code == _AUTHENTICATION_FAILED:
+        return (f"the database at {shown_uri} refused the credentials ({reason}); check the user name and password "
+                "in MITORCH_DB_URI")
+    return f"the database at {shown_uri} refused a request while opening the store ({reason}); check MITORCH_DB_URI"
+
+
 def _attempt_query(attempt: int) -> Any:
     # A training never claimed has no attempt field: it holds attempt 0.
     return attempt if attempt else {"$in": [0, None]}
@@ -53,44 +119,81 @@ class MongoStore(JobStore):
     Args:
         uri: a mongodb:// or mongodb+srv:// URI; or
         client: an existing pymongo-compatible client (tests pass mongomock's).
-        database: the database name.
+        database: the database name; default: the one the URI names, else "mitorch".
     """
 
-    def __init__(self, uri: str | None = None, client: Any = None, database: str = DATABASE) -> None:
+    def __init__(self, uri: str | None = None, client: Any = None, database: str | None = None) -> None:
         import pymongo
-        from pymongo.errors import PyMongoError
+        from pymongo.errors import OperationFailure, PyMongoError
 
+        self._errors = PyMongoError
+        self._duplicate = pymongo.errors.DuplicateKeyError
+        self._return_after = pymongo.ReturnDocument.AFTER
+        shown = redact(uri or "")
+        name = database or database_in_uri(uri or "") or DATABASE
         try:
             if client is None:
                 client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, tz_aware=True,
                                              w=1, retryWrites=False)
                 client.admin.command("ping")
             self._client = client
-            self._db = client[database]
+            self._db = client[name]
             self._create_indexes()
-        except PyMongoError as e:
+        except OperationFailure as e:
+            # The server answered and refused (an index is refused in _create_index, with its own message).
+            raise StoreError(_refused_at_open(e, shown)) from None
+        except PyMongoError as e:  # no answer: the server is down, unknown or out of reach
             reason = str(e).split(",")[0].split("\n")[0]
-            raise StoreError(f"cannot reach the database at {redact(uri or '')} ({reason}); "
+            raise StoreError(f"cannot reach the database at {shown} ({reason}); "
                              "check MITORCH_DB_URI and that the server is up") from None
-        self._errors = PyMongoError
-        self._duplicate = pymongo.errors.DuplicateKeyError
-        self._return_after = pymongo.ReturnDocument.AFTER
 
     def _create_indexes(self) -> None:
-        # create_index is idempotent: every process may run it on first use.
+        # Every process runs this on first use, before it writes: creating an index that exists
+        # is a no-op. Only plain and unique indexes on fields: servers without partial or sparse
+        # indexes (Azure Cosmos DB for MongoDB, FerretDB) take them all.
         db = self._db
-        db.trainings.create_index([("status", 1), *_QUEUE])
-        db.trainings.create_index([("status", 1), *_RECENT])
-        db.trainings.create_index(_QUEUE)
-        db.trainings.create_index(_RECENT)
-        db.trainings.create_index([("job_id", 1), *_QUEUE])
-        db.trainings.create_index([("job_id", 1), ("trial_number", 1)], unique=True, name="one_training_per_trial",
-                                  partialFilterExpression={"trial_number": {"$type": "number"}})
-        db.training_results.create_index([("training_id", 1), ("epoch", 1)], unique=True)
-        db.jobs.create_index(_RECENT)
-        db.jobs.create_index([("status", 1), *_RECENT])
-        db.datasets.create_index([("name", 1), ("version", 1)], unique=True)
-        db.optuna_journal.create_index([("journal", 1), ("number", 1)], unique=True)
+        self._create_index(db.trainings, [("status", 1), *_QUEUE])
+        self._create_index(db.trainings, [("status", 1), *_RECENT])
+        self._create_index(db.trainings, _QUEUE)
+        self._create_index(db.trainings, _RECENT)
+        self._create_index(db.trainings, [("job_id", 1), *_QUEUE])
+        self._one_training_per_trial()
+        self._create_index(db.training_results, [("training_id", 1), ("epoch", 1)], unique=True)
+        self._create_index(db.jobs, _RECENT)
+        self._create_index(db.jobs, [("status", 1), *_RECENT])
+        self._create_index(db.datasets, [("name", 1), ("version", 1)], unique=True)
+        self._create_index(db.optuna_journal, [("journal", 1), ("number", 1)], unique=True)
+
+    def _one_training_per_trial(self) -> None:
+        """The unique index on trial_key; a database made before trial_key gets the key filled in
+        and loses its partial index on (job_id, trial_number)."""
+        trainings = self._db.trainings
+        names = set(trainings.index_information())
+        if _TRIAL_INDEX not in names:
+            # Filled before the index exists: a training without the key would count as null, and a
+            # second one would break the index. Concurrent openers set the same values.
+            for document in trainings.find({"trial_key": {"$exists": False}}, {"job_id": 1, "trial_number": 1}):
+                trainings.update_one({"_id": document["_id"], "trial_key": {"$exists": False}},
+                                     {"$set": {"trial_key": trial_key({**document, "id": document["_id"]})}})
+        # The new index before the old one goes, so that no moment is without one.
+        self._create_index(trainings, [("trial_key", 1)], unique=True, name=_TRIAL_INDEX)
+        if _OLD_TRIAL_INDEX in names:
+            from pymongo.errors import OperationFailure
+
+            try:
+                trainings.drop_index(_OLD_TRIAL_INDEX)
+            except OperationFailure as e:
+                if e.code != _INDEX_NOT_FOUND:  # another process dropped it first
+                    raise StoreError(_index_refused(e, trainings, _OLD_TRIAL_INDEX, "drop")) from None
+
+    def _create_index(self, collection: Any, keys: list[tuple[str, int]], **options: Any) -> None:
+        from pymongo.errors import OperationFailure
+
+        try:
+            collection.create_index(keys, **options)
+        except OperationFailure as e:  # answered and refused; a lost connection is reported as one
+            name = options.get("name") or "_".join(f"{field}_{direction}" for field, direction in keys)
+            raise StoreError(_index_refused(e, collection, name, "create")) from None
 
     def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -260,9 +363,21 @@ class MongoStore(JobStore):
     # -- the database's clock and leases ---------------------------------------------------
 
     def clock(self) -> datetime:
-        document = self._call(self._db.leases.find_one_and_update, {"_id": "$clock"},
-                              {"$currentDate": {"now": True}}, upsert=True, return_document=self._return_after)
+        try:
+            document = self._stamp_clock()
+        except self._duplicate:
+            # Two processes created the clock's record at once and this one lost: it exists now.
+            document = self._call(self._stamp_clock)
         return _utc(document["now"])
+
+    def _stamp_clock(self) -> dict[str, Any]:
+        try:
+            return self._db.leases.find_one_and_update({"_id": "$clock"}, {"$currentDate": {"now": True}}, upsert=True,
+                                                       return_document=self._return_after)
+        except self._duplicate:
+            raise
+        except self._errors as e:
+            raise StoreError(f"database request failed: {first_line(e)}") from None
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
         moment = self.clock()
