@@ -1,0 +1,182 @@
+"""The controller's guarantees one at a time: leases that fence, takeover that honours a cancel or
+a pruning, a tick that survives one training's failing write, settings refused before anything is
+claimed. Real micontrol and mitrain processes on the embedded store where the command line is what
+a user runs; in-process where one mechanism must be shown alone."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mitorch.service import search
+from mitorch.service.controller import Settings, tick
+from mitorch.service.executors import Executor, LocalExecutor
+from mitorch.service.leases import JOBS_LEASE, Lease
+from mitorch.store import LeaseLost, StoreError
+from mitorch.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    yield store
+    store.close()
+
+
+def _command(tmp_path: Path, prog: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}",
+                   "MITORCH_ARTIFACTS_URI": str(tmp_path / "art"), "MITORCH_TICK_WAIT_S": "0", **env}
+    return subprocess.run([str(Path(sys.executable).parent / prog), *args], cwd=tmp_path, env=environment,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _lost_training(store: SQLiteStore, **fields) -> str:
+    """A running training of a host that stopped ticking, whose heartbeat is about to expire."""
+    training_id = store.add_training({"config": {"max_epochs": 1}, **fields})
+    store.claim_training({"executor": "local:gone-host", "dispatched_at": "x", "run_id": "local:gone-host:1:1"},
+                         new_attempt={"executor": "local:gone-host"})
+    store.update_training(training_id, {"status": "running", "heartbeat_at": store.clock()})
+    return training_id
+
+
+@pytest.mark.parametrize("request_field, status", [("cancel_requested", "cancelled"), ("prune_requested", "pruned")])
+def test_a_takeover_records_a_cancel_or_pruning_asked_while_the_host_was_down(store, tmp_path: Path,
+                                                                              request_field: str, status: str) -> None:
+    training_id = _lost_training(store)
+    store.update_training(training_id, {request_field: True})  # asked while its host is down
+    time.sleep(1.2)
+    result = _command(tmp_path, "micontrol", MITORCH_HEARTBEAT_TIMEOUT_S="1", MITORCH_LOCAL_CAPACITY="1")
+    assert result.returncode == 0, result.stderr
+    training = store.get_training(training_id)
+    # Recorded as asked, not requeued: no retry used, no new attempt, nothing runs it again.
+    assert training["status"] == status and training["attempt"] == 1 and training.get("retries", 0) == 0, result.stdout
+    assert training["attempts"][0]["outcome"] == status
+    assert f"{status} {training_id}" in result.stdout
+
+
+def test_a_training_that_may_be_alive_is_not_taken_over_while_its_executor_ticks(store, tmp_path: Path) -> None:
+    training_id = _lost_training(store)
+    store.acquire_lease("executor:local:gone-host", "local:gone-host", 60)  # its controller still ticks
+    time.sleep(1.2)
+    result = _command(tmp_path, "micontrol", MITORCH_HEARTBEAT_TIMEOUT_S="1", MITORCH_LOCAL_CAPACITY="0")
+    assert result.returncode == 0 and result.stdout == "", result.stdout
+    assert store.get_training(training_id)["status"] == "running"
+
+
+def test_one_trainings_failing_write_does_not_stop_the_tick(store) -> None:
+    broken, fine = (_lost_training(store) for _ in range(2))
+    real = store.update_training
+
+    def update(training_id, fields, **kwargs):
+        if training_id == broken:
+            raise StoreError("write refused by the server")
+        return real(training_id, fields, **kwargs)
+
+    store.update_training = update
+    time.sleep(0.2)
+    lines = tick(store, LocalExecutor(capacity=0), say=lambda line: None,
+                 settings=Settings(heartbeat_timeout=__import__("datetime").timedelta(seconds=0.1), tick_wait_s=0))
+    assert any(line.startswith(f"skipped {broken} this tick (write refused by the server)") for line in lines), lines
+    assert any(line.startswith(f"requeued {fine}") for line in lines), lines
+    assert store.get_training(fine)["status"] == "new" and store.get_training(broken)["status"] == "running"
+
+
+class _SlowExecutor(Executor):
+    """Local in name only: each launch takes longer than the tick's lease, and records nothing."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.name, self.capacity, self.store, self.launched = "local:slow", 3, store, []
+
+    def launch(self, training, gpu=None) -> str:
+        time.sleep(0.5)
+        # Meanwhile another tick of this executor took the expired lease over.
+        self.store.acquire_lease("tick:local:slow", "another-tick", 60)
+        self.launched.append(training["id"])
+        return f"run-{len(self.launched)}"
+
+    def state(self, training) -> str:
+        return "running"
+
+    def cancel(self, training, force=False) -> bool:
+        return True
+
+
+def test_a_tick_that_lost_its_lease_dispatches_nothing_more(store) -> None:
+    for _ in range(3):
+        store.add_training({"config": {"max_epochs": 1}})
+    executor = _SlowExecutor(store)
+    lines = tick(store, executor, say=lambda line: None, settings=Settings(tick_lease_s=0.3, tick_wait_s=0))
+    assert len(executor.launched) == 1 and lines[-1].startswith("stopped: "), lines
+    assert [t["status"] for t in store.list_trainings()].count("queued") == 1
+
+
+def test_a_step_whose_lease_was_taken_over_writes_nothing_even_without_renewing(store, tmp_path: Path) -> None:
+    from tests.test_search_faults import _job
+
+    job_id = _job(store, tmp_path, n_trials=2, max_concurrent=2)
+
+    class NoRenewal(Lease):
+        def keep(self) -> None:  # only the store's fence can stop it
+            pass
+
+    late = NoRenewal(store, JOBS_LEASE, "late-step", 0.2)
+    assert late.take()
+    time.sleep(0.3)
+    assert store.acquire_lease(JOBS_LEASE, "another-tick", 60)
+    with pytest.raises(LeaseLost):
+        search.step(store, lambda line: None, late)
+    assert store.read_logs(job_id) == [] and store.list_trainings() == []
+    assert store.get_job(job_id).get("watch") is None
+
+
+def test_a_lease_lost_once_is_never_taken_back_by_a_renewal(store) -> None:
+    lease = Lease(store, JOBS_LEASE, "slow-step", 0.2)
+    assert lease.take()
+    time.sleep(0.3)
+    other = Lease(store, JOBS_LEASE, "other-step", 60)
+    assert other.take()
+    other.release()  # free again, but what the slow step knew may be stale
+    with pytest.raises(LeaseLost):
+        lease.keep()
+    assert store.get_lease(JOBS_LEASE) is None
+
+
+def test_an_artifacts_uri_the_executor_cannot_use_is_refused_before_a_claim(store, tmp_path: Path) -> None:
+    training_id = store.add_training({"config": {"max_epochs": 1}})
+    result = _command(tmp_path, "micontrol", MITORCH_ARTIFACTS_URI="s3://bucket/runs")
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "MITORCH_ARTIFACTS_URI" in result.stderr and "s3://bucket/runs" in result.stderr
+    training = store.get_training(training_id)
+    assert training["status"] == "new" and training.get("attempt", 0) == 0
+
+
+def test_a_heartbeat_setting_that_does_not_parse_stops_mitrain_at_start(store, tmp_path: Path) -> None:
+    training_id = store.add_training({"config": {"max_epochs": 1}})
+    result = _command(tmp_path, "mitrain", "--training-id", training_id, MITORCH_HEARTBEAT_S="abc")
+    assert result.returncode != 0 and result.stderr.strip() == \
+        "mitrain: error: MITORCH_HEARTBEAT_S must be a finite number, got 'abc'", result.stderr
+    assert store.get_training(training_id)["status"] == "new"
+
+
+def test_a_training_started_by_hand_is_no_controllers_run(store) -> None:
+    from mitorch.service.runner import _start_by_hand
+
+    training_id = _lost_training(store)
+    store.update_training(training_id, {"status": "new"})  # requeued after its host was lost
+    attempt = _start_by_hand(store, store.get_training(training_id))
+    training = store.get_training(training_id)
+    assert attempt == 2 and training["executor"].startswith("hand:") and training["run_id"] is None
+    assert training["attempts"][1]["executor"] == training["executor"]
+
+
+def test_requeue_of_a_sweeps_training_queues_it_again(store, tmp_path: Path) -> None:
+    job_id, (first, _) = store.add_job({"job_type": "sweep", "status": "running"},
+                                       [{"config": {"max_epochs": 1}, "trial_number": n} for n in range(2)])
+    store.update_training(first, {"status": "failed", "error": "out of memory"})
+    result = _command(tmp_path, "micontrol", "requeue", first)
+    assert result.returncode == 0 and result.stdout.strip() == f"requeued {first}", result.stdout + result.stderr
+    assert store.get_training(first)["status"] == "new"
