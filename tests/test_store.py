@@ -404,8 +404,8 @@ def test_mongodb_refused_credentials_are_not_an_unreachable_server(monkeypatch) 
     from pymongo.errors import OperationFailure
 
     def ping(database, command, *args, **kwargs):
-        raise OperationFailure("Authentication failed.", code=18, details={"ok": 0.0, "errmsg": "Authentication failed.",
-                                                                           "code": 18})
+        details = {"ok": 0.0, "errmsg": "Authentication failed.", "code": 18}
+        raise OperationFailure("Authentication failed.", code=18, details=details)
 
     monkeypatch.setattr(pymongo, "MongoClient", mongomock.MongoClient)
     monkeypatch.setattr(mongomock.database.Database, "command", ping)
@@ -440,12 +440,10 @@ def _old_database(client, job_id: str) -> None:
     trainings = client.mitorch.trainings
     trainings.create_index([("job_id", 1), ("trial_number", 1)], unique=True, name="one_training_per_trial",
                            partialFilterExpression={"trial_number": {"$type": "number"}})
-    created = datetime.now(timezone.utc)
-    trainings.insert_many([{"_id": "a" * 24, "job_id": job_id, "trial_number": 0, "status": "completed", "priority": 100,
-                            "created_at": created},
-                           {"_id": "b" * 24, "job_id": job_id, "trial_number": 1, "status": "new", "priority": 100,
-                            "created_at": created},
-                           {"_id": "c" * 24, "status": "new", "priority": 100, "created_at": created}])
+    common = {"status": "new", "priority": 100, "created_at": datetime.now(timezone.utc)}
+    trainings.insert_many([{**common, "_id": "a" * 24, "job_id": job_id, "trial_number": 0},
+                           {**common, "_id": "b" * 24, "job_id": job_id, "trial_number": 1},
+                           {**common, "_id": "c" * 24}])
 
 
 def test_mongodb_database_of_an_older_version_moves_to_trial_keys() -> None:

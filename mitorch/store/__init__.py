@@ -3,8 +3,9 @@
     from mitorch.store import open_store
     store = open_store()   # MITORCH_DB_URI, else an SQLite file in the user's data directory
 
-MITORCH_DB_URI: mongodb://... or mongodb+srv://... (MongoDB, Azure Cosmos DB for MongoDB),
-or sqlite:///PATH (embedded, several processes on one machine).
+MITORCH_DB_URI: mongodb://... or mongodb+srv://... (MongoDB, Azure Cosmos DB for MongoDB; the
+database the URI names, as in mongodb://host/mydb, else "mitorch"), or sqlite:///PATH (embedded,
+several processes on one machine).
 """
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from mitorch.store.base import (ACTIVE, DEFAULT_PRIORITY, FINISHED, STATUSES, Du
                                 StoreError, default_sqlite_path)
 from mitorch.store.uri import redact
 
-__all__ = ["ACTIVE", "DEFAULT_PRIORITY", "FINISHED", "STATUSES", "DuplicateError", "JobStore", "LeaseLost", "StoreError",
-           "open_store", "redact"]
+__all__ = ["ACTIVE", "DEFAULT_PRIORITY", "FINISHED", "STATUSES", "DuplicateError", "JobStore", "LeaseLost",
+           "StoreError", "open_store", "redact"]
 
 
 def open_store(uri: str | None = None) -> JobStore:
     """Opens the store that uri (default: $MITORCH_DB_URI) names.
 
     Raises:
-        StoreError: an unknown scheme, or a database that cannot be reached (within about 5 s).
+        StoreError: an unknown scheme or a malformed URI, a database that cannot be reached (within
+            about 5 s), or one that refuses the credentials or the store's indexes (the message
+            names the cause).
     """
     uri = uri or os.environ.get("MITORCH_DB_URI") or f"sqlite:///{default_sqlite_path()}"
     try:

@@ -70,7 +70,7 @@ _CANNOT_CREATE_INDEX, _INDEX_OPTIONS_CONFLICT, _INDEX_KEY_SPECS_CONFLICT, _DUPLI
 def _server_reason(error: Any) -> str:
     details = error.details if isinstance(error.details, dict) else {}
     reason = details.get("errmsg") or str(error).split(", full error:")[0]
-    reason = " ".join(str(reason).split())  # one line
+    reason = redact(" ".join(str(reason).split()))  # one line, and a server may echo a connection string
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
@@ -80,8 +80,8 @@ def _index_refused(error: Any, collection: Any, name: str, action: str) -> str:
     reason = f"{_server_reason(error)}, code {error.code}"
     causes = {
         _UNAUTHORIZED: (f"the database user lacks the privilege to {action} indexes",
-                        f"grant it the readWrite role (or dbAdmin) on database {collection.database.name}, or open "
-                        "the store once as a user who has it"),
+                        f"grant it the readWrite role on database {collection.database.name}, or open the store "
+                        "once as a user who has it"),
         _CANNOT_CREATE_INDEX: ("the server refuses an option of this index",
                                "use a server that supports plain and unique indexes on fields (MongoDB 4.4 or later, "
                                "Azure Cosmos DB for MongoDB: there on a new, empty database)"),
@@ -92,8 +92,9 @@ def _index_refused(error: Any, collection: Any, name: str, action: str) -> str:
                                     f"drop it (db.{collection.name}.dropIndex({name!r})) and open the store again: "
                                     "MiTorch creates its own"),
         _DUPLICATE_KEY: ("documents already in the collection break this unique index",
-                         "remove the duplicates the server names, and stop processes of an older MiTorch (they "
-                         "write trainings without trial_key), then open the store again"),
+                         "remove the duplicates the server names, then open the store again"
+                         + (" (a process of a MiTorch older than trial_key still writing trainings: stop it first)"
+                            if name == _TRIAL_INDEX else "")),
     }
     cause, remedy = causes.get(error.code, ("the server refused it", "check that the server is one MiTorch supports "
                                                                      "(MongoDB 4.4 or later, or a compatible one)"))
@@ -129,6 +130,7 @@ class MongoStore(JobStore):
         self._errors = PyMongoError
         self._duplicate = pymongo.errors.DuplicateKeyError
         self._return_after = pymongo.ReturnDocument.AFTER
+        self._refused = OperationFailure
         shown = redact(uri or "")
         name = database or database_in_uri(uri or "") or DATABASE
         try:
@@ -178,20 +180,16 @@ class MongoStore(JobStore):
         # The new index before the old one goes, so that no moment is without one.
         self._create_index(trainings, [("trial_key", 1)], unique=True, name=_TRIAL_INDEX)
         if _OLD_TRIAL_INDEX in names:
-            from pymongo.errors import OperationFailure
-
             try:
                 trainings.drop_index(_OLD_TRIAL_INDEX)
-            except OperationFailure as e:
+            except self._refused as e:
                 if e.code != _INDEX_NOT_FOUND:  # another process dropped it first
                     raise StoreError(_index_refused(e, trainings, _OLD_TRIAL_INDEX, "drop")) from None
 
     def _create_index(self, collection: Any, keys: list[tuple[str, int]], **options: Any) -> None:
-        from pymongo.errors import OperationFailure
-
         try:
             collection.create_index(keys, **options)
-        except OperationFailure as e:  # answered and refused; a lost connection is reported as one
+        except self._refused as e:  # answered and refused; a lost connection is reported as one
             name = options.get("name") or "_".join(f"{field}_{direction}" for field, direction in keys)
             raise StoreError(_index_refused(e, collection, name, "create")) from None
 
