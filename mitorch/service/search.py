@@ -127,7 +127,7 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
     with jobs_lease(store, "misubmit") as lease:
         job = store.get_job(job_id)
         if job is None:
-            raise StoreError(f"no job {job_id}; see miquery for the ids")
+            raise StoreError(f"no search job {job_id}; see miquery for the ids")
         if job.get("job_type") != "search":
             raise ConfigError(f"job {job_id} is a sweep (misubmit -m), whose trainings are all queued at once; "
                               "--add-trials takes a search job")
