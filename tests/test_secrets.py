@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from mitorch.cli._common import check_overrides, parse_command_line
 from mitorch.config import compose
 from mitorch.errors import ConfigError
 from mitorch.service import credentials
-from mitorch.store.uri import carries_credential, redact
+from mitorch.store.uri import carries_credential, credential_forms, redact
 from tests.conftest import make_text_dataset, run
 
 ACCOUNT_URL = "https://acct.blob.core.windows.net"
@@ -55,9 +56,59 @@ def test_every_credential_form_is_redacted(text: str, shown: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["mongodb://host:27017/db", "https://h/x.txt?page=2&sort=name", "a@b.c",
-                                  "/data/train.txt", "https://user@h/x", "mongodb://h:99999"])
+                                  "/data/train.txt", "https://user@h/x", "mongodb://h:99999",
+                                  "optimizer.lr=0.1 momentum=0.9", "monkey=1 tokens=5 keyboard=us db.lr=2"])
 def test_values_without_a_credential_are_shown_as_they_are(text: str) -> None:
     assert redact(text) == text and not carries_credential(text)
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("AuthenticationFailed: AccountKey=c2VjcmV0== is not valid", "AuthenticationFailed: AccountKey=*** is not valid"),
+    ("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&ss=b&sig=S3CR3T",
+     "BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=***&ss=b&sig=***"),
+    ("Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccessKey=S3CR3T",
+     "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=root;SharedAccessKey=***"),
+    ("request refused (X-Amz-Signature=5ec7e7 has expired)", "request refused (X-Amz-Signature=*** has expired)"),
+    ("upload failed: sig=S3CR3T was rejected", "upload failed: sig=*** was rejected"),
+    ("login failed for password=hunter2, user=bob", "login failed for password=*** user=bob"),
+    ("oauth error: client_secret=S3CR3T refused\nretrying", "oauth error: client_secret=*** refused\nretrying"),
+    ("Server=db;User ID=bob;Pwd=S3CR3T;", "Server=db;User ID=bob;Pwd=***;"),
+])
+def test_a_bare_credential_anywhere_in_a_text_is_redacted(text: str, shown: str) -> None:
+    assert redact(text) == shown
+    assert carries_credential(text) and credential_forms(text)
+
+
+# A credential of every form, hidden the same way whatever surrounds it.
+_CREDENTIALS = " https://u:S3CR3T@h/x?sv=1&sig=S3CR3T#S3CR3T AccountKey=S3CR3T "
+_CREDENTIALS_SHOWN = " https://u:***@h/x?sv=1&sig=***#*** AccountKey=*** "
+_HALF_MB = 500_000
+
+
+@pytest.mark.parametrize("piece", ["a", "7", "a=", "=", "a://", "#", "x_", "a1.", "u:"],
+                         ids=["letters", "digits", "key-value pairs", "equals", "schemes", "hashes", "key parts",
+                              "scheme runs", "colons"])
+def test_redaction_takes_linear_time_on_hostile_text(piece: str) -> None:
+    filler = piece * (_HALF_MB // len(piece))
+    text = filler + _CREDENTIALS + filler  # 1 MB
+    answers: dict[str, object] = {}
+
+    def redact_all_three() -> None:
+        answers["shown"] = redact(text)
+        answers["forms"] = credential_forms(text)
+        answers["carries"] = carries_credential(text)
+
+    worker = threading.Thread(target=redact_all_three, daemon=True)
+    worker.start()
+    worker.join(timeout=20)  # a hang guard: a second or two when linear, hours when quadratic
+    assert not worker.is_alive(), "redaction of 1 MB did not end within 20 s"
+    assert answers["shown"] == filler + _CREDENTIALS_SHOWN + filler
+    assert set(answers["forms"]) == {":***@", "sig=***", "#***", "AccountKey=***"} and answers["carries"]
+
+
+def test_a_long_key_ending_in_a_secret_name_is_redacted() -> None:
+    key = "x_" * _HALF_MB + "token"
+    assert redact(f"{key}=S3CR3T and more") == f"{key}=*** and more"
 
 
 # -- refused in configs ------------------------------------------------------------------------

@@ -496,3 +496,132 @@ def test_a_refresh_reads_again_only_what_changed(seeded, monkeypatch: pytest.Mon
     store.update_training(ids["other"], {"priority": 1})
     assert index.rows()[ids["running"]]["metrics"]["top1_accuracy"]["best"] == 0.7
     assert sorted(asked) == sorted([ids["running"], ids["other"]])
+
+
+# -- hostile input and secrets -----------------------------------------------------------------
+
+
+def test_a_uri_password_and_a_sas_token_in_an_error_reach_no_page_and_no_api_answer(seeded, client) -> None:
+    store, ids = seeded
+    # Short and on the first line, so that neither the list's cut nor a page's cut hides them:
+    # only redaction does.
+    error = (f"OSError: cannot open mongodb://bob:{SECRET}@db.example/m and sv=2024-01-01&sr=b&sig={SECRET}; "
+             f"AccountKey={SECRET}")
+    shown = "OSError: cannot open mongodb://bob:***@db.example/m and sv=2024-01-01&sr=b&sig=***; AccountKey=***"
+    store.update_training(ids["sweep_training"], {"status": "failed", "error": error})
+    store.update_job(ids["sweep"], {"error": error})
+    pages = {f"/trainings/{ids['sweep_training']}": True, "/trainings?col=name&col=error&status=failed": True,
+             f"/jobs/{ids['sweep']}": True, "/": False, "/jobs": False}
+    for url, shows_the_error in pages.items():
+        page = client.get(url)
+        assert page.status_code == 200 and SECRET not in page.text, url
+        if shows_the_error:
+            assert shown.replace("&", "&amp;") in page.text, url  # the rest of the error is shown as it is
+    for url in [f"/api/trainings/{ids['sweep_training']}", "/api/trainings?status=failed", f"/api/jobs/{ids['sweep']}",
+                "/api/jobs", "/api/dashboard"]:
+        answer = client.get(url)
+        assert answer.status_code == 200 and SECRET not in answer.text, url
+    assert client.get(f"/api/trainings/{ids['sweep_training']}").json()["training"]["error"] == shown
+
+
+def test_an_api_post_with_a_wrong_csrf_token_is_refused_when_all_else_is_right(seeded) -> None:
+    store, ids = seeded
+    client = _client(store, token="t0ken", loopback_only=False)
+    right = {"Authorization": "Bearer t0ken", "Origin": "http://127.0.0.1:8080"}
+    csrf = client.get("/api/csrf", headers=right).json()["csrf_token"]
+    target = ids["queued_later"]
+    refused = client.post("/api/actions/cancel", json={"ids": [target]}, headers={**right, "X-CSRF-Token": csrf[:-1]})
+    assert refused.status_code == 403 and refused.json()["error"].startswith("the X-CSRF-Token header is missing")
+    assert store.get_training(target)["status"] == "new"
+    # The same request with the right CSRF token passes every other check.
+    done = client.post("/api/actions/cancel", json={"ids": [target]}, headers={**right, "X-CSRF-Token": csrf})
+    assert done.status_code == 200 and store.get_training(target)["status"] == "cancelled"
+
+
+def test_a_read_only_viewer_refuses_a_post_with_its_real_csrf_token(seeded) -> None:
+    from starlette.testclient import TestClient
+
+    from mitorch.viewer import Settings, create_app
+
+    store, ids = seeded
+    app = create_app(store, Settings(read_only=True, refresh_s=0))
+    real = app.app.state.csrf  # what a viewer's own pages would hold: the CSRF check would pass
+    client = TestClient(app, base_url="http://127.0.0.1:8080", follow_redirects=False)
+    origin = {"Origin": "http://127.0.0.1:8080"}
+    answer = client.post("/api/actions/cancel", json={"ids": [ids["queued_later"]]},
+                         headers={**origin, "X-CSRF-Token": real})
+    assert answer.status_code == 403 and answer.json()["error"].startswith("this viewer is read-only")
+    form = client.post("/actions", data={"csrf_token": real, "action": "cancel", "id": ids["queued_later"]},
+                       headers=origin)
+    assert form.status_code == 403 and "this viewer is read-only" in form.text
+    assert store.get_training(ids["queued_later"])["status"] == "new"
+
+
+def test_markup_in_a_job_name_is_escaped_on_the_jobs_pages(seeded, client) -> None:
+    store, _ = seeded
+    job_id, _ = store.add_job({"job_type": "sweep", "name": XSS, "status": "running"},
+                              [{"config": _config("resnet", 18, 0.1)}])
+    for url in ["/jobs", f"/jobs/{job_id}"]:
+        page = client.get(url).text
+        assert "<script>window.__xss" not in page and "<img src=x" not in page, url
+        assert "&lt;script&gt;window.__xss=1&lt;/script&gt;&lt;img src=x onerror=" in page, url
+
+
+def test_a_long_stored_value_is_cut_on_the_page_and_whole_in_the_api(seeded, client) -> None:
+    store, _ = seeded
+    long_value = "note=" + "x" * 15_000
+    config = {**_config("resnet", 18, 0.1), "note": long_value}
+    training_id = store.add_training({"name": "long", "config": config})
+    store.update_training(training_id, {"status": "failed", "error": f"ValueError: {long_value}"})
+    page = client.get(f"/trainings/{training_id}").text
+    assert len(page) < 20_000 and "x" * 5000 not in page
+    where = f"/api/trainings/{training_id} returns the whole value"
+    assert page.count(f"characters in all; {where}") == 2  # the error, and the config's value
+    assert "&#34;max_epochs&#34;: 3" in page  # the rest of the config is shown
+    whole = client.get(f"/api/trainings/{training_id}").json()["training"]
+    assert whole["config"]["note"] == long_value and whole["error"] == f"ValueError: {long_value}"
+
+
+def test_a_deeply_nested_json_body_is_a_400_with_one_line(seeded, client) -> None:
+    store, ids = seeded
+    body = '{"ids": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    answer = client.post("/api/actions/cancel", content=body, headers={"X-CSRF-Token": _csrf(client),
+                                                                        "Content-Type": "application/json"})
+    assert answer.status_code == 400
+    message = answer.json()["error"]
+    assert message.startswith("the body is nested too deeply") and "\n" not in message
+
+
+@pytest.mark.parametrize("path", ["//evil.example", "/%09/evil.example", "/%5Cevil.example", "/%2F%2Fevil.example",
+                                  "/%252F%252Fevil.example", "/%5C%5Cevil.example"])
+def test_the_token_login_redirects_only_within_the_site(seeded, path: str) -> None:
+    store, _ = seeded
+    client = _client(store, token="t0ken", loopback_only=False)
+    entered = client.get(f"http://127.0.0.1:8080{path}?token=t0ken")
+    assert entered.status_code == 303 and entered.headers["location"] == "/"
+
+
+@pytest.mark.parametrize("back", ["//evil.example", "/%09/evil.example", "/\t/evil.example", "/\\evil.example",
+                                  "https://evil.example", "/%2F%2Fevil.example", "/%252F%252Fevil.example",
+                                  "%2F%2Fevil.example", "/%5Cevil.example", "javascript:alert(1)"])
+def test_a_back_link_never_leaves_the_site(seeded, client, back: str) -> None:
+    form = {"csrf_token": _csrf(client), "action": "cancel", "id": "nope", "back": back}
+    done = client.post("/actions", data=form)
+    assert done.status_code == 200 and '<a href="/" id="back">' in done.text
+    redirected = client.post("/actions", data=form, headers={"HX-Request": "true"})
+    assert redirected.status_code == 303 and redirected.headers["location"] == "/"
+
+
+def test_a_back_link_within_the_site_is_followed(seeded, client) -> None:
+    form = {"csrf_token": _csrf(client), "action": "cancel", "id": "nope", "back": "/trainings?status=new&q=%25"}
+    redirected = client.post("/actions", data=form, headers={"HX-Request": "true"})
+    assert redirected.headers["location"] == "/trainings?status=new&q=%25"
+
+
+def test_host_names_compare_case_insensitively(seeded, client) -> None:
+    store, ids = seeded
+    assert client.get("/", headers={"Host": "LocalHost:8080"}).status_code == 200
+    answer = client.post("/api/actions/cancel", json={"ids": [ids["queued_later"]]},
+                         headers={"Host": "LOCALHOST:8080", "Origin": "http://localhost:8080",
+                                  "X-CSRF-Token": _csrf(client)})
+    assert answer.status_code == 200 and store.get_training(ids["queued_later"])["status"] == "cancelled"

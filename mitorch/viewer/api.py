@@ -1,6 +1,7 @@
 """The JSON API behind the pages, and its OpenAPI document (GET /api/openapi.json)."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.requests import Request
@@ -9,7 +10,7 @@ from starlette.routing import Route
 
 from mitorch.errors import MiTorchError
 from mitorch.viewer import actions, params, views
-from mitorch.viewer.security import CSRF_HEADER, same
+from mitorch.viewer.security import CSRF_HEADER, MAX_BODY, read_body, same
 
 
 def routes(read_only: bool) -> list[Route]:
@@ -117,12 +118,19 @@ async def act(request: Request) -> Response:
 
     if not same(request.headers.get(CSRF_HEADER), request.app.state.csrf):
         return error("the X-CSRF-Token header is missing or wrong; GET /api/csrf gives it", 403)
+    raw = await read_body(request)
+    if raw is None:
+        return error(f"the body is over {MAX_BODY:,} bytes; send fewer ids at a time", 413)
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except ValueError:
-        return error('the body must be JSON: {"ids": [...], "priority": N}', 400)
+        return error(f"the body must be JSON: {_BODY}", 400)
+    except RecursionError:  # nested deeper than Python's parser goes
+        return error(f"the body is nested too deeply; it must be JSON of this form: {_BODY}", 400)
     if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
-        return error('the body must be JSON: {"ids": [...], "priority": N}', 400)
+        return error(f"the body must be JSON: {_BODY}", 400)
+    if not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in body["ids"]):
+        return error(f"ids must be training or job ids (strings): {_BODY}", 400)
     action, ids = request.path_params["action"], [str(i) for i in body["ids"]]
     try:
         priority = actions.parse_priority(body.get("priority")) if action == "set-priority" else None
@@ -131,6 +139,9 @@ async def act(request: Request) -> Response:
         return error(str(e), 400)
     request.app.state.index.refresh(ids)
     return answer({"action": action, "lines": lines})
+
+
+_BODY = '{"ids": [...], "priority": N}'
 
 
 def _public(value: Any) -> Any:

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
+from jinja2 import Environment, FileSystemLoader, pass_context, select_autoescape
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from mitorch.store import JobStore, StoreError, redact
 from mitorch.viewer.index import TrainingIndex
 from mitorch.viewer.security import Guard
+from mitorch.viewer.shown import cut, redacted
 
 HERE = Path(__file__).parent
 
@@ -71,26 +72,34 @@ async def _store_failed(request: Any, error: Exception) -> Any:
 
 
 def templates() -> Environment:
-    """Jinja with autoescape on for every template, and every printed string redacted."""
+    """Jinja with autoescape on for every template, and every printed string redacted and cut to
+    SHOWN_CHARS (mitorch.viewer.shown), saying which API route returns it whole."""
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                       finalize=_finalize, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=when, ago=ago, num=num, data_json=data_json, duration=duration, size=size, show=show)
+    env.filters.update(when=when, ago=ago, num=num, data_json=data_json, duration=duration, size=size, show=show,
+                       uncut=uncut)
     return env
 
 
-def _finalize(value: Any) -> Any:
+@pass_context
+def _finalize(context: Any, value: Any) -> Any:
     if isinstance(value, Markup) or not isinstance(value, str):
         return "" if value is None else value
-    # Every credential form redact knows holds "=" or "://": most strings skip its expressions.
-    return redact(value) if "=" in value or "://" in value else value
+    return cut(value, whole_at=context.get("api_url"))
+
+
+def uncut(value: Any) -> Markup:
+    """A text shown whole, escaped and redacted here (finalize passes Markup as it is): for texts
+    already bounded, such as a log tail or a config whose values were cut one by one."""
+    return escape(redacted(str(value)))
 
 
 def redact_all(value: Any) -> Any:
     """Every string in a structure, redacted (what the JSON API returns)."""
     if isinstance(value, str):
-        return redact(value) if "=" in value or "://" in value else value
+        return redacted(value)
     if isinstance(value, dict):
-        return {redact(str(k)): redact_all(v) for k, v in value.items()}
+        return {redacted(str(k)): redact_all(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_all(v) for v in value]
     return value

@@ -12,9 +12,11 @@ from starlette.routing import Route
 from mitorch.errors import MiTorchError
 from mitorch.store import STATUSES
 from mitorch.viewer import actions, params, views
-from mitorch.viewer.security import CSRF_FIELD, same
+from mitorch.viewer.security import CSRF_FIELD, MAX_BODY, local_path, read_body, same
 
 COLUMNS_COOKIE = "miviewer_cols"
+# Pages whose JSON twin is /api followed by the page's own path and query.
+_PAGES_WITH_TWINS = ("/trainings", "/compare", "/jobs", "/datasets")
 
 
 def routes(read_only: bool) -> list[Route]:
@@ -28,8 +30,17 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     state = request.app.state
     template = state.templates.get_template(name)
     html = template.render(request=request, settings=state.settings, csrf=state.csrf, statuses=STATUSES,
-                           path=request.url.path, **context)
+                           path=request.url.path, api_url=_api_twin(request), **context)
     return HTMLResponse(html, status_code=status_code)
+
+
+def _api_twin(request: Request) -> str | None:
+    """The JSON API route that returns what this page shows, with every value whole (None for a
+    page without one)."""
+    path, query = request.url.path, request.url.query
+    if request.method != "GET" or not path.startswith(_PAGES_WITH_TWINS):
+        return "/api/dashboard" if path == "/" else None
+    return f"/api{path}" + (f"?{query}" if query else "")
 
 
 def _partial(request: Request) -> bool:
@@ -126,15 +137,16 @@ async def act(request: Request) -> Response:
     """A form's action on the ticked trainings; the answer lists micontrol's lines."""
     from starlette.concurrency import run_in_threadpool
 
-    body = (await request.body())[:1_000_000].decode("utf-8", "replace")
-    form = parse_qs(body, keep_blank_values=True)
+    body = await read_body(request)
+    if body is None:
+        return render(request, "error.html", 413, message=f"the form is over {MAX_BODY:,} bytes; tick fewer trainings")
+    form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     if not same((form.get(CSRF_FIELD) or [None])[-1], request.app.state.csrf):
         return render(request, "error.html", 403, message="the form's CSRF token is missing or wrong; reload the "
                       "page and try again")
     action = (form.get("action") or [""])[-1]
     ids = [i for value in form.get("id", []) for i in value.split(",")]
-    back = (form.get("back") or ["/trainings"])[-1]
-    back = back if back.startswith("/") and not back.startswith(("//", "/\\")) else "/trainings"  # this site only
+    back = local_path((form.get("back") or ["/trainings"])[-1])
     try:
         priority = actions.parse_priority(form["priority"][-1]) if action == "set-priority" else None
         lines = await run_in_threadpool(actions.run, request.app.state.store, action, ids, priority)

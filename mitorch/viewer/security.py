@@ -6,6 +6,8 @@
 - Bound to loopback, requests must name a loopback host (no DNS rebinding from a web page).
 - Every POST needs the CSRF token (a form field or the X-CSRF-Token header) and, when the browser
   sends an Origin, this server's origin; --read-only serves no POST at all.
+- Host names compare case-insensitively; a redirect (after `?token=`, or a form's `back`) goes only
+  to a path on this site, anything else to `/`.
 - Every response forbids scripts from elsewhere, framing, and referrers to other sites (a URL may
   hold the token).
 """
@@ -14,9 +16,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import re
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 TOKEN_COOKIE = "miviewer_token"
 CSRF_HEADER = "x-csrf-token"
@@ -29,10 +32,18 @@ _HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 _LOOPBACK_NAMES = ("localhost", "localhost.")
+# What a path may hold in a Location header: printable ASCII, nothing a browser would drop or rewrite.
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
+# What browsers drop from a URL before reading it ('/\t/evil.example' is '//evil.example' to them).
+_DROPPED = re.compile(r"[\x00-\x20\x7f]")
+# Layers of percent-encoding a link of this site may have; a target with more is not followed.
+_ENCODINGS = 3
+MAX_BODY = 1_000_000
 
 
 def is_loopback(host: str) -> bool:
     """Whether host (an address or name to bind) is only reachable from this machine."""
+    host = host.lower()
     if host in _LOOPBACK_NAMES:
         return True
     try:
@@ -43,6 +54,37 @@ def is_loopback(host: str) -> bool:
 
 def same(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def local_path(target: Any) -> str:
+    """target when a browser sent there stays on this site (a path such as `/trainings?status=new`),
+    else `/`: never `//host`, `/\\host`, `/%09/host`, `https://host` or such a form percent-encoded."""
+    if not isinstance(target, str) or not _PRINTABLE.fullmatch(target):
+        return "/"
+    form = target
+    for _ in range(_ENCODINGS):
+        if not _plain_path(form):
+            return "/"
+        form, before = unquote(form), form
+        if form == before:
+            return target
+    return "/"
+
+
+def _plain_path(text: str) -> bool:
+    seen = _DROPPED.sub("", text)
+    return seen.startswith("/") and seen[1:2] not in ("/", "\\")
+
+
+async def read_body(request: Any, limit: int = MAX_BODY) -> bytes | None:
+    """A request's body, or None when it is longer than limit bytes (read no further)."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class Guard:
@@ -80,7 +122,7 @@ class Guard:
             if scope["method"] in ("GET", "HEAD") and same(query.get("token"), self.token):
                 rest = urlencode([(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode("latin-1"))
                                   if k != "token"])
-                location = scope["path"] + (f"?{rest}" if rest else "")
+                location = local_path(quote(scope["path"], safe="/:@!$&'()*+,;=~") + (f"?{rest}" if rest else ""))
                 await send_with_headers({"type": "http.response.start", "status": 303, "headers": [
                     (b"location", location.encode("latin-1")),
                     (b"set-cookie", f"{TOKEN_COOKIE}={self.token}; HttpOnly; SameSite=Strict; Path=/".encode())]})
@@ -93,7 +135,7 @@ class Guard:
         if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             origin = headers.get("origin")
             # "null": a browser that hides the origin (privacy settings); the CSRF token still decides.
-            if origin not in (None, "null") and origin.split("://", 1)[-1] != host:
+            if origin not in (None, "null") and origin.split("://", 1)[-1].lower() != host.lower():
                 await _refuse(send_with_headers, scope, 403, "cross-site request refused (Origin is not this viewer)")
                 return
         await self.app(scope, receive, send_with_headers)

@@ -12,6 +12,7 @@ from typing import Any
 from mitorch.store import ACTIVE, STATUSES, JobStore
 from mitorch.task_types import NOT_METRICS, in_display_order
 from mitorch.viewer.index import TrainingIndex, summarize
+from mitorch.viewer.shown import CONFIG_VALUE_CHARS, cut_strings
 
 _FINISHED = tuple(s for s in STATUSES if s not in ACTIVE)
 _ABSENT = "\0absent"
@@ -70,9 +71,11 @@ def training(store: JobStore, training_id: str, log_lines: int = 60) -> dict[str
         attempts.append({**attempt, "number": number, "current": number == record.get("attempt"),
                          "duration_s": _seconds(attempt.get("started_at"), attempt.get("ended_at"))})
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    # Each value cut on its own, so one long value does not hide the rest of the config.
+    shown_config = cut_strings(config, CONFIG_VALUE_CHARS, f"/api/trainings/{training_id}")
     return {"training": record, "summary": summarize(record, results), "results": results, "metrics": metrics,
-            "curves": curves(results, metrics), "attempts": attempts, "config_text": json.dumps(config, indent=2,
-                                                                                               default=str),
+            "curves": curves(results, metrics), "attempts": attempts,
+            "config_text": json.dumps(shown_config, indent=2, default=str),
             "live": record["status"] in ACTIVE, "log": log_tail(record.get("log"), log_lines),
             "studio_url": _https(record.get("studio_url")), "artifacts": _artifacts(record)}
 
