@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
             for record in records:
                 print(f"registered {record['name']}:{record['version']}")
             return
+        if args.command == "show":
+            from mitorch.service.datasets import check_name
+
+            check_name(args.name, "NAME")  # before the store is asked
         store = open_store()
         if args.command == "list":
             datasets = store.list_datasets()

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from mitorch.cli._common import fail, to_json
+from mitorch.cli._common import check_id, fail, to_json
 from mitorch.errors import MiTorchError
 from mitorch.task_types import MAIN_METRICS
 
@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         from mitorch.store import StoreError, open_store
 
+        if args.id is not None:
+            check_id(args.id, "ID")  # before the store is asked: a long id costs a query its length
         store = open_store()
         if args.id is None:
             view = _overview(store, args.recent, args.limit)
@@ -100,11 +102,21 @@ def _main_metric(metrics: dict | None) -> str:
     return ""
 
 
-def _summary(config: dict) -> str:
+def _summary(training: dict) -> str:
+    config = training["config"]
     model = (config.get("model") or {}).get("_target_", "?").rsplit(".", 1)[-1]
     optimizer = (config.get("optimizer") or {}).get("_target_", "?").rsplit(".", 1)[-1]
-    data = (config.get("data") or {}).get("train") or "built-in"
-    return f"{model} {optimizer} lr={(config.get('optimizer') or {}).get('lr')} epochs={config.get('max_epochs')} {data}"
+    return (f"{model} {optimizer} lr={(config.get('optimizer') or {}).get('lr')} epochs={config.get('max_epochs')} "
+            f"{_data(training)}")
+
+
+def _data(training: dict) -> str:
+    """What a training trains on: a registered dataset (NAME:VERSION), its TRAIN path, or the
+    built-in dataset."""
+    dataset = training.get("dataset")
+    if dataset:
+        return f"dataset {dataset['name']}:{dataset['version']}"
+    return ((training["config"].get("data") or {}).get("train")) or "built-in"
 
 
 def _show(view: dict[str, Any]) -> None:
@@ -135,7 +147,7 @@ def _show(view: dict[str, Any]) -> None:
                 _when(t.get("started_at")), _when(t.get("heartbeat_at")))
         queue = table("id", "priority", "submitted", "config", title="queue (dispatch order)")
         for t in view["queue"]:
-            row(queue, t["id"], t["priority"], _when(t["created_at"]), _summary(t["config"]))
+            row(queue, t["id"], t["priority"], _when(t["created_at"]), _summary(t))
         if view.get("queue_more"):
             queue.caption = f"and {view['queue_more']} more (miquery --limit N shows more)"
         recent = table("id", "status", "finished", "result", title="recently finished")
@@ -193,7 +205,7 @@ def _show(view: dict[str, Any]) -> None:
         console.print(trainings)
         return
     t = view["training"]
-    console.print(escape(f"training {t['id']}: {t['status']}  priority {t['priority']}  {_summary(t['config'])}"))
+    console.print(escape(f"training {t['id']}: {t['status']}  priority {t['priority']}  {_summary(t)}"))
     history = table("status", "at", title="history")
     for entry in t.get("status_history", []):
         row(history, entry["status"], _when(entry["at"]))

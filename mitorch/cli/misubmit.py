@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from mitorch.cli._common import UsageError, fail, help_requested, parse_command_line, take_options
+from mitorch.cli._common import UsageError, check_id, fail, help_requested, parse_command_line, take_options
 from mitorch.errors import MiTorchError
 from mitorch.store.base import DEFAULT_PRIORITY
 
@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         store = open_store()  # an unreachable database fails here, before anything is composed
         dataset = find_dataset(options["dataset"], store)
         if command.multirun:
-            check_overrides(command.overrides, multirun=True)
+            # Every value of every sweep is checked as its training would be stored (its data
+            # paths, its base training), so the queue launcher refuses nothing half-way.
+            check_overrides(command.overrides, multirun=True, check=lambda cfg: submission(cfg, store, dataset))
             store.close()
             _queue_sweep(command.overrides, priority, dataset)
             return
@@ -104,6 +106,14 @@ def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
         if asked:
             raise UsageError(f"--{next(iter(asked))} belongs to a search: add --search 'key=SWEEP'")
         return None
+    from mitorch.config.screen import shorten
+
+    for arg in rest:
+        if arg in ("-m", "--multirun"):
+            raise UsageError("--search queues one Optuna search job and -m one training per combination; use one of "
+                             "them")
+        if arg.startswith("-"):
+            raise UsageError(f"unknown option {shorten(arg)} for a search; see misubmit --help")
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -136,11 +146,17 @@ def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
 def _add_trials(options: dict, rest: list[str]) -> None:
     if len(rest) != 1 or rest[0].startswith("-") or any(options[k] is not None for k in options if k != "add_trials"):
         raise UsageError("--add-trials takes a number and one search job's id: misubmit --add-trials N JOB_ID")
+    from mitorch.service.search_job import MAX_TRIALS
+
+    job_id = check_id(rest[0], "JOB_ID")
+    count = _whole_number(options["add_trials"], "--add-trials")
+    if count > MAX_TRIALS:
+        raise UsageError(f"--add-trials adds at most {MAX_TRIALS} trials at once, got {count}")
     from mitorch.service.search import add_trials
     from mitorch.store import open_store
 
-    before, after = add_trials(open_store(), rest[0], _whole_number(options["add_trials"], "--add-trials"))
-    print(f"job {rest[0]}: n_trials {before} -> {after}")
+    before, after = add_trials(open_store(), job_id, count)
+    print(f"job {job_id}: n_trials {before} -> {after}")
 
 
 def _queue_search(job: dict, base_dir: str, options: dict) -> str:
@@ -178,12 +194,16 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> N
 
 
 def _whole_number(value: str, flag: str = "--priority") -> int:
+    from mitorch.config.screen import shorten
+
+    if len(value) > 30:  # no 64-bit number is written longer; int() of a long one costs its square
+        raise UsageError(f"{flag} must fit in 64 bits, got {shorten(value)}")
     try:
         number = int(value)
     except ValueError:
-        raise UsageError(f"{flag} needs a whole number, got {value[:40]!r}") from None
+        raise UsageError(f"{flag} needs a whole number, got {shorten(repr(value))}") from None
     if not -2**63 <= number < 2**63:
-        raise UsageError(f"{flag} must fit in 64 bits, got {value[:40]}")
+        raise UsageError(f"{flag} must fit in 64 bits, got {shorten(value)}")
     return number
 
 

@@ -42,10 +42,37 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     screen_overrides(overrides)
     # The defaults of the selected options are the reference for key names and types.
     selections = _selections(overrides)
-    reference = _reference(selections)
-    cfg = _compose(_into_open_mappings(overrides, _reference_tree(selections)), overrides, reference)
+    reference, tree = _reference(selections), _reference_tree(selections)
+    _refuse_additions(overrides, tree, reference)
+    cfg = _compose(_into_open_mappings(overrides, tree), overrides, reference)
     validate(cfg, reference)
     return cfg
+
+
+def _refuse_additions(overrides: list[str], tree: dict[str, Any], reference: DictConfig) -> None:
+    """Refuses `+key=value` (and `++`) that would add a key inside a section of the config, such as
+    +model.foo=1: the model's keys are its factory's arguments, so the training would fail long
+    after the config was accepted. A new top-level key (+note=...) or a key of an open mapping
+    (+logger.mlflow.tags.team=...) is still added. tree: the reference config (_reference_tree)."""
+    for override in overrides:
+        if not override.startswith("+") or "=" not in override:
+            continue
+        key = override_key(override)
+        parts = key.split(".")
+        if len(parts) < 2 or parts[0] not in tree or parts[0] == "hydra" or "/" in key:
+            continue
+        if _in_open_mapping(key, tree) or _has_key(tree, parts):
+            continue
+        raise ConfigError(f"unknown key '{shorten(key, 100)}'; {_valid_keys_hint(key, reference)} ('+' adds keys only "
+                          "at the top level or under an empty mapping such as logger.mlflow.tags)")
+
+
+def _has_key(tree: Any, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def _into_open_mappings(overrides: list[str], tree: dict[str, Any]) -> list[str]:
@@ -90,6 +117,10 @@ def compose_with_values(overrides: Sequence[str], values: Mapping[str, Any]) -> 
     selections = _selections(task_defaults(list(overrides)))
     reference, tree = _reference(selections), _reference_tree(selections)
     for key, value in values.items():
+        if key.startswith(("+", "~")):
+            raise ConfigError(f"unknown key '{shorten(key, 100)}'; a trial's values set keys that the config has, "
+                              "named without '+' or '~' (a key under an empty mapping such as "
+                              "logger.mlflow.tags.NAME is added as it is)")
         try:
             OmegaConf.update(cfg, key, value, merge=False, force_add=_in_open_mapping(key, tree))
         except Exception as e:  # noqa: BLE001 - OmegaConf's errors for unknown keys and wrong types
@@ -214,4 +245,4 @@ def _valid_keys_hint(key: str, reference: DictConfig | None) -> str:
         return f"'{parent_key}' has no sub-keys"
     keys = sorted(k for k in parent.keys() if not str(k).startswith("_") and k != "hydra")
     where = f"'{parent_key}'" if parent_key else "the top level"
-    return f"valid keys at {where}: {', '.join(map(str, keys))}"
+    return f"valid keys at {where}: {', '.join(map(str, keys))}" if keys else f"{where} takes no keys"

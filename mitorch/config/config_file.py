@@ -18,18 +18,23 @@ from mitorch.errors import ConfigError
 # far beyond is a mistake or hostile (YAML aliases can make a short file hold billions).
 MAX_DEPTH = 16
 MAX_VALUES = 100_000
+# A config of a few hundred values is a few kB; a file far beyond is not read at all.
+MAX_BYTES = 1_000_000
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Reads a JSON or YAML training config into a dict.
 
     Raises:
-        ConfigError: the file is missing, does not parse, is not a mapping, nests more than
-            MAX_DEPTH levels or holds more than MAX_VALUES values.
+        ConfigError: the file is missing, larger than MAX_BYTES, does not parse, is not a mapping,
+            nests more than MAX_DEPTH levels or holds more than MAX_VALUES values.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConfigError(f"config file {path} holds {size} bytes, more than {MAX_BYTES}; a config is a few kB")
     try:
         content = _parse(path, path.read_text(encoding="utf-8"))
     except RecursionError:
@@ -40,7 +45,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         content = {}
     if not isinstance(content, dict):
         raise ConfigError(f"config file {path} must hold a mapping of config keys, not a {type(content).__name__}")
-    _check_shape(content, path)
+    check_shape(content, f"config file {path}")
     return content
 
 
@@ -68,21 +73,24 @@ def _first_line(error: Exception) -> str:
     return str(error).split(";")[0].strip()
 
 
-def _check_shape(content: dict[str, Any], path: Path) -> None:
+def check_shape(content: Mapping[str, Any], what: str) -> None:
     """Refuses content nested deeper than MAX_DEPTH or holding more than MAX_VALUES values, walking
-    it level by level (no recursion) and stopping as soon as it is too big."""
+    it level by level (no recursion) and stopping as soon as it is too big.
+
+    Args:
+        what: how the error names the content, e.g. "config file conf.json".
+    """
     depth, level, values = 0, [content], 0
     while level:
         depth += 1
         if depth > MAX_DEPTH:
-            raise ConfigError(f"config file {path} nests deeper than {MAX_DEPTH} levels; a config nests a few")
+            raise ConfigError(f"{what} nests deeper than {MAX_DEPTH} levels; a config nests a few")
         children: list[Any] = []
         for item in level:
             children.extend(item.values() if isinstance(item, Mapping) else item)
             values += len(item)
             if values > MAX_VALUES:
-                raise ConfigError(f"config file {path} holds more than {MAX_VALUES} values; a config holds a few "
-                                  "hundred")
+                raise ConfigError(f"{what} holds more than {MAX_VALUES} values; a config holds a few hundred")
         level = [child for child in children if isinstance(child, (Mapping, list))]
 
 
@@ -97,7 +105,21 @@ def config_file_overrides(path: str | Path, command_line: Iterable[str] = ()) ->
     Returns:
         Override strings, group selections first.
     """
-    content = read_config_file(path)
+    return mapping_overrides(read_config_file(path), command_line, f"config file {path}")
+
+
+def mapping_overrides(content: Mapping[str, Any], command_line: Iterable[str] = (),
+                      what: str = "config") -> list[str]:
+    """The overrides that a training config's content stands for (a parsed file, or a search
+    job's `config` mapping); as config_file_overrides, which reads the content from a file.
+
+    Args:
+        what: how errors name the content, e.g. "config file conf.json".
+
+    Raises:
+        ConfigError: naming what and the key that cannot be an override.
+    """
+    check_shape(content, what)
     chosen_on_command_line = group_choices(command_line)
     selections: list[str] = []
     values: list[str] = []
@@ -112,24 +134,24 @@ def config_file_overrides(path: str | Path, command_line: Iterable[str] = ()) ->
             name = section.pop("name", None)
             if name is not None:
                 if not isinstance(name, str):
-                    raise ConfigError(f"config file {path}: {key}.name must be a string naming a {key} option")
+                    raise ConfigError(f"{what}: {key}.name must be a string naming a {key} option")
                 if key in chosen_on_command_line and chosen_on_command_line[key] != name:
                     continue
                 if key not in chosen_on_command_line:
                     selections.append(f"{key}={name}")
-            values.extend(_flatten(key, section, path))
+            values.extend(_flatten(key, section, what))
             continue
-        values.extend(_flatten(key, value, path))
+        values.extend(_flatten(key, value, what))
     return selections + values
 
 
-def _flatten(prefix: str, value: Any, path: str | Path) -> list[str]:
+def _flatten(prefix: str, value: Any, what: str) -> list[str]:
     if isinstance(value, Mapping) and value:
         out = []
         for key, item in value.items():
-            out.extend(_flatten(f"{prefix}.{key}", item, path))
+            out.extend(_flatten(f"{prefix}.{key}", item, what))
         return out
     try:
         return [f"{prefix}={format_value(value)}"]
     except TypeError as e:
-        raise ConfigError(f"config file {path}: {prefix}: {e}") from None
+        raise ConfigError(f"{what}: {prefix}: {e}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from fractions import Fraction
 from typing import Any
 
 GROUPS = ("model", "optimizer", "lr_scheduler", "augmentation", "logger")
@@ -72,3 +73,25 @@ def group_choices(overrides: Iterable[str]) -> dict[str, str]:
         if key in GROUPS and "=" in override:
             choices[key] = override.split("=", 1)[1]
     return choices
+
+
+def range_size(start: float, stop: float, step: float) -> int:
+    """How many values range(start, stop, step) holds (start + i*step short of stop), counted
+    without listing them: integers exactly, floats as the decimals they were written as, so
+    that range(0, 0.9, 0.3) is 0, 0.3, 0.6 (in binary, 3 * 0.3 falls just short of 0.9).
+
+    Raises:
+        ValueError: a step of 0 or a bound that is not finite.
+    """
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (start, stop, step)):
+        raise ValueError("its numbers must be finite")
+    if step == 0:
+        raise ValueError("its step is 0")
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        return max(0, -((start - stop) // step))  # ceil((stop - start) / step)
+    return max(0, math.ceil((written(stop) - written(start)) / written(step)))
+
+
+def written(number: float) -> Fraction:
+    """A number as the decimal it was written as: a float by its shortest repr (0.3 -> 3/10)."""
+    return Fraction(repr(number)) if isinstance(number, float) else Fraction(number)

@@ -11,18 +11,27 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from mitorch.config.config_file import MAX_DEPTH
 from mitorch.config.overrides import override_key
 from mitorch.errors import ConfigError
 from mitorch.store.uri import credential_forms
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The longest key and value an override may have: config keys are a few dotted words, and the
+# longest value a config needs is a path (Linux allows 4096 bytes). Anything longer is refused
+# before it is parsed or searched for credentials.
+MAX_KEY_CHARS = 256
+MAX_VALUE_CHARS = 4096
+# A value nests as deep as a CONFIG file may.
+MAX_NESTING = MAX_DEPTH
 _WHOLE_NUMBER = re.compile(r"[+-]?\d[\d_]*")
 _CREDENTIAL_HINT = ("configs are stored and shown, so they take no secrets: register remote data with "
                     "midataset register and queue it with --dataset NAME")
 
 
 def screen_overrides(overrides: Sequence[str]) -> None:
-    """Refuses overrides that do not parse, carry a credential or hold a whole number beyond 64 bits.
+    """Refuses overrides that are too long or too deep, do not parse, carry a credential or hold
+    a whole number beyond 64 bits.
 
     Raises:
         ConfigError: naming the key (and for a credential only its kind, e.g. sig=***).
@@ -31,10 +40,56 @@ def screen_overrides(overrides: Sequence[str]) -> None:
         key, equals, value = override.partition("=")
         if equals and _WHOLE_NUMBER.fullmatch(value.strip()):
             check_whole_number(key.lstrip("+~"), value.strip())
-    for key, value in _parsed_values(overrides):
+        check_override_size(key, "")
+        if nesting(value) > MAX_NESTING:
+            raise ConfigError(f"{key.lstrip('+~')} nests deeper than {MAX_NESTING} levels; a config value nests a few")
+    # Parsing is linear in the text and names a number beyond Python's digit limit; the size
+    # cap then comes before the search for credentials, which is the costly part.
+    parsed = list(_parsed_values(overrides))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        check_override_size(key, value)
+    for key, value in parsed:
         forms = credential_forms(value)
         if forms:
             raise ConfigError(f"{key} carries a credential ({', '.join(forms)}); {_CREDENTIAL_HINT}")
+
+
+def nesting(text: str) -> int:
+    """How deep brackets ([, {, () nest in an override's value, outside quoted strings: Hydra's
+    parser recurses once per level."""
+    depth = deepest = 0
+    quote, escaped = "", False
+    for char in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]})":
+            depth -= 1
+    return deepest
+
+
+def check_override_size(key: str, value: str, where: str = "") -> None:
+    """Refuses a key longer than MAX_KEY_CHARS or a value longer than MAX_VALUE_CHARS.
+
+    Args:
+        where: what the key belongs to, for the message (e.g. "search_space.").
+    """
+    if len(key) > MAX_KEY_CHARS:
+        raise ConfigError(f"{where}{shorten(key)} is a key of {len(key)} characters, more than {MAX_KEY_CHARS}; "
+                          "config keys are a few dotted words, e.g. optimizer.lr")
+    if len(value) > MAX_VALUE_CHARS:
+        raise ConfigError(f"{where}{key} holds a value of {len(value)} characters, more than {MAX_VALUE_CHARS} (the "
+                          "longest path Linux takes)")
 
 
 def check_whole_number(key: str, text: str) -> None:

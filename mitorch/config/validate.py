@@ -69,6 +69,11 @@ def validate(cfg: DictConfig, reference: DictConfig | None = None) -> None:
         raise ConfigError("choose one kind of weight averaging: ema_decay or swa_fraction")
     if cfg.data.prefetch_factor is not None and cfg.data.num_workers == 0:
         raise ConfigError("data.prefetch_factor needs data.num_workers of 1 or more")
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and not value.strip():
+            # An empty path would stand for the current folder once made absolute.
+            raise ConfigError(f"{key} is empty; give a path, or leave it unset (null)")
     if cfg.base is not None and cfg.weights is not None:
         raise ConfigError("set base (a training id) or weights (a file), not both")
     if (cfg.data.train is None) != (cfg.data.val is None):

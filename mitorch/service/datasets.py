@@ -26,6 +26,10 @@ from mitorch.store.uri import credential_forms, redact
 
 # Versions are stored as 64-bit integers (SQLite INTEGER, MongoDB long).
 MAX_VERSION = 2**63 - 1
+# A dataset's name is a label typed on command lines (--dataset NAME) and shown in tables.
+MAX_NAME_CHARS = 128
+# A registration file of thousands of datasets is a few MB; a larger one is not read.
+MAX_FILE_BYTES = 10_000_000
 
 SPLITS = ("train", "val")
 
@@ -38,6 +42,10 @@ def read_registration(file: str) -> list[dict[str, Any]]:
         ConfigError: naming the file, the entry and what is wrong. Nothing is kept then.
     """
     try:
+        size = Path(file).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"dataset file {file} holds {size} bytes, more than {MAX_FILE_BYTES}; an entry is a few "
+                              "hundred bytes")
         entries = json.loads(Path(file).read_text())
     except FileNotFoundError:
         raise ConfigError(f"dataset file {file} does not exist") from None
@@ -74,9 +82,10 @@ def _check_entry(entry: Any, index: int, file: str, base: Path) -> dict[str, Any
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
                           "keys are name, version, train, val, description")
     name, version = entry.get("name"), entry.get("version")
-    if not isinstance(name, str) or not name or ":" in name or name != name.strip() or not name.isprintable():
-        raise ConfigError(f"{where}: name must be a non-empty string without ':', surrounding spaces or "
-                          "control characters")
+    if not isinstance(name, str) or not name or ":" in name or name != name.strip() or not name.isprintable() \
+            or len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"{where}: name must be a non-empty string of at most {MAX_NAME_CHARS} characters without "
+                          "':', surrounding spaces or control characters")
     where = f"dataset file {file}, {name}"
     if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= MAX_VERSION:
         raise ConfigError(f"{where}: version must be a whole number from 0 to 2**63-1, got {_short(version)}")
@@ -105,6 +114,9 @@ def _check_entry(entry: Any, index: int, file: str, base: Path) -> dict[str, Any
 
 
 def _check_path(path: str, where: str, base: Path) -> str:
+    if not path.strip():
+        # An empty path would stand for the registration file's own folder.
+        raise ConfigError(f"{where}: a path is empty; give the split's file or folder, or an https URL")
     if remote.is_remote(path):
         scheme = path.split("://", 1)[0]
         if scheme == "http" and not _loopback(path):
@@ -136,9 +148,20 @@ def parse_reference(text: str) -> tuple[str, int | None]:
     name, _, version = text.partition(":")
     if not name:
         raise ConfigError(f"--dataset needs NAME or NAME:VERSION, got {_short(text)}")
+    check_name(name, "--dataset")
     if not version:
         return name, None
     return name, parse_version(version, f"--dataset {name}")
+
+
+def check_name(name: str, what: str) -> None:
+    """Refuses a dataset name longer than any registered one can be, before the store is asked.
+
+    Raises:
+        ConfigError: naming what and the cap.
+    """
+    if len(name) > MAX_NAME_CHARS:
+        raise ConfigError(f"{what}: a dataset name has at most {MAX_NAME_CHARS} characters, got {len(name)}")
 
 
 def parse_version(text: str, what: str = "--version") -> int:

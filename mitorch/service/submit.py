@@ -1,17 +1,25 @@
 """What misubmit (and the sweep launcher) store: a checked, self-contained training config."""
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from mitorch.build import check_targets
 from mitorch.config import resolve_paths
+from mitorch.config.screen import shorten
 from mitorch.config.validate import PATH_KEYS
 from mitorch.errors import ConfigError
 from mitorch.service.remote import is_remote
 from mitorch.store import JobStore, StoreError
 from mitorch.store.uri import credential_forms
+
+# Training ids are 24 hex digits; a base= that could not be one is refused before the store is asked.
+_TRAINING_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+# Paths a training reads (outputs are written, so they need not exist yet).
+_INPUT_KEYS = ("data.train", "data.val", "weights")
 
 
 def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | None:
@@ -31,8 +39,8 @@ def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | Non
 
 
 def submission(cfg: DictConfig, store: JobStore, dataset: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config to store for a composed, validated cfg: absolute paths, allowed targets, and a
-    `base` that names a training of this store.
+    """The config to store for a composed, validated cfg: absolute paths to inputs that exist on
+    this machine, allowed targets, and a `base` that names a completed training of this store.
 
     Raises:
         ConfigError, StoreError: naming what is wrong.
@@ -46,10 +54,39 @@ def submission(cfg: DictConfig, store: JobStore, dataset: dict[str, Any] | None 
     if dataset is not None and cfg.data.train is not None:
         raise ConfigError("--dataset gives data.train and data.val; do not set them as well")
     resolve_paths(cfg)
+    _refuse_missing_inputs(cfg)
     check_targets(cfg)
-    if cfg.base is not None and store.get_training(cfg.base) is None:
-        raise StoreError(f"base training {cfg.base} is not in the job store; see miquery for the ids")
+    if cfg.base is not None:
+        _check_base(str(cfg.base), store)
     return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _refuse_missing_inputs(cfg: DictConfig) -> None:
+    """A training queued on data or weights that are not there would fail only once dispatched."""
+    for key in _INPUT_KEYS:
+        path = OmegaConf.select(cfg, key)
+        if not isinstance(path, str) or os.path.exists(path):
+            continue
+        if key == "weights":
+            raise ConfigError(f"weights {path} does not exist; give a weights file that exists, or base=<training id> "
+                              "to start from a queued training's weights")
+        raise ConfigError(f"{key} {path} does not exist; give a path that exists, or register the data with midataset "
+                          "register FILE and queue it with --dataset NAME")
+
+
+def _check_base(base: str, store: JobStore) -> None:
+    """base names a completed training with weights: the runner starts from those, and fails a
+    training whose base has none when it is dispatched."""
+    if not _TRAINING_ID.fullmatch(base):
+        raise ConfigError(f"base must be a training id (24 hex digits, see miquery), got {shorten(repr(base))}")
+    training = store.get_training(base)
+    if training is None:
+        raise StoreError(f"base training {base} is not in the job store; see miquery for the ids")
+    if training.get("status") != "completed" or not training.get("weights"):
+        state = training.get("status") if training.get("status") != "completed" else "completed without weights"
+        hint = ("submit this training once it has completed" if state in ("new", "queued", "running")
+                else "choose a completed training (miquery lists them)")
+        raise StoreError(f"base training {base} is {state}; base starts from a completed training's weights: {hint}")
 
 
 def _refuse_credentials(value: Any, key: str) -> None:
