@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,13 +22,13 @@ pytest.importorskip("azure.ai.ml", reason="the AzureML tests need the azure extr
 
 from azure.ai.ml import load_job  # noqa: E402
 from azure.ai.ml._restclient.arm_ml_service.models import JobStatus  # noqa: E402
-from azure.ai.ml.entities import AmlCompute, JobService, Workspace  # noqa: E402
+from azure.ai.ml.entities import AmlCompute, JobService, SystemData, Workspace  # noqa: E402
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceExistsError  # noqa: E402
 from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError  # noqa: E402
 
 from mitorch.azureml import jobs, keyvault  # noqa: E402
 from mitorch.azureml.settings import AzureMLSettings  # noqa: E402
-from mitorch.errors import ConfigError  # noqa: E402
+from mitorch.errors import ConfigError, MiTorchError  # noqa: E402
 from mitorch.service.azureml_executor import AzureMLExecutor  # noqa: E402
 from mitorch.service.controller import Settings, tick  # noqa: E402
 from mitorch.service.executors import LaunchError  # noqa: E402
@@ -49,11 +50,13 @@ SECRETS = (CLIENT_SECRET, DB_PASSWORD, SAS_SIG, "sig=")
 
 class FakeJobs:
     """`ml_client.jobs`: records every call; a job's status is what the test sets (or, with a
-    node, what its process does)."""
+    node, what its process does); its creation time is the clock's when it was sent."""
 
-    def __init__(self, node: FakeNode | None = None) -> None:
+    def __init__(self, node: FakeNode | None = None, clock: Callable[[], float] = time.time) -> None:
         self.sent: dict[str, Any] = {}
         self.statuses: dict[str, Any] = {}
+        self.created: dict[str, datetime] = {}
+        self.clock = clock
         self.calls: list[tuple[str, str]] = []
         self.submit_error: Exception | None = None
         self.get_error: Exception | None = None
@@ -66,6 +69,7 @@ class FakeJobs:
             raise self.submit_error
         self.sent[job.name] = job
         self.statuses[job.name] = JobStatus.QUEUED
+        self.created[job.name] = datetime.fromtimestamp(self.clock(), timezone.utc)
         if self.node is not None:
             self.node.start(job)
         return self._returned(job.name)
@@ -98,16 +102,19 @@ class FakeJobs:
         return SimpleNamespace(result=lambda: None)
 
     def _returned(self, name: str) -> Any:
-        # What the service answers: the job as an SDK entity, with its status and studio link.
+        # What the service answers: the job as an SDK entity, with its status, studio link and
+        # creation time.
         job = self.sent[name]._to_job()
         job._status = self.statuses[name]
+        job._creation_context = SystemData(created_at=self.created.get(name))
         job.services = {"Studio": JobService(endpoint=f"https://ml.azure.com/runs/{name}?wsid=fake")}
         return job
 
 
 class FakeMLClient:
-    def __init__(self, max_instances: int = 4, node: FakeNode | None = None) -> None:
-        self.jobs = FakeJobs(node)
+    def __init__(self, max_instances: int = 4, node: FakeNode | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.jobs = FakeJobs(node, clock)
         self.compute = SimpleNamespace(get=lambda name: AmlCompute(name=name, size="Standard_NC6s_v3",
                                                                    max_instances=max_instances))
         self.workspaces = SimpleNamespace(get=lambda name: Workspace(name=name, key_vault=VAULT_ID))
@@ -116,15 +123,24 @@ class FakeMLClient:
 @pytest.fixture
 def aml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """AzureML settings, a job store and Blob artifacts (with a SAS token) in the environment; the
-    session's cache keeps the staged wheel between tests."""
+    session's cache keeps the staged wheel between tests. `now` is the clock of the executor and
+    of AzureML's job creation times (a test moves it on)."""
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MITORCH_DB_URI", f"mongodb://mitorch:{DB_PASSWORD}@db.example.com/mitorch")
     monkeypatch.setenv("MITORCH_ARTIFACTS_URI", f"https://acct.blob.core.windows.net/art?sv=2024&sig={SAS_SIG}")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # where the executor keeps its job clocks
     store = SQLiteStore(str(tmp_path / "db.sqlite"))
-    client = FakeMLClient()
-    executor = AzureMLExecutor(client=lambda: client, store=store)
-    return SimpleNamespace(store=store, client=client, executor=executor, tmp=tmp_path)
+    now = [float(int(time.time()))]  # whole seconds: AzureML's timestamps keep microseconds
+    client = FakeMLClient(clock=lambda: now[0])
+    executor = AzureMLExecutor(client=lambda: client, store=store, clock=lambda: now[0])
+    return SimpleNamespace(store=store, client=client, executor=executor, tmp=tmp_path, now=now)
+
+
+def _next_process(aml: SimpleNamespace) -> AzureMLExecutor:
+    """A new executor, as the next micontrol process makes: it shares only the disk and AzureML."""
+    aml.executor = AzureMLExecutor(client=lambda: aml.client, store=aml.store, clock=lambda: aml.now[0])
+    return aml.executor
 
 
 def _tick(aml: SimpleNamespace, **settings: Any) -> list[str]:
@@ -174,6 +190,50 @@ def test_each_job_validates_round_trips_and_holds_no_secret(aml: SimpleNamespace
         assert record["studio_url"].startswith(f"https://ml.azure.com/runs/mitorch-{training_id}-1")
         assert record["executor"] == "azureml:ws-1/gpu-cluster"
     assert aml.client.jobs.sent[f"mitorch-{urgent}-1"].tags["mitorch_job_id"] == "sweep-1"
+
+
+URI_PASSWORD, FRAGMENT = "Art1factsPassw0rd", "fragmentSecretValue"
+
+
+@pytest.mark.parametrize("uri", [
+    f"https://mitorch:{URI_PASSWORD}@acct.blob.core.windows.net/art/team#{FRAGMENT}",
+    f"https://acct.blob.core.windows.net/art/team/?sv=2024&sig={SAS_SIG}#{FRAGMENT}",
+    f"https://mitorch:{URI_PASSWORD}@acct.blob.core.windows.net/art/team#{FRAGMENT}?sig={SAS_SIG}",
+])
+def test_the_job_holds_the_artifacts_uri_without_its_credentials(aml: SimpleNamespace, monkeypatch: pytest.MonkeyPatch,
+                                                                  uri: str) -> None:
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", uri)
+    training_id = aml.store.add_training({"config": {}})
+    assert _tick(aml) == [f"dispatched {training_id} to mitorch-{training_id}-1"]
+    sent = aml.client.jobs.sent[f"mitorch-{training_id}-1"]
+    assert sent.environment_variables["MITORCH_ARTIFACTS_URI"] == "https://acct.blob.core.windows.net/art/team"
+    wire = json.dumps(sent._to_job()._to_rest_object().as_dict(), default=str)  # the body create_or_update sends
+    text = _yaml(sent, aml.tmp / "job.yml")
+    for secret in (URI_PASSWORD, FRAGMENT, SAS_SIG, "mitorch@", "#"):
+        assert secret not in wire and secret not in text and secret not in sent.command
+
+
+@pytest.mark.parametrize("uri", ["s3://AKIAKEY:S3cretKey@bucket/artifacts", "ftp://files.example.com/artifacts",
+                                 "https://files.example.com/artifacts", "LOCAL", None])
+def test_artifacts_the_executor_cannot_use_are_refused_before_a_training_is_claimed(
+        aml: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, uri: str | None) -> None:
+    if uri is None:
+        monkeypatch.delenv("MITORCH_ARTIFACTS_URI")
+    else:
+        monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(aml.tmp / "art") if uri == "LOCAL" else uri)
+    with pytest.raises(MiTorchError) as refused:
+        aml.executor.check_ready()
+    message = str(refused.value)
+    assert message.startswith("the AzureML executor needs MITORCH_ARTIFACTS_URI to be an Azure Blob container URL "
+                              "(https://ACCOUNT.blob.core.windows.net/CONTAINER), got ")
+    assert "\n" not in message and "S3cretKey" not in message
+    # The tick stops there: the queued training stays unclaimed.
+    training_id = aml.store.add_training({"config": {}})
+    with pytest.raises(MiTorchError):
+        _tick(aml)
+    assert aml.store.get_training(training_id)["status"] == "new" and not aml.client.jobs.calls
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", f"https://acct.blob.core.windows.net/art?sv=2024&sig={SAS_SIG}")
+    assert aml.executor.check_ready() is None
 
 
 def test_mitorchs_own_environment_and_multi_node_jobs(aml: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -288,11 +348,14 @@ def test_every_status_maps_to_running_or_gone(aml: SimpleNamespace, status: JobS
         assert aml.executor.state(training) == ("gone" if terminal else "running")
         waits = status.value in ("NotStarted", "Queued", "Provisioning", "Preparing", "Starting")
         assert aml.executor.waiting(training) is waits
+        ended = f"AzureML job {training['run_id']} ended {status.value}" if terminal else None
+        assert aml.executor.gone_reason(training) == ended
 
 
 def test_state_when_the_job_is_missing_or_azureml_cannot_be_reached(aml: SimpleNamespace) -> None:
     training = {"id": "t-1", "attempt": 1}
     assert aml.executor.state(training) == "gone"
+    assert aml.executor.gone_reason(training) == "AzureML has no job mitorch-t-1-1"
     aml.client.jobs.get_error = ServiceRequestError("connection reset")
     assert aml.executor.state(training) == "unknown"
     aml.client.jobs.get_error = HttpResponseError("(InternalServerError) try again")
@@ -317,6 +380,125 @@ def test_a_job_queued_for_capacity_is_not_stale(aml: SimpleNamespace) -> None:
     assert ("begin_cancel", name) in aml.client.jobs.calls
 
 
+def test_job_clocks_that_cannot_be_kept_are_a_one_line_error(aml: SimpleNamespace,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    training_id = aml.store.add_training({"config": {}})
+    _tick(aml)
+    (aml.tmp / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(aml.tmp / "not-a-folder"))
+    expected = (r"^cannot keep the AzureML job clocks in .*not-a-folder.*; set XDG_DATA_HOME to a writable folder that "
+                "lasts between ticks$")
+    with pytest.raises(MiTorchError, match=expected):
+        _next_process(aml).state(aml.store.get_training(training_id))
+
+
+# A controller patient enough that only the executor's own limits can end a job here.
+PATIENT = {"heartbeat_timeout": timedelta(days=900), "start_timeout": timedelta(days=900)}
+
+
+@pytest.mark.parametrize("status", ["NotResponding", "CancelRequested", "Finalizing", "Paused", "Unknown",
+                                    "Rebooting"])  # the last: a status MiTorch does not know
+def test_a_job_stuck_past_its_limit_is_cancelled_and_its_training_requeued(
+        aml: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, status: str) -> None:
+    monkeypatch.setenv("MITORCH_AML_STUCK_S", "1800")
+    stuck_id, running_id = (aml.store.add_training({"config": {}}) for _ in range(2))
+    _tick(aml)
+    stuck, running = f"mitorch-{stuck_id}-1", f"mitorch-{running_id}-1"
+    aml.client.jobs.statuses.update({stuck: status, running: JobStatus.RUNNING})
+    start = aml.now[0]
+    for elapsed in (0, 900, 1800):  # each tick a new process: the job's clock is kept on disk
+        aml.now[0] = start + elapsed
+        _next_process(aml)
+        assert _tick(aml, **PATIENT) == []
+    assert not [c for c in aml.client.jobs.calls if c[0] == "begin_cancel"]
+    aml.now[0] = start + 1801
+    _next_process(aml)
+    assert _tick(aml, **PATIENT) == [
+        f"requeued {stuck_id} (retry 1 of 2: AzureML job {stuck} was stuck in {status} for 0:30:01, longer than "
+        "MITORCH_AML_STUCK_S=1800; cancelled)",
+        f"dispatched {stuck_id} to mitorch-{stuck_id}-2"]  # its slot is free again
+    assert [c for c in aml.client.jobs.calls if c[0] == "begin_cancel"] == [("begin_cancel", stuck)]
+    assert aml.store.get_training(running_id)["status"] == "queued"  # Running for as long: left alone
+
+
+def test_a_job_waiting_past_its_limit_is_cancelled_and_its_training_fails_without_retries(
+        aml: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MITORCH_AML_QUEUED_MAX_S", "7200")
+    training_id = aml.store.add_training({"config": {}})
+    _tick(aml)
+    name, start = f"mitorch-{training_id}-1", aml.now[0]
+    for elapsed, status in ((0, JobStatus.QUEUED), (3600, JobStatus.PREPARING), (7200, JobStatus.QUEUED)):
+        aml.now[0] = start + elapsed
+        aml.client.jobs.statuses[name] = status
+        _next_process(aml)
+        waited_at = aml.store.get_training(training_id).get("waiting_at")
+        assert _tick(aml, max_retries=0) == []
+        assert aml.store.get_training(training_id)["waiting_at"] != waited_at  # the controller's sign of life
+    aml.now[0] = start + 7202
+    aml.client.jobs.statuses[name] = JobStatus.STARTING
+    _next_process(aml)
+    assert _tick(aml, max_retries=0) == [
+        f"failed {training_id} (AzureML job {name} was waiting to start (Queued, Preparing, Starting) for 2:00:02, "
+        "longer than MITORCH_AML_QUEUED_MAX_S=7200; cancelled; no retries left)"]
+    assert ("begin_cancel", name) in aml.client.jobs.calls
+    assert aml.store.get_training(training_id)["status"] == "failed"
+
+
+def test_a_job_first_seen_waiting_counts_its_wait_from_its_creation(aml: SimpleNamespace) -> None:
+    """A controller on another machine, or one whose clocks file was lost: AzureML's creation time
+    bounds the wait (the default limit, a day)."""
+    training_id = aml.store.add_training({"config": {}})
+    _tick(aml)  # launched now; no tick has seen it waiting yet
+    aml.now[0] += 24 * 3600 + 5
+    _next_process(aml)
+    [requeued, _] = _tick(aml)
+    assert requeued == (f"requeued {training_id} (retry 1 of 2: AzureML job mitorch-{training_id}-1 was waiting to "
+                        "start (Queued) for 1 day, 0:00:05, longer than MITORCH_AML_QUEUED_MAX_S=86400; cancelled)")
+
+
+def test_with_no_queued_limit_a_job_may_wait_for_ever(aml: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MITORCH_AML_QUEUED_MAX_S", "0")
+    training_id = aml.store.add_training({"config": {}})
+    _tick(aml)
+    aml.now[0] += 400 * 24 * 3600
+    _next_process(aml)
+    assert _tick(aml) == [] and aml.executor.waiting(aml.store.get_training(training_id))
+    assert not [c for c in aml.client.jobs.calls if c[0] == "begin_cancel"]
+
+
+def test_a_job_given_up_stays_gone_with_its_reason_and_is_cancelled_once(aml: SimpleNamespace) -> None:
+    training_id = aml.store.add_training({"config": {}})
+    _tick(aml)
+    training = aml.store.get_training(training_id)
+    name = training["run_id"]
+    aml.client.jobs.statuses[name] = JobStatus.NOT_RESPONDING
+    assert aml.executor.state(training) == "running"
+    aml.now[0] += 3601
+    assert _next_process(aml).state(training) == "gone"
+    reason = aml.executor.gone_reason(training)
+    assert reason == (f"AzureML job {name} was stuck in NotResponding for 1:00:01, longer than "
+                      "MITORCH_AML_STUCK_S=3600; cancelled")
+    # The next tick (its training was not moved on, say): the same answer, even if the job came back.
+    aml.client.jobs.statuses[name] = JobStatus.RUNNING
+    assert _next_process(aml).state(training) == "gone" and aml.executor.gone_reason(training) == reason
+    assert [c for c in aml.client.jobs.calls if c[0] == "begin_cancel"] == [("begin_cancel", name)]
+
+
+def test_a_job_past_its_limit_is_gone_even_when_azureml_refuses_to_cancel_it(aml: SimpleNamespace) -> None:
+    training_id = aml.store.add_training({"config": {}})
+    _tick(aml)
+    name = f"mitorch-{training_id}-1"
+    aml.client.jobs.statuses[name] = JobStatus.FINALIZING
+    aml.client.jobs.cancel_error = HttpResponseError("(UserError) cannot cancel a job in Finalizing")
+    assert _tick(aml, **PATIENT) == []
+    aml.now[0] += 3601
+    _next_process(aml)
+    requeued = _tick(aml, **PATIENT)[0]
+    assert requeued == (f"requeued {training_id} (retry 1 of 2: AzureML job {name} was stuck in Finalizing for "
+                        "1:00:01, longer than MITORCH_AML_STUCK_S=3600; AzureML refused to cancel it "
+                        "(HttpResponseError: (UserError) cannot cancel a job in Finalizing))")
+
+
 def _backdate(store: SQLiteStore, training_id: str, seconds: float) -> None:
     training = store.get_training(training_id)
     earlier = store.clock() - timedelta(seconds=seconds)
@@ -324,17 +506,22 @@ def _backdate(store: SQLiteStore, training_id: str, seconds: float) -> None:
     assert store.update_training(training_id, fields)
 
 
-def test_cancel_asks_azureml_and_reads_the_status_again_after_a_refusal(aml: SimpleNamespace) -> None:
+def test_cancel_says_whether_azureml_took_the_request(aml: SimpleNamespace) -> None:
     training_id = aml.store.add_training({"config": {}})
     _tick(aml)
     training = aml.store.get_training(training_id)
-    aml.executor.cancel(training)
-    assert aml.client.jobs.calls[-1] == ("begin_cancel", training["run_id"])
+    name = training["run_id"]
+    assert aml.executor.cancel(training) is True
+    assert aml.client.jobs.calls[-1] == ("begin_cancel", name)
     assert aml.executor.state(training) == "running"  # CancelRequested is not an end
-    aml.client.jobs.statuses[training["run_id"]] = JobStatus.FINALIZING
+    aml.client.jobs.statuses[name] = JobStatus.FINALIZING
     aml.client.jobs.cancel_error = HttpResponseError("(UserError) cannot cancel a job in Finalizing")
-    aml.executor.cancel(training, force=True)
-    assert aml.client.jobs.calls[-2:] == [("begin_cancel", training["run_id"]), ("get", training["run_id"])]
+    assert aml.executor.cancel(training, force=True) is False
+    assert aml.client.jobs.calls[-2:] == [("begin_cancel", name), ("get", name)]
+    # A job that ended (or that AzureML no longer has) cannot be cancelled: it counts as stopped.
+    aml.client.jobs.statuses[name] = JobStatus.CANCELED
+    assert aml.executor.cancel(training) is True
+    assert aml.executor.cancel({"id": "t-none", "attempt": 1}) is True
 
 
 def test_capacity_is_the_clusters_max_instances_less_the_running_jobs(aml: SimpleNamespace) -> None:
@@ -562,7 +749,8 @@ def _run_queued_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image:
     container, sas = artifacts.split("?")
     db_uri = f"sqlite:///{tmp_path / 'db.sqlite'}"
     env = {**ENV, "MITORCH_DB_URI": db_uri, "MITORCH_ARTIFACTS_URI": artifacts,
-           "MITORCH_CACHE_DIR": str(tmp_path / "cache"), "MITORCH_CREDENTIALS": str(tmp_path / "creds.json")}
+           "MITORCH_CACHE_DIR": str(tmp_path / "cache"), "MITORCH_CREDENTIALS": str(tmp_path / "creds.json"),
+           "XDG_DATA_HOME": str(tmp_path / "data")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     data = make_text_dataset(tmp_path / "data", num_train=num_train, num_val=8)

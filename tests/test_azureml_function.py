@@ -47,6 +47,7 @@ def published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("MITORCH_AML_WHEEL", "")  # the Function points it at its own wheel (restored afterwards)
     monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the executor's job clocks
     monkeypatch.setenv("MITORCH_ARTIFACTS_URI", f"https://acct.blob.core.windows.net/art?sv=2024&sig={SAS_SIG}")
     return _load(folder)
 

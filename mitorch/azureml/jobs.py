@@ -10,9 +10,9 @@ import logging
 import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from mitorch.azureml.settings import AzureMLSettings
-from mitorch.service import remote
 
 # The SDK warns on every use that queue settings are "experimental": not news to a user, and
 # micontrol's output is one line per action.
@@ -25,6 +25,7 @@ DEFAULT_PRIORITY = 100
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 # Not running the command yet (waiting for nodes, building or pulling its image): no heartbeat is due.
 WAITING = frozenset({"notstarted", "queued", "provisioning", "preparing", "starting"})
+RUNNING = "running"
 
 
 def status_value(status: Any) -> str:
@@ -35,6 +36,15 @@ def status_value(status: Any) -> str:
 def state_of(status: Any) -> str:
     """"gone" for Completed, Failed and Canceled; "running" for every other status."""
     return "gone" if status_value(status).lower() in TERMINAL else "running"
+
+
+def artifacts_location(uri: str) -> str:
+    """MITORCH_ARTIFACTS_URI as a job may carry it: scheme, host and path only. A job writes
+    through its compute's managed identity, and AzureML shows a job's environment to anyone who
+    can read the job, so a SAS token (the query), a user:password@ and a #fragment are dropped."""
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
 
 def job_name(training_id: str, attempt: int) -> str:
@@ -92,8 +102,8 @@ def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path
         code: the staged folder with MiTorch's wheel (package.staged_code()).
         environment: job_environment(settings).
         key_vault_url: the workspace's Key Vault, which holds the database URI as a secret.
-        artifacts_uri: MITORCH_ARTIFACTS_URI, an Azure Blob container URL; any token is dropped
-            (the job writes through its managed identity).
+        artifacts_uri: MITORCH_ARTIFACTS_URI, an Azure Blob container URL; any credential in
+            it is dropped (see artifacts_location).
 
     Returns:
         An azure.ai.ml Command, validated.
@@ -121,7 +131,7 @@ def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path
             # Names and locations only; the values behind them are read at start-up.
             "MITORCH_KEY_VAULT_URL": key_vault_url,
             "MITORCH_DB_SECRET_NAME": settings.db_secret,
-            "MITORCH_ARTIFACTS_URI": remote.bare(artifacts_uri),
+            "MITORCH_ARTIFACTS_URI": artifacts_location(artifacts_uri),
         },
         compute=settings.compute,
         instance_count=settings.instance_count,

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from mitorch.envvars import env_int
+from mitorch.envvars import env_float, env_int
 from mitorch.errors import ConfigError
 
 DEFAULT_DB_SECRET = "mitorch-db-uri"
@@ -25,6 +25,11 @@ class AzureMLSettings:
             for MiTorch's own (a curated PyTorch image plus MiTorch's requirements).
         db_secret: the workspace Key Vault secret that holds MITORCH_DB_URI.
         key_vault_url: the Key Vault's URL, or None to ask the workspace for it.
+        stuck_s: how long a job may stay in a status that is neither running, waiting nor an
+            end (NotResponding, CancelRequested, Finalizing, ...) before the executor cancels
+            it and gives its training back to the controller (MITORCH_AML_STUCK_S).
+        queued_max_s: the same for a job still waiting to start (Queued, Preparing, ...);
+            0: it may wait for ever (MITORCH_AML_QUEUED_MAX_S).
     """
 
     subscription_id: str
@@ -42,6 +47,8 @@ class AzureMLSettings:
     shm_size: str = "16g"
     timeout_s: int = 3 * 24 * 3600
     job_tier: str | None = None
+    stuck_s: float = 3600.0
+    queued_max_s: float = 24 * 3600.0
 
     def __repr__(self) -> str:  # the dataclass repr would show auth
         return f"AzureMLSettings(workspace={self.workspace!r}, compute={self.compute!r})"
@@ -85,6 +92,8 @@ class AzureMLSettings:
             shm_size=shm_size,
             timeout_s=env_int("MITORCH_AML_TIMEOUT_S", cls.timeout_s, minimum=1),
             job_tier=job_tier,
+            stuck_s=env_float("MITORCH_AML_STUCK_S", cls.stuck_s, minimum=1),
+            queued_max_s=env_float("MITORCH_AML_QUEUED_MAX_S", cls.queued_max_s, minimum=0),
         )
 
     def credential(self) -> Any:

@@ -4,9 +4,26 @@ Chosen with `micontrol --executor azureml` or MITORCH_EXECUTOR=azureml. Its iden
 `azureml:<workspace>/<compute>`. A job's name is `mitorch-<training id>-<attempt>`, so its
 status is read with one `jobs.get(name)`, and a launch that finds its job already there does not
 submit it twice.
+
+What state() reports, by the job's status (mitorch.azureml.watch keeps the phases' clocks):
+    Completed, Failed, Canceled; no such job: "gone".
+    NotStarted, Queued, Provisioning, Preparing, Starting: "running", and waiting() is True.
+        The controller renews the training's `waiting_at` at each tick that sees it so, so no
+        heartbeat timeout ends a wait: MITORCH_AML_QUEUED_MAX_S does (default 86400 s; 0: none).
+    Running: "running"; the training's heartbeats count.
+    NotResponding, CancelRequested, Finalizing, Paused, Unknown, any other: "running" for up to
+        MITORCH_AML_STUCK_S (default 3600 s); meanwhile the controller's heartbeat or start
+        timeout may ask for a cancel, which such a job may never act on.
+    Past either limit the job is cancelled and is "gone" from then on, with the reason in
+    gone_reason(): the controller requeues its training (using a retry), or fails it when no
+    retry is left.
+    A job that cannot be read (network, service): "unknown".
 """
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +31,13 @@ from typing import Any
 from mitorch.azureml import jobs
 from mitorch.azureml.jobs import WAITING, state_of, status_value
 from mitorch.azureml.settings import AzureMLSettings, require_sdk
+from mitorch.azureml.watch import JobWatch
 from mitorch.errors import ConfigError, MiTorchError
+from mitorch.paths import data_dir
 from mitorch.service import artifacts
 from mitorch.service.executors import Executor, LaunchError
 from mitorch.store.base import JobStore
+from mitorch.store.uri import redact
 
 __all__ = ["AzureMLExecutor", "state_of", "status_value"]
 
@@ -29,20 +49,18 @@ class AzureMLExecutor(Executor):
         settings: default AzureMLSettings.from_env().
         client: makes the MLClient (default settings.ml_client); called once, on first use.
         store: where the job's name and studio URL are recorded on the training.
+        clock: seconds since the epoch (default time.time), on which the waiting and stuck
+            limits are judged.
 
     Raises:
-        ConfigError: a setting is missing, or MITORCH_ARTIFACTS_URI is not an Azure Blob
-            container (a job on another machine could neither resume nor keep its weights).
+        ConfigError: the azure extra or a setting is missing (MITORCH_ARTIFACTS_URI is checked
+            by check_ready).
     """
 
     def __init__(self, settings: AzureMLSettings | None = None, client: Callable[[], Any] | None = None,
-                 store: JobStore | None = None) -> None:
+                 store: JobStore | None = None, clock: Callable[[], float] = time.time) -> None:
         require_sdk()
         self.settings = settings or AzureMLSettings.from_env()
-        if artifacts.remote_root() is None:
-            raise ConfigError("the AzureML executor needs MITORCH_ARTIFACTS_URI to be an Azure Blob container URL "
-                              "(https://ACCOUNT.blob.core.windows.net/CONTAINER): its jobs resume and keep weights "
-                              "there, not in a local folder")
         self.name = f"azureml:{self.settings.workspace}/{self.settings.compute}"
         self._make_client = client or self.settings.ml_client
         self._client: Any = None
@@ -51,6 +69,9 @@ class AzureMLExecutor(Executor):
         self._key_vault: str | None = self.settings.key_vault_url
         self._code_dir: Path | None = None
         self._statuses: dict[str, str] = {}  # job name -> the status state() last read
+        self._gone: dict[str, str] = {}  # job name -> why state() last said "gone"
+        self._watch = JobWatch(_clocks_file(self.settings), self.settings.stuck_s, self.settings.queued_max_s,
+                               clock)
 
     @property
     def client(self) -> Any:
@@ -81,7 +102,7 @@ class AzureMLExecutor(Executor):
         if existing is None:
             try:
                 job = jobs.training_job(training, self.settings, self._code(), self._environment(),
-                                        self._key_vault_url(), self._artifacts_uri())
+                                        self._key_vault_url(), self._artifacts_root())
                 sent = self.client.jobs.create_or_update(job)
             except LaunchError:
                 raise
@@ -95,15 +116,38 @@ class AzureMLExecutor(Executor):
         return name
 
     def state(self, training: dict[str, Any]) -> str:
+        """"gone", "running" or "unknown" as the module's docstring maps the job's status; a job
+        waiting or stuck past its limit is cancelled here and is "gone" from then on."""
         name = jobs.job_name(training["id"], training.get("attempt", 0))
+        self._statuses.pop(name, None)
+        self._gone.pop(name, None)
+        given_up = self._watch.escalated(name)
+        if given_up is not None:
+            self._gone[name] = given_up
+            return "gone"
         try:
             job = self.client.jobs.get(name)
         except Exception as e:  # noqa: BLE001
             if _not_found(e):
+                self._gone[name] = f"AzureML has no job {name}"
                 return "gone"
             return "unknown"  # a network or service error: the controller waits for the lease
-        self._statuses[name] = status_value(job.status)
-        return state_of(job.status)
+        status = status_value(job.status)
+        overdue = self._watch.see(name, status, getattr(job.creation_context, "created_at", None))
+        if overdue is not None:
+            self._gone[name] = self._give_up(name, overdue)
+            return "gone"
+        if state_of(status) == "gone":
+            self._gone[name] = f"AzureML job {name} ended {status}"
+            return "gone"
+        self._statuses[name] = status
+        return "running"
+
+    def gone_reason(self, training: dict[str, Any]) -> str | None:
+        """Why state() last said "gone": the job's end status, its absence, or why it was given up
+        (e.g. "AzureML job X was stuck in NotResponding for 1:00:05, longer than
+        MITORCH_AML_STUCK_S=3600; cancelled")."""
+        return self._gone.get(jobs.job_name(training["id"], training.get("attempt", 0)))
 
     def waiting(self, training: dict[str, Any]) -> bool:
         """Whether the training's job waits for nodes or its image (as state() last read it):
@@ -111,17 +155,43 @@ class AzureMLExecutor(Executor):
         status = self._statuses.get(jobs.job_name(training["id"], training.get("attempt", 0)), "")
         return status.lower() in WAITING
 
-    def cancel(self, training: dict[str, Any], force: bool = False) -> None:
-        # AzureML has one way to stop a job: the command gets SIGTERM, then is killed.
+    def cancel(self, training: dict[str, Any], force: bool = False) -> bool:
+        """Asks AzureML to cancel the job (its command gets SIGTERM, then is killed: AzureML has
+        one way to stop a job, so force changes nothing).
+
+        Returns:
+            True when AzureML took the request, or the job is gone already (ended, or given up
+            past its limit); False when AzureML refused (a job in Finalizing does): the
+            controller asks again at a later tick.
+        """
         name = jobs.job_name(training["id"], training.get("attempt", 0))
         try:
             self.client.jobs.begin_cancel(name)
         except Exception:  # noqa: BLE001
-            # A job in Finalizing refuses cancels, and one that ended cannot be cancelled: read
-            # its status again; the controller asks once more after its kill grace if it runs on.
-            self.state(training)
+            return self.state(training) == "gone"
+        return True
+
+    def check_ready(self) -> None:
+        """Checks MITORCH_ARTIFACTS_URI before a tick claims anything: jobs run on other machines,
+        so they resume and keep weights only in an Azure Blob container.
+
+        Raises:
+            ConfigError: one line that names the URI (without its credentials) and the fix.
+        """
+        self._artifacts_root()
 
     # Helpers -----------------------------------------------------------------------------------
+
+    def _give_up(self, name: str, overdue: str) -> str:
+        """Cancels a job past its limit; returns the reason its training is given back, which
+        later ticks read again (the job is not asked twice)."""
+        try:
+            self.client.jobs.begin_cancel(name)
+            reason = f"{overdue}; cancelled"
+        except Exception as e:  # noqa: BLE001 - its writes are fenced off once its training moves on
+            reason = f"{overdue}; AzureML refused to cancel it ({self._reason(e)})"
+        self._watch.escalate(name, reason)
+        return reason
 
     def _get(self, name: str) -> Any | None:
         try:
@@ -156,8 +226,19 @@ class AzureMLExecutor(Executor):
         return self._key_vault
 
     @staticmethod
-    def _artifacts_uri() -> str:
-        return artifacts.remote_root() or ""
+    def _artifacts_root() -> str:
+        """The Blob container URL of MITORCH_ARTIFACTS_URI (a job gets it without credentials)."""
+        uri = os.environ.get("MITORCH_ARTIFACTS_URI", "").strip()
+        try:
+            root = artifacts.remote_root()
+        except ConfigError:
+            root = None
+        if root is None:
+            shown = repr(redact(uri)[:200]) if uri else "unset (a local folder)"
+            raise ConfigError("the AzureML executor needs MITORCH_ARTIFACTS_URI to be an Azure Blob container URL "
+                              f"(https://ACCOUNT.blob.core.windows.net/CONTAINER), got {shown}: its jobs run on other "
+                              "machines and resume and keep weights there")
+        return root
 
     def _record(self, training: dict[str, Any], name: str, studio_url: str) -> None:
         if self._store is None:
@@ -169,6 +250,12 @@ class AzureMLExecutor(Executor):
 
     def _reason(self, error: Exception) -> str:
         return self.settings.reason(error)
+
+
+def _clocks_file(settings: AzureMLSettings) -> Path:
+    """Where the executor's job clocks live between ticks: one file per executor identity."""
+    identity = "__".join(re.sub(r"[^A-Za-z0-9-]", "_", part) for part in (settings.workspace, settings.compute))
+    return data_dir() / "azureml" / f"jobs-{identity}.json"
 
 
 def _conflict(error: Exception) -> bool:
