@@ -55,8 +55,11 @@ def run_tick(say: Callable[[str], None]) -> list[str]:
 def _defaults() -> None:
     """The app's own places: the wheel published beside this file is what jobs install (a
     Function has no MiTorch source tree to build one from), and the cache goes to /tmp (the
-    app's files are read-only when it runs from a package)."""
+    app's files are read-only when it runs from a package); the executor's job clocks go to /home."""
     wheels = sorted((HERE / "wheels").glob("mitorch-*.whl"))
     if wheels and not os.environ.get("MITORCH_AML_WHEEL", "").strip():
         os.environ["MITORCH_AML_WHEEL"] = str(wheels[-1])
     os.environ.setdefault("MITORCH_CACHE_DIR", "/tmp/mitorch-cache")
+    # When each AzureML job was first seen stuck or waiting is kept between ticks: /home is the
+    # app's persistent, writable share on Azure Functions (/tmp is per instance).
+    os.environ.setdefault("XDG_DATA_HOME", "/home/data")
