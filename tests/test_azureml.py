@@ -10,7 +10,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from mitorch.service.azureml_executor import AzureMLExecutor  # noqa: E402
 from mitorch.service.controller import Settings, tick  # noqa: E402
 from mitorch.service.executors import LaunchError  # noqa: E402
 from mitorch.store.sqlite import SQLiteStore  # noqa: E402
+from mitorch.testing.executors import ExecutorConformance, ExecutorHarness  # noqa: E402
 from tests.conftest import QUICK, make_text_dataset, run  # noqa: E402
 from tests.test_remote import _container, azurite  # noqa: E402, F401 - azurite: the Blob emulator fixture
 
@@ -866,3 +868,45 @@ def test_a_preempted_job_goes_back_to_the_queue_and_resumes_from_its_checkpoint(
     # The checkpoint taken at SIGTERM was uploaded: the resume starts inside epoch 2, not at its start.
     assert re.search(r"resuming from \S+ at epoch 2, batch \d+", node.log(second)), node.log(second)
     assert [r["epoch"] for r in done.store.list_results(training["id"])] == [1, 2]
+
+
+# -- the executor conformance suite ------------------------------------------------------------
+
+
+class AzureMLHarness(ExecutorHarness):
+    """The AzureML executor over the fake client; AzureML's side of a run is set on the fake."""
+
+    def __init__(self, aml: SimpleNamespace) -> None:
+        self.store, self.executor, self.jobs = aml.store, aml.executor, aml.client.jobs
+        asked = self.jobs.begin_cancel
+
+        def cancel(name: str) -> Any:  # AzureML carries a cancel out: the job ends Canceled
+            answer = asked(name)
+            self.jobs.statuses[name] = JobStatus.CANCELED
+            return answer
+
+        self.jobs.begin_cancel = cancel
+
+    def _job(self, training: dict[str, Any]) -> str:
+        return self.store.get_training(training["id"])["azureml_job"]
+
+    def end(self, training: dict[str, Any], killed: bool = False) -> None:
+        self.jobs.statuses[self._job(training)] = JobStatus.FAILED if killed else JobStatus.COMPLETED
+
+    def out_of_sight(self, training: dict[str, Any]) -> dict[str, Any]:
+        self.jobs.get_error = ServiceRequestError("the workspace does not answer")
+        return training
+
+    @contextmanager
+    def failing_launch(self) -> Iterator[None]:
+        self.jobs.submit_error = HttpResponseError("(QuotaExceeded) the workspace's quota is used up")
+        try:
+            yield
+        finally:
+            self.jobs.submit_error = None
+
+
+class TestAzureMLExecutorConformance(ExecutorConformance):
+    @pytest.fixture
+    def harness(self, aml: SimpleNamespace) -> AzureMLHarness:
+        return AzureMLHarness(aml)
