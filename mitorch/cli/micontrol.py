@@ -2,19 +2,24 @@
 
     micontrol [--executor local|azureml] [--loop [--interval S]]
     micontrol cancel ID...  |  requeue ID...  |  set-priority ID N      (cancel takes job ids too)
+    micontrol gc [--older-than DAYS] [--dry-run]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+from datetime import datetime, timedelta
 
 from mitorch.cli._common import fail
 from mitorch.errors import MiTorchError
 
 PROG = "micontrol"
 EXECUTORS = ("local", "azureml")
+# micontrol gc: a failed or cancelled training's checkpoints stay this long for a requeue to resume from.
+GC_DAYS_VARIABLE, GC_DAYS_DEFAULT = "MITORCH_GC_AFTER_DAYS", 7.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     priority = commands.add_parser("set-priority", help="change a training's priority (lower runs first)")
     priority.add_argument("id")
     priority.add_argument("priority", type=_priority)
+    gc = commands.add_parser("gc", help="remove the checkpoints (last.pt) of trainings that ended failed, cancelled "
+                                        "or pruned more than DAYS ago; weights and logs stay")
+    gc.add_argument("--older-than", type=_days, default=None, metavar="DAYS",
+                    help=f"days since the training ended (default ${GC_DAYS_VARIABLE}, else {GC_DAYS_DEFAULT:g})")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     return parser
 
 
@@ -44,6 +54,16 @@ def _priority(text: str) -> int:
         raise argparse.ArgumentTypeError(f"a priority is a whole number, got {text[:40]!r}") from None
     if not -2**63 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"a priority must fit in 64 bits, got {text[:40]}")
+    return value
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"--older-than takes a number of days of 0 or more, got {text[:40]!r}")
     return value
 
 
@@ -62,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             manage.requeue(store, args.ids, print)
         elif args.command == "set-priority":
             manage.set_priority(store, args.id, args.priority, print)
+        elif args.command == "gc":
+            _collect_checkpoints(store, args.older_than, args.dry_run)
         elif args.loop:
             _loop(store, args.interval, args.executor)
         else:
@@ -72,6 +94,79 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, e)
     except KeyboardInterrupt:
         pass
+
+
+def _collect_checkpoints(store, days: float | None, dry_run: bool) -> None:
+    """micontrol gc: frees the checkpoints of trainings that ended failed, cancelled or pruned at
+    least `days` ago (on the database's clock); one line per training freed, then a total."""
+    from mitorch.envvars import env_float
+
+    if days is None:
+        days = env_float(GC_DAYS_VARIABLE, GC_DAYS_DEFAULT, minimum=0)
+    now = store.clock()
+    total, trainings = 0, 0
+    for training, ended in _ended_before(store, now - timedelta(days=days)):
+        freed = _free_checkpoints(store, training, dry_run)
+        if freed is None or not freed.removed:
+            continue
+        total, trainings = total + freed.local_bytes, trainings + 1
+        files = len(freed.removed) - freed.blobs
+        parts = [f"{files} file{'s' * (files != 1)}"] if files else []
+        parts += [f"{freed.blobs} blob{'s' * (freed.blobs != 1)} of unknown size"] if freed.blobs else []
+        print(f"{'would free' if dry_run else 'freed'} {_size(freed.local_bytes)} of {training['id']} "
+              f"({training['status']} {(now - ended) / timedelta(days=1):.1f} days ago; {', '.join(parts)})")
+    print(f"{'would free' if dry_run else 'freed'} {_size(total)} in all, from {trainings} training"
+          f"{'s' * (trainings != 1)} that ended more than {days:g} days ago"
+          + (" (a dry run: nothing was removed)" if dry_run else ""))
+
+
+def _ended_before(store, cutoff: datetime) -> list[tuple[dict, datetime]]:
+    """(training, when it ended) of the failed, cancelled and pruned trainings that ended before
+    cutoff, newest first, less those whose checkpoints were collected since they last ended."""
+    fields = ["status", "attempt", "completed_at", "status_history", "checkpoints_removed_at"]
+    found = []
+    for training in store.list_trainings(["failed", "cancelled", "pruned"], order="recent", fields=fields):
+        # completed_at, else (a training cancelled before it ran) its last status change
+        history = training.get("status_history") or [{}]
+        ended = training.get("completed_at") or history[-1].get("at")
+        collected = training.get("checkpoints_removed_at")
+        if training.get("attempt") and ended is not None and ended < cutoff and not (collected and collected >= ended):
+            found.append((training, ended))
+    return found
+
+
+def _free_checkpoints(store, training: dict, dry_run: bool):
+    """Frees an ended training's checkpoints; None when it was requeued since it was listed (it
+    is active again and resumes from them) or when a removal failed (said on stderr).
+
+    The removal is fenced: it happens only after a write conditional on the training's status
+    and attempt (checkpoints_removed_at) succeeded, so a training requeued meanwhile is left alone.
+    """
+    from mitorch.service import artifacts
+    from mitorch.store.base import DB_NOW
+
+    fence = {"expected_status": training["status"], "attempt": training["attempt"]}
+    if not dry_run and not store.update_training(training["id"], {"checkpoints_removed_at": DB_NOW}, **fence):
+        return None
+    try:
+        return artifacts.free_checkpoints(training["id"], training["attempt"], dry_run=dry_run)
+    except MiTorchError as e:
+        if not dry_run:  # so the next gc looks at it again
+            store.update_training(training["id"], {"checkpoints_removed_at": None}, **fence)
+        print(f"{PROG}: gc: {training['id']}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+        return None
+
+
+def _size(count: int) -> str:
+    """A byte count as people read it: 512 bytes, 1.5 kB, 94.2 MB (powers of 1000)."""
+    if count < 1000:
+        return f"{count} bytes"
+    size, unit = count / 1000, "kB"
+    for larger in ("MB", "GB", "TB"):
+        if size < 1000:
+            break
+        size, unit = size / 1000, larger
+    return f"{size:.1f} {unit}"
 
 
 def _executor(choice: str | None, store):

@@ -5,11 +5,18 @@ container URL (`https://ACCOUNT.blob.core.windows.net/CONTAINER[/PREFIX]`, with 
 the URL or credentials through azure-identity), a training works in a local folder under the
 cache and uploads its files to `URL/TRAINING_ID/NAME`: last.pt after every epoch (so a retry on
 another machine resumes), then model.pt and train.log. Records keep the URLs without tokens.
+
+Retention: a checkpoint (last.pt, about 90 MB for a ResNet-50) is only there for an attempt to
+resume from. A completed or pruned training never resumes, so its checkpoints are removed when it
+ends (remove_checkpoints); a failed or cancelled one may be requeued and resume, so its
+checkpoints stay until `micontrol gc` removes them some days after it ended (free_checkpoints).
+Weights (model.pt, best.pt), logs and run folders are never removed.
 """
 from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mitorch.errors import ConfigError
@@ -106,17 +113,59 @@ def _copy_atomically(source: Path, target: Path) -> None:
 
 
 def remove_checkpoints(training_id: str, attempts: int) -> list[str]:
-    """Deletes the last.pt of attempts 1..attempts, local and remote (weights and logs stay),
-    unless MITORCH_KEEP_CHECKPOINTS=1. Returns what was removed."""
+    """Deletes the checkpoints of attempts 1..attempts of a training that will not resume
+    (completed or pruned), local and remote (weights and logs stay), unless
+    MITORCH_KEEP_CHECKPOINTS=1. Returns what was removed."""
     if os.environ.get("MITORCH_KEEP_CHECKPOINTS", "").strip().lower() in ("1", "true", "yes"):
         return []
-    removed = []
+    return free_checkpoints(training_id, attempts).removed
+
+
+@dataclass
+class Freed:
+    """What removing a training's checkpoints freed (or would free, in a dry run)."""
+
+    removed: list[str] = field(default_factory=list)  # local paths, then blob URLs without tokens
+    local_bytes: int = 0
+    blobs: int = 0  # blobs removed; their sizes are not known here
+
+
+def free_checkpoints(training_id: str, attempts: int, dry_run: bool = False) -> Freed:
+    """Removes the checkpoints of attempts 1..attempts: last.pt and the leftovers of an
+    interrupted save or copy of it in each attempt's local folder, and each attempt's uploaded
+    last.pt when artifacts are in Blob Storage. Weights (model.pt, best.pt), logs and run folders
+    stay. MITORCH_KEEP_CHECKPOINTS does not apply: the caller asked for this removal.
+
+    Args:
+        dry_run: find what would be removed, remove nothing.
+
+    Raises:
+        TransferError: Blob Storage refused a check or a deletion (what was removed before stays removed).
+    """
+    freed = Freed()
     for attempt in range(1, attempts + 1):
-        local = attempt_dir(training_id, attempt) / "last.pt"
-        if local.is_file():
-            local.unlink()
-            removed.append(str(local))
+        for path in _checkpoint_files(attempt_dir(training_id, attempt)):
+            try:
+                size = path.stat().st_size
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:  # removed meanwhile (an attempt that ended just now, another gc)
+                continue
+            freed.removed.append(str(path))
+            freed.local_bytes += size
+    for attempt in range(1, attempts + 1):
         url = artifact_url(training_id, f"{attempt_name(attempt)}/last.pt")
-        if url is not None and remote.delete(url):
-            removed.append(url)
-    return removed
+        if url is not None and (remote.exists(url) if dry_run else remote.delete(url)):
+            freed.removed.append(url)
+            freed.blobs += 1
+    return freed
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """last.pt and what an interrupted save (.last.pt.PID.tmp) or copy (.last.pt.PID.partial)
+    of it left in an attempt's folder."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [folder / name for name in names if name == "last.pt" or name.startswith(".last.pt.")]

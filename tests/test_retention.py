@@ -1,0 +1,172 @@
+"""Checkpoint retention: a pruned trial's checkpoints go when it ends; `micontrol gc` frees those
+of trainings that ended failed, cancelled or pruned some days ago, never an active training's,
+never weights or logs."""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mitorch
+from mitorch.cli.micontrol import main as micontrol
+from mitorch.service import runner
+from mitorch.store.sqlite import SQLiteStore
+from tests.test_fences import (BLOB_ARTIFACTS, FakeBlobService, ScriptedTraining, config,  # noqa: F401 - a fixture
+                               dispatched, run_scripted, store)
+
+KEPT = ("model.pt", "best.pt", "train.log")  # weights and logs: never removed
+
+
+def attempt_folder(training_id: str, attempt: int) -> Path:
+    from mitorch.service.artifacts import attempt_dir
+
+    return attempt_dir(training_id, attempt)
+
+
+def leave_files(training_id: str, attempt: int, checkpoint_bytes: int) -> list[Path]:
+    """An attempt's folder as a run leaves it; returns its checkpoint files (last.pt and what an
+    interrupted save left), checkpoint_bytes in all."""
+    folder = attempt_folder(training_id, attempt)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        (folder / name).write_bytes(b"kept")
+    checkpoints = [folder / "last.pt", folder / ".last.pt.4242.tmp"]
+    checkpoints[0].write_bytes(b"c" * (checkpoint_bytes - 100))
+    checkpoints[1].write_bytes(b"t" * 100)
+    return checkpoints
+
+
+def ended(store: SQLiteStore, config: dict[str, Any], status: str, days_ago: float, attempts: int = 1,
+          checkpoint_bytes: int = 1000) -> tuple[str, list[Path]]:
+    """A training that ended with status days_ago after attempts attempts, each leaving a
+    checkpoint; a failed one records completed_at, a cancelled one only its status change (as
+    micontrol cancel of a queued training leaves it)."""
+    training_id = store.add_training({"config": config, "status": status})
+    moment = store.clock() - timedelta(days=days_ago)
+    fields: dict[str, Any] = {"attempt": attempts, "status_history": [{"status": status, "at": moment}]}
+    if status != "cancelled":
+        fields["completed_at"] = moment
+    assert store.update_training(training_id, fields)
+    files = [f for attempt in range(1, attempts + 1) for f in leave_files(training_id, attempt, checkpoint_bytes)]
+    return training_id, files
+
+
+def gc(capsys: pytest.CaptureFixture, *args: str) -> list[str]:
+    micontrol(["gc", *args])
+    return capsys.readouterr().out.splitlines()
+
+
+def kept_files_are_there(training_id: str, attempts: int) -> bool:
+    return all((attempt_folder(training_id, a) / name).read_bytes() == b"kept"
+               for a in range(1, attempts + 1) for name in KEPT)
+
+
+def test_a_pruned_trainings_checkpoints_are_removed_when_it_ends(store: SQLiteStore, config: dict,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    training_id = dispatched(store, config)
+    checkpoints = leave_files(training_id, 1, 1000)
+    pruned = ScriptedTraining(before_callbacks={1: lambda: store.update_training(training_id,
+                                                                                 {"prune_requested": True})})
+    monkeypatch.setitem(vars(mitorch), "train", pruned)
+    with pytest.raises(runner.Pruned):
+        runner.run_training(training_id, 1, store=store)
+    assert store.get_training(training_id)["status"] == "pruned"
+    assert not any(path.exists() for path in checkpoints)  # a pruned trial never runs again
+    assert (attempt_folder(training_id, 1) / "train.log").read_bytes() == b"kept"
+
+
+def test_gc_frees_the_checkpoints_of_trainings_ended_long_ago_and_nothing_else(
+        store: SQLiteStore, config: dict, capsys: pytest.CaptureFixture) -> None:
+    failed, failed_files = ended(store, config, "failed", days_ago=10, attempts=2, checkpoint_bytes=1500)
+    cancelled, cancelled_files = ended(store, config, "cancelled", days_ago=9)
+    pruned, pruned_files = ended(store, config, "pruned", days_ago=8)
+    recent, recent_files = ended(store, config, "failed", days_ago=6)
+    # A completed training's checkpoints are its runner's to remove (MITORCH_KEEP_CHECKPOINTS=1 keeps them).
+    completed, completed_files = ended(store, config, "completed", days_ago=30)
+    running = dispatched(store, config)  # active for ten days: still never touched
+    assert store.update_training(running, {"status": "running", "started_at": store.clock() - timedelta(days=10)})
+    running_files = leave_files(running, 1, 1000)
+    lines = gc(capsys)
+    assert lines == [f"freed 1.0 kB of {pruned} (pruned 8.0 days ago; 2 files)",
+                     f"freed 1.0 kB of {cancelled} (cancelled 9.0 days ago; 2 files)",
+                     f"freed 3.0 kB of {failed} (failed 10.0 days ago; 4 files)",
+                     "freed 5.0 kB in all, from 3 trainings that ended more than 7 days ago"]
+    assert not any(path.exists() for path in failed_files + cancelled_files + pruned_files)
+    assert all(path.exists() for path in recent_files + completed_files + running_files)
+    assert all(kept_files_are_there(t, n) for t, n in ((failed, 2), (cancelled, 1), (pruned, 1)))
+    assert gc(capsys) == ["freed 0 bytes in all, from 0 trainings that ended more than 7 days ago"]
+
+
+def test_gc_dry_run_lists_what_it_would_free_and_removes_nothing(store: SQLiteStore, config: dict,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    training_id, files = ended(store, config, "failed", days_ago=8)
+    assert gc(capsys, "--dry-run") == [
+        f"would free 1.0 kB of {training_id} (failed 8.0 days ago; 2 files)",
+        "would free 1.0 kB in all, from 1 training that ended more than 7 days ago (a dry run: nothing was removed)"]
+    assert all(path.exists() for path in files)
+    assert gc(capsys)[0] == f"freed 1.0 kB of {training_id} (failed 8.0 days ago; 2 files)"
+
+
+def test_gc_keeps_checkpoints_for_the_days_asked(store: SQLiteStore, config: dict, capsys: pytest.CaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    training_id, files = ended(store, config, "failed", days_ago=2)
+    assert gc(capsys)[-1].startswith("freed 0 bytes in all")  # 7 days by default
+    monkeypatch.setenv("MITORCH_GC_AFTER_DAYS", "3")
+    assert gc(capsys)[-1] == "freed 0 bytes in all, from 0 trainings that ended more than 3 days ago"
+    assert gc(capsys, "--older-than", "1.5")[-1] == "freed 1.0 kB in all, from 1 training that ended more than 1.5 days ago"
+    assert not any(path.exists() for path in files)
+    monkeypatch.setenv("MITORCH_GC_AFTER_DAYS", "soon")
+    with pytest.raises(SystemExit) as exit_status:
+        micontrol(["gc"])
+    assert exit_status.value.code == 1
+    assert capsys.readouterr().err == "micontrol: error: MITORCH_GC_AFTER_DAYS must be a finite number, got 'soon'\n"
+    with pytest.raises(SystemExit) as exit_status:
+        micontrol(["gc", "--older-than", "-1"])
+    assert exit_status.value.code == 2 and "--older-than takes a number of days of 0 or more, got '-1'" in \
+        capsys.readouterr().err
+
+
+class RequeuingStore(SQLiteStore):
+    """The embedded store, where a user requeues a training just after gc listed it."""
+
+    requeue: str = ""
+
+    def list_trainings(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        listed = super().list_trainings(*args, **kwargs)
+        if self.requeue:
+            from mitorch.service import manage
+
+            manage.requeue(self, [self.requeue], lambda line: None)
+        return listed
+
+
+def test_gc_leaves_a_training_requeued_after_it_was_listed(tmp_path: Path, store: SQLiteStore, config: dict,
+                                                           capsys: pytest.CaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    requeued, requeued_files = ended(store, config, "failed", days_ago=10)
+    other, other_files = ended(store, config, "cancelled", days_ago=10)
+    racing = RequeuingStore(tmp_path / "db.sqlite")
+    racing.requeue = requeued
+    monkeypatch.setattr("mitorch.store.open_store", lambda *args, **kwargs: racing)
+    assert gc(capsys) == [f"freed 1.0 kB of {other} (cancelled 10.0 days ago; 2 files)",
+                          "freed 1.0 kB in all, from 1 training that ended more than 7 days ago"]
+    assert store.get_training(requeued)["status"] == "new"
+    assert all(path.exists() for path in requeued_files)  # its next attempt resumes from them
+    assert not any(path.exists() for path in other_files)
+
+
+def test_gc_frees_checkpoints_kept_in_blob_storage(store: SQLiteStore, config: dict, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    blob = FakeBlobService()
+    blob.install(monkeypatch)
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", BLOB_ARTIFACTS)
+    training_id, files = ended(store, config, "cancelled", days_ago=8, attempts=2)  # this host's local copies
+    root = f"https://acct.blob.core.windows.net/art/{training_id}"
+    blob.blobs = {f"{root}/attempt-1/last.pt": b"1", f"{root}/attempt-1/model.pt": b"w", f"{root}/attempt-2/last.pt": b"2",
+                  f"{root}/attempt-2/train.log": b"log"}
+    assert gc(capsys)[0] == f"freed 2.0 kB of {training_id} (cancelled 8.0 days ago; 4 files, 2 blobs of unknown size)"
+    assert blob.deleted == [f"{root}/attempt-1/last.pt", f"{root}/attempt-2/last.pt"]
+    assert set(blob.blobs) == {f"{root}/attempt-1/model.pt", f"{root}/attempt-2/train.log"}
+    assert not any(path.exists() for path in files)
