@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         if options["add_trials"] is not None:
             _add_trials(options, rest)
             return
+        if options["dataset"] is not None:
+            from mitorch.service.datasets import parse_reference
+
+            parse_reference(options["dataset"])  # before the store is asked
         priority = DEFAULT_PRIORITY if options["priority"] is None else _whole_number(options["priority"])
         job = _search_job(options, rest)
         if job is not None:

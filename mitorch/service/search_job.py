@@ -61,7 +61,7 @@ def distributions(search_space: Mapping[str, str]) -> dict[str, Any]:
         where = f"search_space.{key}"
         try:
             (override,) = parser.parse_overrides([f"{key}={text}"])
-        except (HydraException, ValueError) as e:  # ValueError: a number beyond Python's 4300 digits
+        except HydraException as e:
             raise ConfigError(f"{where}: cannot parse {shorten(text, 100)} ({shorten(first_line(e), 200)})") from None
         sweep = override.value()
         tags = getattr(sweep, "tags", set()) or set()
@@ -89,7 +89,7 @@ def distributions(search_space: Mapping[str, str]) -> dict[str, Any]:
 
 def _sweep_text(key: Any, text: Any) -> str:
     """A space's entry as the text of a Hydra sweep (a list becomes a,b,c), its size checked."""
-    from mitorch.config.screen import check_override_size
+    from mitorch.config.screen import MAX_NESTING, check_override_size, nesting
 
     if not isinstance(key, str) or not key:
         raise ConfigError(f"search_space keys are config keys such as optimizer.lr, got {shorten(repr(key))}")
@@ -102,6 +102,8 @@ def _sweep_text(key: Any, text: Any) -> str:
         raise ConfigError(f"search_space.{shorten(key)} must be a sweep such as choice(a, b), range(1, 5), "
                           f"interval(0.1, 1) or a list of values, got a {type(text).__name__}")
     check_override_size(key, text, where="search_space.")
+    if nesting(text) > MAX_NESTING:  # Hydra's parser recurses once per level
+        raise ConfigError(f"search_space.{shorten(key)} nests deeper than {MAX_NESTING} levels; a sweep nests a few")
     return text
 
 
