@@ -180,3 +180,13 @@ def test_requeue_of_a_sweeps_training_queues_it_again(store, tmp_path: Path) -> 
     result = _command(tmp_path, "micontrol", "requeue", first)
     assert result.returncode == 0 and result.stdout.strip() == f"requeued {first}", result.stdout + result.stderr
     assert store.get_training(first)["status"] == "new"
+
+
+def test_max_concurrent_has_an_upper_bound() -> None:
+    from mitorch.errors import ConfigError
+    from mitorch.service.search_job import MAX_CONCURRENT, settings
+
+    job = {"job_type": "search", "search_space": {"optimizer.lr": "interval(0.01, 0.1)"}}
+    assert settings({**job, "max_concurrent": MAX_CONCURRENT}, "multiclass_classification")["max_concurrent"] == 256
+    with pytest.raises(ConfigError, match="max_concurrent must be a whole number of at least 1 and at most 256"):
+        settings({**job, "max_concurrent": MAX_CONCURRENT + 1}, "multiclass_classification")

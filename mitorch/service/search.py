@@ -14,7 +14,7 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
 
 A step holds the store lease "jobs" (leases.JOBS_LEASE) and keeps it renewed; every write to a
 job and to its study is fenced by it, so a step that outlived its lease (another host's tick took
-over) is refused and stops. A job never has more than MAX_CONCURRENT_LIMIT trials in flight.
+over) is refused and stops. A job has at most search_job.MAX_CONCURRENT (256) trials in flight.
 
 `study.ask` journals a trial's creation and then each parameter on its own: a tick killed in
 between leaves a trial with part of its point. Such a trial is told FAIL and another asked in its

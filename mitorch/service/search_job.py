@@ -26,6 +26,9 @@ MAX_GRID_POINTS = 10_000
 MAX_CHOICES = 1_000
 # Trials of one job (n_trials, and what --add-trials adds at once).
 MAX_TRIALS = 100_000
+# A step asks for up to this many trials of a job at once (each composes a config, tens of
+# milliseconds), under the jobs lease: the bound keeps a step well within its lease.
+MAX_CONCURRENT = 256
 # A job's name is a label shown in tables.
 MAX_NAME_CHARS = 200
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -293,7 +296,7 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
     pruner = _spec(job.get("pruner"), "pruner", "median")
     result = {"job_type": "search", "name": _name(job.get("name")), "search_space": space,
               "objective": {"metric": metric, "direction": direction}, "sampler": sampler, "pruner": pruner,
-              "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS), "max_concurrent": _whole(job, "max_concurrent", 2, 1),
+              "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS), "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
               "max_failed": _whole(job, "max_failed", 5, 0)}
     if sampler["name"] == "grid":
         result["n_trials"] = min(result["n_trials"], grid_size(distributions_))  # each grid point once
