@@ -114,11 +114,6 @@ def test_redaction_takes_linear_time_on_hostile_text(piece: str, hang_guard: Non
     assert carries_credential(text)
 
 
-def test_a_long_key_ending_in_a_secret_name_is_redacted(hang_guard: None) -> None:
-    key = "x_" * _HALF_MB + "token"
-    assert redact(f"{key}=S3CR3T and more") == f"{key}=*** and more"
-
-
 # -- refused in configs ------------------------------------------------------------------------
 
 
