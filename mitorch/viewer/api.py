@@ -199,11 +199,13 @@ def openapi(read_only: bool) -> dict[str, Any]:
                     "ids": {"type": "array", "items": {"type": "string"}},
                     "priority": {"type": "integer", "description": "for set-priority; lower runs first"}}}}}},
             "responses": {"200": {"description": "micontrol's lines"}, "400": {"description": "a wrong request"},
-                          "403": {"description": "CSRF token missing or wrong"}}}}
+                          "403": {"description": "CSRF token missing or wrong"},
+                          "413": {"description": "a body over 1 MB"}}}}
     return {"openapi": "3.1.0",
             "info": {"title": "miviewer", "version": "1",
                      "description": "The job store of MiTorch, read-only except /api/actions. Times are ISO 8601 UTC; "
-                                    "credentials in URLs are redacted. Behind a non-loopback address, send "
+                                    "credentials (URL passwords, SAS tokens, the values of secret keys such as "
+                                    "AccountKey or password) are redacted. Behind a non-loopback address, send "
                                     "Authorization: Bearer TOKEN."},
             "paths": paths,
             "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}}}
