@@ -40,22 +40,43 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_a_replaced_attempt_stops_on_its_first_refused_write(service: Service) -> None:
+def test_a_refused_epoch_write_stops_the_process(service: Service) -> None:
     from mitorch.store import open_store
 
-    training_id = service.start_slow_training(epochs=20)
-    first = service.training(training_id)
+    training_id = service.submit_slow_training(epochs=20)
     store = open_store(service.env["MITORCH_DB_URI"])
-    # Another controller takes the training over (as after an expired lease): attempt 2.
-    assert store.update_training(training_id, {"status": "new"})
-    assert store.claim_training({"executor": "local:elsewhere"}, new_attempt={"executor": "local:elsewhere"})
-    wait_for(lambda: not alive(first["pid"]), "the replaced process to stop", timeout=60)
-    log = (Path(first["log"])).read_text()
-    assert "attempt 1: heartbeat refused, attempt 2 replaced it; this process stops and writes nothing more" in log
-    training = service.training(training_id)
-    assert training["status"] == "queued" and training["attempt"] == 2 and "completed_at" not in training
-    assert all(r.get("attempt") == 1 for r in service.query(training_id)["results"])
-    assert not (Path(first["log"]).parent / "model.pt").exists()
+    executor = {"executor": "local:host-a", "dispatched_at": DB_NOW}
+    assert store.claim_training(executor, new_attempt=executor)["attempt"] == 1
+    # Started as an executor starts it, but as this test's child, so its exit status can be read;
+    # its heartbeat never beats, so an epoch-end write is the first to be refused.
+    env = {**os.environ, **service.env, "MITORCH_HEARTBEAT_S": "3600"}
+    log = service.root / "attempt-1.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "mitorch.cli.mitrain", "--training-id", training_id,
+                                    "--attempt", "1"], stdout=output, stderr=subprocess.STDOUT, env=env,
+                                   cwd=service.root)
+    try:
+        wait_for(lambda: store.list_results(training_id) or process.poll() is not None, "its first epoch")
+        # Another controller takes the training over (as after an expired lease): attempt 2 runs.
+        assert store.update_training(training_id, {"status": "new"}, attempt=1)
+        executor = {"executor": "local:host-b", "dispatched_at": DB_NOW}
+        assert store.claim_training(executor, new_attempt=executor)["attempt"] == 2
+        assert store.update_training(training_id, {"status": "running"}, expected_status="queued", attempt=2)
+        replaced = store.get_training(training_id)
+        recorded = len(store.list_results(training_id))  # attempt 1 can record no more from here on
+        assert process.wait(timeout=300) == 75, log.read_text()
+    finally:
+        process.kill()
+        process.wait()
+    text = log.read_text()
+    # Its next epoch-end write (the epoch after the last it recorded, or that epoch's check for
+    # requests) was refused, and it trained no epoch after that one.
+    assert f"epoch {recorded}/20 done" in text and f"epoch {recorded + 2}/20 done" not in text
+    assert text.splitlines()[-1].endswith("refused, attempt 2 replaced it; this process stops and writes nothing more")
+    assert [(r["epoch"], r["attempt"]) for r in store.list_results(training_id)] == [(e, 1) for e in
+                                                                                   range(1, recorded + 1)]
+    assert store.get_training(training_id) == replaced
+    assert not list(service.root.glob(f"art/{training_id}/attempt-1/model.pt"))
 
 
 def test_a_silent_live_run_is_stopped_before_its_training_runs_again(service: Service) -> None:
@@ -90,12 +111,18 @@ def test_cancel_stops_a_stale_run_and_a_dispatched_run_never_starts(service: Ser
     assert training["status"] == "cancelled" and training["attempts"][0]["outcome"] == "cancelled"
 
     queued = service.submit("max_epochs=1")
-    dispatched = service("micontrol").stdout.strip()
+    # Its heartbeat never beats, so its refused start alone must stop it before it trains.
+    dispatched = service("micontrol", MITORCH_HEARTBEAT_S="3600").stdout.strip()
     assert dispatched.startswith(f"dispatched {queued}")
     assert service("micontrol", "cancel", queued).stdout.strip() == f"cancelled {queued}"
-    log = Path(service.root / "art" / queued / "attempt-1" / "train.log")
-    wait_for(lambda: "start refused" in log.read_text(), "the dispatched run to stop", timeout=120)
-    assert service.status(queued) == "cancelled" and service.query(queued)["results"] == []
+    run_pid = int(service.training(queued)["run_id"].rsplit(":", 2)[1])
+    wait_for(lambda: not alive(run_pid), "the dispatched run to exit", timeout=120)
+    training = service.training(queued)
+    assert training["status"] == "cancelled" and service.query(queued)["results"] == []
+    assert "running" not in [h["status"] for h in training["status_history"]] and training.get("pid") is None
+    log = Path(service.root / "art" / queued / "attempt-1" / "train.log").read_text()
+    assert f"training {queued} attempt 1: start refused, it is cancelled" in log
+    assert "epoch 1/1 done" not in log  # it stopped at its start, before training
 
 
 def test_the_liveness_check_matches_the_training_and_attempt_not_just_the_pid(tmp_path: Path) -> None:
@@ -142,14 +169,20 @@ def test_a_lost_hosts_training_is_taken_over_after_its_lease_and_fenced(service:
     actions = service("micontrol", **env_b).stdout.splitlines()
     assert actions[0].startswith(f"requeued {training_id} (retry 1 of 2: its executor local:host-a stopped ticking")
     assert actions[1].startswith(f"dispatched {training_id} to local:host-b:")
-    os.kill(old["pid"], signal.SIGCONT)  # the old process wakes up: its first write is refused
-    wait_for(lambda: not alive(old["pid"]), "the old attempt to stop", timeout=60)
+    recorded = len(service.query(training_id)["results"])
+    # Attempt 2 runs before the old process wakes up: only the attempt, not the status, refuses its writes.
+    wait_for(lambda: (t := service.training(training_id))["status"] == "running" and t["attempt"] == 2,
+             "attempt 2 to start")
+    os.kill(old["pid"], signal.SIGCONT)
+    wait_for(lambda: not alive(old["pid"]), "the old attempt to exit", timeout=60)
     assert "refused, attempt 2 replaced it" in Path(old["log"]).read_text()
     service.tick_until(lambda: service.status(training_id) == "completed", MITORCH_HOSTNAME="host-b")
     training = service.training(training_id)
     assert [a["executor"] for a in training["attempts"]] == ["local:host-a", "local:host-b"]
     assert training["attempts"][1]["outcome"] == "completed"
-    assert [r["epoch"] for r in service.query(training_id)["results"]] == [1, 2, 3]
+    results = service.query(training_id)["results"]
+    assert [r["epoch"] for r in results] == [1, 2, 3]
+    assert {r["attempt"] for r in results[recorded:]} == {2}  # nothing from the old process once replaced
 
 
 def test_the_heartbeat_and_the_training_ride_out_a_locked_database(service: Service) -> None:

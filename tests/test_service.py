@@ -55,12 +55,18 @@ class Service:
     def status(self, training_id: str) -> str:
         return self.training(training_id)["status"]
 
+    def submit_slow_training(self, epochs: int) -> str:
+        """Queues a training of a few seconds an epoch."""
+        slow = make_text_dataset(self.root / "slow", num_train=240, num_val=8)
+        result = self("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
+                      "batch_size=8", "data.num_workers=0", f"max_epochs={epochs}")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
     def start_slow_training(self, epochs: int, **env: str) -> str:
         """Queues a training of a few seconds an epoch, dispatches it (with env added to the
         controller's, and so the training's, environment), and waits for its first epoch."""
-        slow = make_text_dataset(self.root / "slow", num_train=240, num_val=8)
-        training_id = self("misubmit", f"data.train={slow.train}", f"data.val={slow.val}", "image_size=32",
-                           "batch_size=8", "data.num_workers=0", f"max_epochs={epochs}").stdout.strip()
+        training_id = self.submit_slow_training(epochs)
         self("micontrol", **env)
         deadline = time.monotonic() + 600
         while not self.query(training_id)["results"]:
@@ -165,7 +171,8 @@ def test_an_invalid_config_is_refused_with_nothing_stored(service: Service) -> N
 
 
 @pytest.mark.parametrize("argv", [["misubmit", "--help"], ["micontrol", "--help"], ["miquery", "--help"],
-                                  ["miquery"], ["micontrol"], ["midataset", "--help"], ["midataset", "list"],
+                                  ["miquery"], ["micontrol"], ["micontrol", "gc", "--dry-run"],
+                                  ["midataset", "--help"], ["midataset", "list"],
                                   ["midataset", "register", "missing.json"]])
 def test_service_commands_do_not_import_torch(service: Service, argv: list[str]) -> None:
     code = (f"import sys; sys.argv = {argv!r}\n"
