@@ -11,6 +11,7 @@ from starlette.routing import Route
 from mitorch.errors import MiTorchError
 from mitorch.viewer import actions, params, views
 from mitorch.viewer.security import CSRF_HEADER, MAX_BODY, read_body, same
+from mitorch.viewer.shown import to_json
 
 
 def routes(read_only: bool) -> list[Route]:
@@ -23,8 +24,6 @@ def routes(read_only: bool) -> list[Route]:
 
 
 def answer(value: Any, status_code: int = 200) -> Response:
-    from mitorch.viewer.app import to_json
-
     return Response(to_json(value), status_code=status_code, media_type="application/json")
 
 

@@ -1,7 +1,6 @@
 """The Starlette application: its settings, templates, routes and guard."""
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from mitorch.store import JobStore, StoreError, redact
 from mitorch.viewer.index import TrainingIndex
 from mitorch.viewer.security import Guard
-from mitorch.viewer.shown import cut, redacted
+from mitorch.viewer.shown import cut, redact_all, redacted, to_json
 
 HERE = Path(__file__).parent
 
@@ -92,26 +91,6 @@ def uncut(value: Any) -> Markup:
     """A text shown whole, escaped and redacted here (finalize passes Markup as it is): for texts
     already bounded, such as a log tail or a config whose values were cut one by one."""
     return escape(redacted(str(value)))
-
-
-def redact_all(value: Any) -> Any:
-    """Every string in a structure, redacted (what the JSON API returns)."""
-    if isinstance(value, str):
-        return redacted(value)
-    if isinstance(value, dict):
-        return {redacted(str(k)): redact_all(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [redact_all(v) for v in value]
-    return value
-
-
-def to_json(value: Any, indent: int | None = None) -> str:
-    def default(item: Any) -> Any:
-        if isinstance(item, datetime):
-            return item.isoformat()
-        return str(item)
-
-    return json.dumps(redact_all(value), default=default, indent=indent, allow_nan=False)
 
 
 def data_json(value: Any) -> Markup:

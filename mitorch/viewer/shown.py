@@ -7,6 +7,8 @@ marks it as one.
 """
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 from mitorch.store import redact
@@ -45,3 +47,23 @@ def cut_strings(value: Any, limit: int, whole_at: str | None = None) -> Any:
 
 
 __all__ = ["CONFIG_VALUE_CHARS", "SHOWN_CHARS", "cut", "cut_strings", "redacted"]
+
+
+def redact_all(value: Any) -> Any:
+    """Every string in a structure, redacted (what the JSON API returns)."""
+    if isinstance(value, str):
+        return redacted(value)
+    if isinstance(value, dict):
+        return {redacted(str(k)): redact_all(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_all(v) for v in value]
+    return value
+
+
+def to_json(value: Any, indent: int | None = None) -> str:
+    def default(item: Any) -> Any:
+        if isinstance(item, datetime):
+            return item.isoformat()
+        return str(item)
+
+    return json.dumps(redact_all(value), default=default, indent=indent, allow_nan=False)
