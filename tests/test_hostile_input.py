@@ -254,6 +254,7 @@ _JOB_FILES = {
                   f"name: 'lr https://acct.blob.core.windows.net/c/x?{_SAS}'\n",
     "seed.yaml": "job_type: search\nsearch_space: {optimizer.lr: 'interval(0.01, 0.1)'}\n"
                  "sampler: {name: random, seed: abc}\n",
+    "empty.yaml": "job_type: search\nconfig: ''\nsearch_space: {optimizer.lr: 'interval(0.01, 0.1)'}\n",
 }
 
 
@@ -267,6 +268,7 @@ _JOB_FILES = {
     (["config.json", "max_epochs=1"], 1, "config file config.json nests deeper than 16 levels"),
     (["named.yaml"], 1, "name carries a credential"),
     (["seed.yaml"], 1, "sampler.seed must be a whole number from 0 to 2**32-1, got 'abc'"),
+    (["empty.yaml"], 1, "config is empty; give a training-config file's path"),
     (["--add-trials", "99999999999999999999999", "0123456789abcdef01234567"], 2, "--add-trials must fit in 64 bits"),
     (["--add-trials", str(2**63 - 1), "0123456789abcdef01234567"], 2, "--add-trials adds at most 100000 trials"),
     (["--add-trials", "1", "a" * 100_000], 2, "JOB_ID must be a training or job id"),

@@ -432,6 +432,9 @@ def prepare(job: Mapping[str, Any], store: Any, base_dir: str = ".", priority: i
         raise ConfigError("overrides must be a list of key=value strings")
     base = list(overrides)
     config = job.get("config")
+    if isinstance(config, str) and not config.strip():
+        raise ConfigError("config is empty; give a training-config file's path (from the job file's folder) or a "
+                          "mapping, or leave it out")
     if isinstance(config, str):
         base = merge(config_file_overrides(os.path.join(base_dir, os.path.expanduser(config)), overrides), overrides)
     elif isinstance(config, Mapping):
