@@ -296,7 +296,8 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
     pruner = _spec(job.get("pruner"), "pruner", "median")
     result = {"job_type": "search", "name": _name(job.get("name")), "search_space": space,
               "objective": {"metric": metric, "direction": direction}, "sampler": sampler, "pruner": pruner,
-              "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS), "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
+              "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS),
+              "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
               "max_failed": _whole(job, "max_failed", 5, 0)}
     if sampler["name"] == "grid":
         result["n_trials"] = min(result["n_trials"], grid_size(distributions_))  # each grid point once
