@@ -308,7 +308,8 @@ def test_a_tick_skips_a_job_in_which_nothing_changed(store, tmp_path: Path, monk
     study = optuna.load_study(study_name=job_id, storage=study_storage(store, job_id))
     study.ask()  # a log written outside a step (a tick that died inside its ask): looked at
     actions = _step(store)
-    assert actions[0].startswith("dropped trial 3") and actions[1].startswith("queued trial 4") and len(opened) == 3
+    # Dropped, and no trial in its place yet: trials 1 and 2 fill max_concurrent.
+    assert len(actions) == 1 and actions[0].startswith("dropped trial 3") and len(opened) == 3
 
 
 def test_importances_are_kept_on_the_job_once_enough_trials_completed(store, tmp_path: Path) -> None:
