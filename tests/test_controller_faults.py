@@ -190,3 +190,15 @@ def test_max_concurrent_has_an_upper_bound() -> None:
     assert settings({**job, "max_concurrent": MAX_CONCURRENT}, "multiclass_classification")["max_concurrent"] == 256
     with pytest.raises(ConfigError, match="max_concurrent must be a whole number of at least 1 and at most 256"):
         settings({**job, "max_concurrent": MAX_CONCURRENT + 1}, "multiclass_classification")
+
+
+def test_add_trials_keeps_a_job_within_the_trials_cap(store, tmp_path: Path) -> None:
+    from mitorch.errors import ConfigError
+    from mitorch.service.search_job import MAX_TRIALS
+    from tests.test_search_faults import _job
+
+    job_id = _job(store, tmp_path, n_trials=MAX_TRIALS - 1)
+    assert search.add_trials(store, job_id, 1) == (MAX_TRIALS - 1, MAX_TRIALS)
+    with pytest.raises(ConfigError, match=f"would hold {MAX_TRIALS + 1} trials, more than {MAX_TRIALS}"):
+        search.add_trials(store, job_id, 1)
+    assert store.get_job(job_id)["n_trials"] == MAX_TRIALS

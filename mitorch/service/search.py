@@ -121,6 +121,7 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
         ConfigError, StoreError: naming why the job cannot take more trials.
     """
     from mitorch.errors import ConfigError
+    from mitorch.service.search_job import MAX_TRIALS, distributions, grid_size
 
     if count < 1:
         raise ConfigError(f"--add-trials needs 1 or more trials, got {count}")
@@ -136,12 +137,11 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
                               "; only a running or completed search takes more trials")
         before = job["n_trials"]
         after = before + count
+        if after > MAX_TRIALS:
+            raise ConfigError(f"search job {job_id} would hold {after} trials, more than {MAX_TRIALS}; "
+                              "submit another search job instead")
         if job["sampler"]["name"] == "grid":
-            from mitorch.service.search_job import distributions, sampler_grid
-
-            size = 1
-            for values in sampler_grid(distributions(job["search_space"])).values():
-                size *= len(values)
+            size = grid_size(distributions(job["search_space"]))  # counted, never listed
             after = min(after, size)
             if after == before:
                 raise ConfigError(f"search job {job_id} has asked for every point of its grid ({size})")
