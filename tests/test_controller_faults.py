@@ -202,3 +202,18 @@ def test_add_trials_keeps_a_job_within_the_trials_cap(store, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=f"would hold {MAX_TRIALS + 1} trials, more than {MAX_TRIALS}"):
         search.add_trials(store, job_id, 1)
     assert store.get_job(job_id)["n_trials"] == MAX_TRIALS
+
+
+@pytest.mark.parametrize("argv", [["cancel", "x" * 100_000], ["requeue", "01a2", "a/b"], ["set-priority", "z" * 65, "1"]])
+def test_micontrol_refuses_an_impossible_id_before_opening_the_store(argv: list[str], monkeypatch, capsys) -> None:
+    from mitorch.cli import micontrol
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("the store was opened")
+
+    monkeypatch.setattr("mitorch.store.open_store", unreachable)
+    with pytest.raises(SystemExit) as exited:
+        micontrol.main(argv)
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.startswith("micontrol: error: id must be a training or job id")
+    assert len(error) < 300 and error.count("\n") == 1

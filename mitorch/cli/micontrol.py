@@ -13,7 +13,7 @@ import sys
 import time
 from datetime import datetime, timedelta
 
-from mitorch.cli._common import fail
+from mitorch.cli._common import check_id, fail
 from mitorch.errors import MiTorchError
 
 PROG = "micontrol"
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.interval <= 0 or args.interval != args.interval:
         fail(PROG, MiTorchError(f"--interval must be a positive number of seconds, got {args.interval}"), code=2)
     try:
+        named = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) is not None else [])
+        for some_id in named:  # before the store is opened: a 100,000-character id costs nothing
+            check_id(some_id)
         from mitorch.service import manage
         from mitorch.store import open_store
 
