@@ -13,7 +13,7 @@ from typing import Any
 
 from mitorch.envvars import env_int
 from mitorch.errors import MiTorchError
-from mitorch.service.artifacts import attempt_dir
+from mitorch.service.artifacts import attempt_dir, remote_root
 
 
 class LaunchError(MiTorchError):
@@ -169,10 +169,7 @@ class LocalExecutor(Executor):
     def check_ready(self) -> None:
         """Local processes write artifacts to a local folder or a Blob container; any other
         MITORCH_ARTIFACTS_URI is refused before a training is claimed."""
-        from mitorch.service.artifacts import artifacts_root, remote_root
-
-        remote_root()
-        artifacts_root()
+        remote_root()  # raises for a URI that is neither
 
 
 def _start_time(pid: int) -> str | None:
