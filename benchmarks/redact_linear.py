@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from mitorch.store.uri import carries_credential, credential_forms, redact
+from mitorch.files.secrets import carries_credential, credential_forms, redact
 
 PIECES = {"letters": "a", "digits": "7", "key-value pairs": "a=", "equals": "=", "schemes": "a://", "hashes": "#",
           "key parts": "x_", "scheme runs": "a1.", "colons": "u:"}

@@ -54,3 +54,9 @@ class Interrupted(MiTorchError):
     def __init__(self, message: str, exit_code: int = 143) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class UsageError(MiTorchError):
+    """The command line itself is malformed: exit status 2, as argparse's usage errors."""
+
+    exit_code = 2

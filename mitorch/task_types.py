@@ -31,3 +31,19 @@ def in_display_order(metric_names: Iterable[str]) -> list[str]:
 
 
 __all__ = ["MAIN_METRICS", "METRICS", "TASK_TYPES", "in_display_order", "main_metric"]
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of the metric is the better one (a loss); every other metric
+    (accuracies, average precisions) is better when higher."""
+    return metric == "loss" or metric.endswith("_loss")
+
+
+def direction(metric: str) -> str:
+    """Optuna's word for which way a metric is better: minimize or maximize."""
+    return "minimize" if lower_is_better(metric) else "maximize"
+
+
+def is_better(value: float, best: float | None, maximize: bool) -> bool:
+    """Whether value beats best (None: nothing yet) in the given direction."""
+    return best is None or (value > best if maximize else value < best)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mitorch.service import search
+from mitorch.service.search import step as search
 from mitorch.service.controller import Settings, tick
 from mitorch.service.executors import Executor, LocalExecutor
 from mitorch.service.leases import JOBS_LEASE, Lease
@@ -184,7 +184,7 @@ def test_requeue_of_a_sweeps_training_queues_it_again(store, tmp_path: Path) -> 
 
 def test_max_concurrent_has_an_upper_bound() -> None:
     from mitorch.errors import ConfigError
-    from mitorch.service.search_job import MAX_CONCURRENT, settings
+    from mitorch.service.search.job import MAX_CONCURRENT, settings
 
     job = {"job_type": "search", "search_space": {"optimizer.lr": "interval(0.01, 0.1)"}}
     assert settings({**job, "max_concurrent": MAX_CONCURRENT}, "multiclass_classification")["max_concurrent"] == 256
@@ -194,7 +194,7 @@ def test_max_concurrent_has_an_upper_bound() -> None:
 
 def test_add_trials_keeps_a_job_within_the_trials_cap(store, tmp_path: Path) -> None:
     from mitorch.errors import ConfigError
-    from mitorch.service.search_job import MAX_TRIALS
+    from mitorch.service.search.job import MAX_TRIALS
     from tests.test_search_faults import _job
 
     job_id = _job(store, tmp_path, n_trials=MAX_TRIALS - 1)

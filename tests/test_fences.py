@@ -342,8 +342,8 @@ def test_micontrol_requeue_of_an_active_training_says_cancel_it_first_and_change
 
 def test_a_pruned_trial_that_reported_more_than_every_completed_trial_is_never_the_best(
         store: SQLiteStore, tmp_path: Path) -> None:
-    from mitorch.service import search
-    from mitorch.service.search_job import prepare
+    from mitorch.service.search import step as search
+    from mitorch.service.search.job import prepare
 
     job = {"job_type": "search", "overrides": ["max_epochs=2"], "search_space": {"optimizer.lr": "0.01,0.02"},
            "sampler": {"name": "grid"}, "pruner": {"name": "threshold", "lower": 0.5},

@@ -126,7 +126,7 @@ def test_commands_name_a_malformed_database_uri(tmp_path: Path, home: dict) -> N
 ])
 def test_transfer_settings_are_checked(home: dict, monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
                                        message: str) -> None:
-    from mitorch.service import remote
+    from mitorch.files import remote
 
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as error:
@@ -169,7 +169,7 @@ def _peak_bytes(work) -> int:
 def test_a_range_is_counted_from_its_bounds_not_listed() -> None:
     from optuna.distributions import IntDistribution
 
-    from mitorch.service.search_job import check_points, distributions
+    from mitorch.service.search.job import check_points, distributions
 
     space: dict = {}
     # Listed, 4 million values would take well over 100 MB; counted, a few kB.
@@ -192,7 +192,7 @@ def test_a_range_is_counted_from_its_bounds_not_listed() -> None:
     ("range(0.25, 1)", [0.25]),
 ])
 def test_a_float_range_holds_the_decimals_written_short_of_its_end(text: str, values: list[float]) -> None:
-    from mitorch.service.search_job import distributions, sampler_grid
+    from mitorch.service.search.job import distributions, sampler_grid
 
     space = distributions({"x": text})
     assert (space["x"].low, space["x"].high) == (values[0], values[-1])
@@ -213,7 +213,7 @@ def test_a_float_range_holds_the_decimals_written_short_of_its_end(text: str, va
     ({"x": "a," + "b" * 5000}, "search_space.x holds a value of 5002 characters, more than 4096"),
 ])
 def test_a_space_that_costs_more_than_it_says_is_refused(space: dict, message: str) -> None:
-    from mitorch.service.search_job import distributions
+    from mitorch.service.search.job import distributions
 
     with pytest.raises(ConfigError) as error:
         distributions(space)
@@ -221,7 +221,7 @@ def test_a_space_that_costs_more_than_it_says_is_refused(space: dict, message: s
 
 
 def test_a_grid_is_capped_before_it_is_listed() -> None:
-    from mitorch.service.search_job import MAX_GRID_POINTS, distributions, sampler_grid, settings
+    from mitorch.service.search.job import MAX_GRID_POINTS, distributions, sampler_grid, settings
 
     huge = distributions({"seed": "range(0, 4000000000000)", "model": "resnet,mobilenet_v3"})
     with pytest.raises(ConfigError, match=f"grid holds more than {MAX_GRID_POINTS} points"):
@@ -404,7 +404,7 @@ def test_miquery_shows_a_registered_datasets_name_and_version(tmp_path: Path, ho
 
 
 def test_a_search_jobs_name_is_screened_for_credentials() -> None:
-    from mitorch.service.search_job import settings
+    from mitorch.service.search.job import settings
 
     job = {"job_type": "search", "search_space": {"optimizer.lr": "interval(0.01, 0.1)"}}
     assert settings({**job, "name": "lr sweep"}, "multiclass_classification")["name"] == "lr sweep"
@@ -420,7 +420,7 @@ def test_a_space_composes_at_submit_exactly_as_at_the_tick(tmp_path: Path) -> No
     from omegaconf import OmegaConf
 
     from mitorch.config import compose, compose_with_values, merge
-    from mitorch.service.search_job import check_points, distributions, param_overrides, prepare
+    from mitorch.service.search.job import check_points, distributions, param_overrides, prepare
     from mitorch.store.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path / "db.sqlite")

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from mitorch.service import credentials, datasets, remote
+from mitorch.files import credentials, datasets, remote
 from mitorch.store.sqlite import SQLiteStore
 from tests.conftest import make_text_dataset, run
 

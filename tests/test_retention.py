@@ -20,7 +20,7 @@ KEPT = ("model.pt", "best.pt", "train.log")  # weights and logs: never removed
 
 
 def attempt_folder(training_id: str, attempt: int) -> Path:
-    from mitorch.service.artifacts import attempt_dir
+    from mitorch.files.artifacts import attempt_dir
 
     return attempt_dir(training_id, attempt)
 

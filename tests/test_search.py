@@ -9,9 +9,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mitorch.errors import ConfigError
-from mitorch.service import search
-from mitorch.service.journal import study_storage
-from mitorch.service.search_job import (distributions, make_pruner, make_sampler, param_overrides, prepare,
+from mitorch.service.search import step as search
+from mitorch.service.search.journal import study_storage
+from mitorch.service.search.job import (distributions, make_pruner, make_sampler, param_overrides, prepare,
                                         read_job_file, settings)
 from mitorch.store.sqlite import SQLiteStore
 
@@ -255,7 +255,7 @@ def test_submitting_and_stepping_a_search_does_not_import_torch(tmp_path: Path) 
             "from mitorch.cli.misubmit import main\n"
             "main(['--search', 'optimizer.lr=interval(0.01, 0.1)', '--trials', '2'])\n"
             "from mitorch.store import open_store\n"
-            "from mitorch.service import search\n"
+            "from mitorch.service.search import step as search\n"
             "search.step(open_store(), print)\n"
             "print('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,

@@ -15,9 +15,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mitorch.service import search
-from mitorch.service.journal import study_storage
-from mitorch.service.search_job import prepare
+from mitorch.service.search import step as search
+from mitorch.service.search.journal import study_storage
+from mitorch.service.search.job import prepare
 from mitorch.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.testing.pytest_storages import StorageTestCase
 
-from mitorch.service.journal import forget_study_storage, kept_study_storage, study_storage
+from mitorch.service.search.journal import forget_study_storage, kept_study_storage, study_storage
 from mitorch.store.mongo import MongoStore
 from mitorch.store.sqlite import SQLiteStore
 

@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 from mitorch.cli._common import check_overrides, parse_command_line
 from mitorch.config import compose
 from mitorch.errors import ConfigError
-from mitorch.service import credentials
-from mitorch.store.uri import carries_credential, credential_forms, redact
+from mitorch.files import credentials
+from mitorch.files.secrets import carries_credential, credential_forms, redact
 from tests.conftest import make_text_dataset, run
 
 ACCOUNT_URL = "https://acct.blob.core.windows.net"
@@ -178,7 +178,7 @@ def test_misubmit_and_mitrain_refuse_a_credential_in_one_line(tmp_path: Path, ho
 
 
 def test_an_error_quoting_a_credential_is_printed_without_it(capsys: pytest.CaptureFixture) -> None:
-    from mitorch.cli._common import fail
+    from mitorch.files.secrets import fail
     from mitorch.errors import MiTorchError
 
     with pytest.raises(SystemExit):
@@ -206,7 +206,7 @@ def test_per_blob_tokens_are_kept_per_blob_and_container_tokens_per_container(ho
 _REGISTER_WHEN_TOLD = """
 import os, sys, time
 from mitorch.cli import midataset
-from mitorch.service import datasets  # everything imported before the start, so the updates race
+from mitorch.files import datasets  # everything imported before the start, so the updates race
 os.umask(0)  # the file's mode must not depend on the umask
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.001)

@@ -39,7 +39,7 @@ def seed(store, artifacts: Path) -> dict[str, str]:
     a search job with its Optuna study, datasets. Returns the ids by role."""
     import optuna
 
-    from mitorch.service.journal import study_storage
+    from mitorch.service.search.journal import study_storage
 
     store.put_datasets([
         {"name": "shapes", "version": 1,

@@ -79,7 +79,7 @@ class AzureMLLauncher(Launcher):
         from pathlib import Path
 
         from mitorch.azureml.sweeps import launch
-        from mitorch.cli._common import fail
+        from mitorch.files.secrets import fail
         from mitorch.errors import MiTorchError
 
         def compose(overrides: list[str]) -> Any:  # each run's config, as the job will compose it

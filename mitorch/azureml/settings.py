@@ -117,7 +117,7 @@ class AzureMLSettings:
 
     def reason(self, error: Exception) -> str:
         """One line about an SDK error, with every credential (the client secret too) hidden."""
-        from mitorch.store.uri import redact
+        from mitorch.files.secrets import redact
 
         text = str(getattr(error, "message", None) or error).strip()
         line = text.splitlines()[0] if text else ""

@@ -26,7 +26,7 @@ from typing import Any
 from mitorch.azureml import jobs, waiting
 from mitorch.azureml.settings import AzureMLSettings, require_sdk
 from mitorch.errors import ConfigError, MiTorchError
-from mitorch.store.uri import carries_credential
+from mitorch.files.secrets import carries_credential
 
 _PRIORITIES = ("low", "medium", "high")
 _BLOB = re.compile(r"^https://[a-z0-9]+\.blob\.core\.windows\.net/", re.IGNORECASE)
@@ -149,8 +149,8 @@ def _dataset_overrides(reference: Any) -> list[str]:
     """
     if reference is None or not str(reference).strip():
         return []
-    from mitorch.service import remote
-    from mitorch.service.datasets import SPLITS, parse_reference
+    from mitorch.files import remote
+    from mitorch.files.datasets import SPLITS, parse_reference
     from mitorch.store import StoreError, open_store
 
     name, version = parse_reference(str(reference).strip())

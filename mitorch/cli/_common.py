@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from mitorch.errors import ConfigError, MiTorchError
+from mitorch.errors import ConfigError, MiTorchError, UsageError
+from mitorch.files.secrets import fail
 
 # Hydra's own flags; those in _WITH_VALUE take the next argument.
 _WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -26,10 +27,6 @@ MAX_ID_CHARS = 64
 # A -m sweep runs (misubmit: queues) one training per combination of its values.
 MAX_SWEEP_RUNS = 1000
 _ID = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_ID_CHARS}}}")
-
-
-class UsageError(MiTorchError):
-    """The command line itself is malformed."""
 
 
 @dataclass
@@ -180,7 +177,7 @@ def check_overrides(overrides: list[str], multirun: bool, check: Callable[[Any],
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from mitorch.config.compose import override_error
+    from mitorch.config.screen import override_error
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -243,12 +240,3 @@ def to_json(value: Any) -> str:
         raise TypeError(type(item).__name__)
 
     return json.dumps(value, default=default)
-
-
-def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:
-    """Prints a user error as one line on stderr, without any credential it may quote, and exits."""
-    from mitorch.store.uri import redact
-
-    message = redact(" ".join(str(error).split()) or type(error).__name__)
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2 if isinstance(error, UsageError) else getattr(error, "exit_code", code))

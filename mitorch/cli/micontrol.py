@@ -48,13 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _priority(text: str) -> int:
+    from mitorch.store.base import parse_priority
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a priority is a whole number, got {text[:40]!r}") from None
-    if not -2**63 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"a priority must fit in 64 bits, got {text[:40]}")
-    return value
+        return parse_priority(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _days(text: str) -> float:
@@ -145,7 +144,7 @@ def _free_checkpoints(store, training: dict, dry_run: bool):
     The removal is fenced: it happens only after a write conditional on the training's status
     and attempt (checkpoints_removed_at) succeeded, so a training requeued meanwhile is left alone.
     """
-    from mitorch.service import artifacts
+    from mitorch.files import artifacts
     from mitorch.store.base import DB_NOW
 
     fence = {"expected_status": training["status"], "attempt": training["attempt"]}

@@ -12,7 +12,7 @@ from typing import Any
 
 from mitorch.cli._common import fail, to_json
 from mitorch.errors import MiTorchError
-from mitorch.store.uri import redact
+from mitorch.files.secrets import redact
 
 PROG = "midataset"
 EPILOG = """\
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         from mitorch.store import StoreError, open_store
 
         if args.command == "register":
-            from mitorch.service.datasets import read_registration
+            from mitorch.files.datasets import read_registration
 
             records = read_registration(args.file)
             store = open_store()
@@ -51,14 +51,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"registered {record['name']}:{record['version']}")
             return
         if args.command == "show":
-            from mitorch.service.datasets import check_name
+            from mitorch.files.datasets import check_name
 
             check_name(args.name, "NAME")  # before the store is asked
         store = open_store()
         if args.command == "list":
             datasets = store.list_datasets()
         else:
-            from mitorch.service.datasets import parse_version
+            from mitorch.files.datasets import parse_version
 
             if args.version is not None:
                 args.version = parse_version(args.version)

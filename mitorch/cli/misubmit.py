@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
             _add_trials(options, rest)
             return
         if options["dataset"] is not None:
-            from mitorch.service.datasets import parse_reference
+            from mitorch.files.datasets import parse_reference
 
             parse_reference(options["dataset"])  # before the store is asked
         priority = DEFAULT_PRIORITY if options["priority"] is None else _whole_number(options["priority"])
@@ -97,7 +97,7 @@ def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
     None for a training."""
     import os
 
-    from mitorch.service.search_job import read_job_file
+    from mitorch.service.search.job import read_job_file
 
     positionals = [a for a in rest if "=" not in a and not a.startswith("-")]
     job = read_job_file(positionals[0]) if len(positionals) == 1 else None
@@ -150,13 +150,13 @@ def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
 def _add_trials(options: dict, rest: list[str]) -> None:
     if len(rest) != 1 or rest[0].startswith("-") or any(options[k] is not None for k in options if k != "add_trials"):
         raise UsageError("--add-trials takes a number and one search job's id: misubmit --add-trials N JOB_ID")
-    from mitorch.service.search_job import MAX_TRIALS
+    from mitorch.service.search.job import MAX_TRIALS
 
     job_id = check_id(rest[0], "JOB_ID")
     count = _whole_number(options["add_trials"], "--add-trials")
     if count > MAX_TRIALS:
         raise UsageError(f"--add-trials adds at most {MAX_TRIALS} trials at once, got {count}")
-    from mitorch.service.search import add_trials
+    from mitorch.service.search.step import add_trials
     from mitorch.store import open_store
 
     before, after = add_trials(open_store(), job_id, count)
@@ -164,7 +164,7 @@ def _add_trials(options: dict, rest: list[str]) -> None:
 
 
 def _queue_search(job: dict, base_dir: str, options: dict) -> str:
-    from mitorch.service.search_job import prepare
+    from mitorch.service.search.job import prepare
     from mitorch.store import open_store
 
     store = open_store()
@@ -198,17 +198,12 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> N
 
 
 def _whole_number(value: str, flag: str = "--priority") -> int:
-    from mitorch.config.screen import shorten
+    from mitorch.store.base import parse_priority
 
-    if len(value) > 30:  # no 64-bit number is written longer; int() of a long one costs its square
-        raise UsageError(f"{flag} must fit in 64 bits, got {shorten(value)}")
     try:
-        number = int(value)
-    except ValueError:
-        raise UsageError(f"{flag} needs a whole number, got {shorten(repr(value))}") from None
-    if not -2**63 <= number < 2**63:
-        raise UsageError(f"{flag} must fit in 64 bits, got {shorten(value)}")
-    return number
+        return parse_priority(value, flag)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mitorch.config.overrides import GROUPS, group_choices, override_key
-from mitorch.config.screen import screen_overrides, shorten
+from mitorch.config.screen import override_error, screen_overrides, shorten
 from mitorch.config.validate import validate
 from mitorch.errors import ConfigError, first_line
 
@@ -219,16 +219,6 @@ def _explain(error: Exception, reference: DictConfig | None) -> ConfigError:
     if not_deletable:
         return ConfigError(f"cannot delete '{not_deletable.group(1)}': it is not in the config")
     return ConfigError(first_line(error))
-
-
-def override_error(error: Exception) -> ConfigError:
-    """A Hydra override that does not parse, shown without any token it carries."""
-    from mitorch.store.uri import redact
-
-    override = shorten(redact(getattr(error, "override", "") or ""), 100)
-    reason = shorten(redact(first_line(error)), 200)
-    return ConfigError(f"cannot parse the override {override} ({reason}); quote a value with special "
-                       "characters, e.g. key='a=b?c'")
 
 
 def _known_groups() -> set[str]:

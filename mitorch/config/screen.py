@@ -13,8 +13,8 @@ from typing import Any
 
 from mitorch.config.config_file import MAX_DEPTH
 from mitorch.config.overrides import override_key
-from mitorch.errors import ConfigError
-from mitorch.store.uri import credential_forms
+from mitorch.errors import ConfigError, first_line
+from mitorch.files.secrets import credential_forms, redact
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The longest key and value an override may have: config keys are a few dotted words, and the
@@ -109,7 +109,6 @@ def _parsed_values(overrides: Sequence[str]) -> Iterator[tuple[str, str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    from mitorch.config.compose import override_error
 
     parser = OverridesParser.create()
     for text in overrides:
@@ -136,3 +135,11 @@ def _strings(key: str, value: Any) -> Iterator[tuple[str, str]]:
         yield from _strings(key, value.list)
     elif value is not None and not isinstance(value, (bool, int, float)):
         yield key, str(value)  # other sweeps (glob) hold their strings in their text
+
+
+def override_error(error: Exception) -> ConfigError:
+    """A Hydra override that does not parse, shown without any token it carries."""
+    override = shorten(redact(getattr(error, "override", "") or ""), 100)
+    reason = shorten(redact(first_line(error)), 200)
+    return ConfigError(f"cannot parse the override {override} ({reason}); quote a value with special "
+                       "characters, e.g. key='a=b?c'")

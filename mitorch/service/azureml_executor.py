@@ -34,10 +34,10 @@ from mitorch.azureml.settings import AzureMLSettings, require_sdk
 from mitorch.azureml.watch import JobWatch
 from mitorch.errors import ConfigError, MiTorchError
 from mitorch.paths import data_dir
-from mitorch.service import artifacts
+from mitorch.files import artifacts
 from mitorch.service.executors import Executor, LaunchError
 from mitorch.store.base import JobStore
-from mitorch.store.uri import redact
+from mitorch.files.secrets import redact
 
 __all__ = ["AzureMLExecutor", "state_of", "status_value"]
 

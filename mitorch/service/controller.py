@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mitorch.envvars import env_float, env_int
-from mitorch.service.artifacts import log_tail
+from mitorch.files.artifacts import log_tail
 from mitorch.service.executors import Executor, LaunchError, LocalExecutor
 from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
 from mitorch.store import JobStore, LeaseLost, StoreError
@@ -92,7 +92,7 @@ def _step_jobs(store: JobStore, act: Callable[[str], None], lease: Lease) -> Non
         return
     try:
         if any(job.get("job_type") == "search" for job in store.list_jobs(["running"])):
-            from mitorch.service import search  # imports Optuna only when a job needs a step
+            from mitorch.service.search import step as search  # imports Optuna only when a job needs a step
 
             search.step(store, act, lease)
         _finish_jobs(store, act, lease)

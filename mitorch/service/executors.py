@@ -13,7 +13,7 @@ from typing import Any
 
 from mitorch.envvars import env_int
 from mitorch.errors import MiTorchError
-from mitorch.service.artifacts import attempt_dir, remote_root
+from mitorch.files.artifacts import attempt_dir, remote_root
 
 
 class LaunchError(MiTorchError):

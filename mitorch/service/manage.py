@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mitorch.service.search import jobs_lease
+from mitorch.service.search.step import jobs_lease
 from mitorch.store import ACTIVE, FINISHED, JobStore, StoreError
 
 

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from mitorch.envvars import env_float
 from mitorch.errors import Interrupted, MiTorchError, Stopped
-from mitorch.service import artifacts, remote
-from mitorch.service.artifacts import attempt_dir
-from mitorch.service.datasets import SPLITS, local_split
+from mitorch.files import artifacts, remote
+from mitorch.files.artifacts import attempt_dir
+from mitorch.files.datasets import SPLITS, local_split
 from mitorch.service.executors import local_host
 from mitorch.store import JobStore, StoreError, open_store
 from mitorch.store.base import DB_NOW

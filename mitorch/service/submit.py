@@ -12,9 +12,9 @@ from mitorch.config import resolve_paths
 from mitorch.config.screen import shorten
 from mitorch.config.validate import PATH_KEYS
 from mitorch.errors import ConfigError
-from mitorch.service.remote import is_remote
+from mitorch.files.remote import is_remote
 from mitorch.store import JobStore, StoreError
-from mitorch.store.uri import credential_forms
+from mitorch.files.secrets import credential_forms
 
 # Training ids are 24 hex digits; a base= that could not be one is refused before the store is asked.
 _TRAINING_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -27,7 +27,7 @@ def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | Non
     `dataset` field: {"name", "version"}, pinned to the version found."""
     if reference is None:
         return None
-    from mitorch.service.datasets import parse_reference
+    from mitorch.files.datasets import parse_reference
 
     name, version = parse_reference(reference)
     dataset = store.get_dataset(name, version)

@@ -14,7 +14,7 @@ import os
 from mitorch.errors import first_line
 from mitorch.store.base import (ACTIVE, DEFAULT_PRIORITY, FINISHED, STATUSES, DuplicateError, JobStore, LeaseLost,
                                 StoreError, default_sqlite_path)
-from mitorch.store.uri import redact
+from mitorch.files.secrets import redact
 
 __all__ = ["ACTIVE", "DEFAULT_PRIORITY", "FINISHED", "STATUSES", "DuplicateError", "JobStore", "LeaseLost",
            "StoreError", "open_store", "redact"]

@@ -24,6 +24,31 @@ STATUSES = ("new", "queued", "running", "completed", "failed", "cancelled", "pru
 FINISHED = ("completed", "failed", "cancelled", "pruned")
 ACTIVE = ("new", "queued", "running")
 DEFAULT_PRIORITY = 100
+# Priorities are stored as 64-bit integers (MongoDB's long).
+PRIORITY_MIN, PRIORITY_MAX = -(2**63), 2**63 - 1
+
+
+def parse_priority(value: object, what: str = "a priority") -> int:
+    """A priority from text (a command line, a form) or a value (a job file): a whole number that
+    fits in 64 bits.
+
+    Raises:
+        ValueError: naming what was wrong, without echoing a long value.
+    """
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 30:  # no 64-bit number is written longer; int() of a long one costs its square
+            raise ValueError(f"{what} must fit in 64 bits, got {shown}")
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{what} is a whole number, got {shown}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} is a whole number, got {shown}")
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"{what} must fit in 64 bits (-2**63 to 2**63-1), got {shown}")
+    return value
 
 
 class StoreError(MiTorchError):

@@ -12,7 +12,7 @@ from mitorch.errors import first_line
 from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, LeaseLost, StoreError, dataset_record,
                                 field_names, duplicate_message as _duplicate_message, new_id, now, status_fields,
                                 training_record, trial_key)
-from mitorch.store.uri import redact
+from mitorch.files.secrets import redact
 
 DATABASE = "mitorch"
 # One training per search trial: a plain unique index on trial_key, which every training carries

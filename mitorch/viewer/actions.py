@@ -2,7 +2,6 @@
 (mitorch.service.manage), whose one line per training becomes the answer shown on the page."""
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
 from mitorch.errors import MiTorchError
@@ -21,11 +20,11 @@ def parse_priority(text: str) -> int:
     Raises:
         ActionError: not a whole number that fits in 64 bits.
     """
-    from mitorch.cli.micontrol import _priority
+    from mitorch.store.base import parse_priority
 
     try:
-        return _priority(str(text).strip())
-    except argparse.ArgumentTypeError as e:
+        return parse_priority(str(text))
+    except ValueError as e:
         raise ActionError(str(e)) from None
 
 

@@ -17,19 +17,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mitorch.store import JobStore
-from mitorch.task_types import NOT_METRICS, in_display_order
+from mitorch.task_types import NOT_METRICS, in_display_order, lower_is_better
 
 # Results keep coming only for these statuses.
 _LIVE = ("queued", "running")
-# Metrics where lower is better; every other one is maximized.
-_LOWER_IS_BETTER = ("loss",)
 # Sortable columns besides the metrics, with the direction a click on them starts from.
 SORT_KEYS = {"created": "desc", "priority": "asc", "status": "asc", "name": "asc", "epochs": "desc",
              "started": "desc", "completed": "desc", "model": "asc", "dataset": "asc", "job": "asc"}
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in _LOWER_IS_BETTER or metric.endswith("_loss")
 
 
 def model_name(config: dict[str, Any] | None) -> str:

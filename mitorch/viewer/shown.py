@@ -20,7 +20,7 @@ CONFIG_VALUE_CHARS = 1000
 
 
 def redacted(text: str) -> str:
-    """text with its credentials hidden (see mitorch.store.uri.redact)."""
+    """text with its credentials hidden (see mitorch.files.secrets.redact)."""
     # Every credential form redact knows holds "=" or "://": most strings skip its expressions.
     return redact(text) if "=" in text or "://" in text else text
 

@@ -1,10 +1,10 @@
 """A search job's study as the job page shows it: trials by objective, best so far, the
 optimization history, every trial's intermediate values and the parameter importances.
 
-The study is read from Optuna's journal in the job store (mitorch.service.journal), the same
+The study is read from Optuna's journal in the job store (mitorch.service.search.journal), the same
 storage the controller writes; loading a study appends nothing to it, and the viewer keeps
 each study it replayed, reading only the logs appended since. The importances are the
-ones the controller records in the job (mitorch.service.search), as miquery shows them. Optuna
+ones the controller records in the job (mitorch.service.search.step), as miquery shows them. Optuna
 is imported here only, when a search job's page is asked for.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ def study(store: JobStore, job: dict[str, Any], trainings: Sequence[dict[str, An
     """The study of a search job (see the module's docstring); `trials` is empty before its first tick."""
     import optuna
 
-    from mitorch.service.journal import kept_study_storage
-    from mitorch.service.search import trial_state
+    from mitorch.service.search.journal import kept_study_storage
+    from mitorch.service.search.step import trial_state
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     objective = job.get("objective") or {}
@@ -70,7 +70,7 @@ def _importances(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | No
     if recorded.get("params"):
         return dict(recorded["params"]), f"from {recorded.get('trials')} complete trials"
     try:
-        from mitorch.service.search import IMPORTANCE_MIN_TRIALS
+        from mitorch.service.search.step import IMPORTANCE_MIN_TRIALS
 
         return None, f"the controller computes them from {IMPORTANCE_MIN_TRIALS} complete trials on"
     except ImportError:

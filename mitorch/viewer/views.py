@@ -123,7 +123,7 @@ def log_tail(path: Any, lines: int = 60) -> dict[str, Any]:
     (the viewer reads no other file a record may name)."""
     if not isinstance(path, str) or not path:
         return {"path": None, "text": None, "reason": "no log recorded"}
-    from mitorch.service.artifacts import artifacts_root, remote_root
+    from mitorch.files.artifacts import artifacts_root, remote_root
     from mitorch.paths import cache_dir
 
     try:
@@ -147,7 +147,7 @@ def _artifacts(record: dict[str, Any]) -> dict[str, Any]:
     location = record.get("artifacts")
     files: list[dict[str, Any]] = []
     if isinstance(location, str) and location and "://" not in location:
-        from mitorch.service.artifacts import artifacts_root
+        from mitorch.files.artifacts import artifacts_root
 
         try:
             folder, root = Path(location).resolve(), artifacts_root().resolve()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from mitorch.errors import ConfigError
 from mitorch.paths import cache_dir, data_dir
-from mitorch.service import remote
-from mitorch.store.uri import redact
+from mitorch.files import remote
+from mitorch.files.secrets import redact
 
 
 def remote_root() -> str | None:

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from mitorch.errors import ConfigError
 from mitorch.paths import config_dir
-from mitorch.store.uri import carries_credential
+from mitorch.files.secrets import carries_credential
 
 # Resource types of a SAS token that opens one blob (or one of its snapshots or versions) or one directory.
 _NARROW_RESOURCES = {"b", "bs", "bv", "d"}

@@ -14,7 +14,7 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
 
 A step holds the store lease "jobs" (leases.JOBS_LEASE) and keeps it renewed; every write to a
 job and to its study is fenced by it, so a step that outlived its lease (another host's tick took
-over) is refused and stops. A job has at most search_job.MAX_CONCURRENT (256) trials in flight.
+over) is refused and stops. A job has at most job.MAX_CONCURRENT (256) trials in flight.
 
 `study.ask` journals a trial's creation and then each parameter on its own: a tick killed in
 between leaves a trial with part of its point. Such a trial is told FAIL and another asked in its
@@ -36,6 +36,7 @@ from typing import Any
 
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+from mitorch.service.transitions import cancel_trainings
 from mitorch.store import DuplicateError, JobStore, LeaseLost, StoreError
 
 _ACTIVE = ("new", "queued", "running")
@@ -52,7 +53,7 @@ def step(store: JobStore, act: Callable[[str], None], lease: Lease | None = None
     Raises:
         LeaseLost: the lease was taken over; this step wrote nothing after that.
     """
-    from mitorch.service.journal import keep_only
+    from mitorch.service.search.journal import keep_only
 
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
     keep_only(store, (job["id"] for job in jobs))  # studies of jobs that ended elsewhere
@@ -121,7 +122,7 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
         ConfigError, StoreError: naming why the job cannot take more trials.
     """
     from mitorch.errors import ConfigError
-    from mitorch.service.search_job import MAX_TRIALS, distributions, grid_size
+    from mitorch.service.search.job import MAX_TRIALS, distributions, grid_size
 
     if count < 1:
         raise ConfigError(f"--add-trials needs 1 or more trials, got {count}")
@@ -152,23 +153,6 @@ def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
     return before, after
 
 
-def cancel_trainings(store: JobStore, trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Cancels trainings: a new one at once, any other active one by a cancel request (its
-    process stops at its next epoch end, or when its controller stops it).
-
-    Returns:
-        The running or dispatched ones, which were sent a request.
-    """
-    requested = []
-    for training in trainings:
-        if store.update_training(training["id"], {"status": "cancelled", "cancel_requested": True},
-                                 expected_status=["new"]):
-            continue
-        if store.update_training(training["id"], {"cancel_requested": True}, expected_status=_ACTIVE):
-            requested.append(training)
-    return requested
-
-
 def trial_state(training: dict[str, Any]) -> str:
     """A trial's state as shown to users, from its training: running, pruned, failed or complete."""
     if training["status"] == "pruned" or (training.get("prune_requested") and training["status"] != "completed"):
@@ -181,8 +165,8 @@ class _Search:
                  lease: Lease | None = None) -> None:
         import optuna
 
-        from mitorch.service.journal import kept_study_storage
-        from mitorch.service.search_job import distributions, make_pruner
+        from mitorch.service.search.journal import kept_study_storage
+        from mitorch.service.search.job import distributions, make_pruner
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna, self.store, self.job, self.act, self.lease = optuna, store, job, act, lease
@@ -230,7 +214,7 @@ class _Search:
         in_flight = sum(t.state == states.RUNNING for t in trials)
         created = len(trials)
         while not cancelling and in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
-            from mitorch.service.search_job import make_sampler
+            from mitorch.service.search.job import make_sampler
 
             self._keep()
             self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
@@ -339,7 +323,7 @@ class _Search:
             Whether the trial has its training (False: it was told FAIL).
         """
         from mitorch.config import compose_with_values
-        from mitorch.service.search_job import param_overrides
+        from mitorch.service.search.job import param_overrides
         from mitorch.service.submit import submission
 
         params = dict(trial.params)
@@ -414,7 +398,7 @@ class _Search:
                 raise
 
     def _forget(self) -> None:
-        from mitorch.service.journal import forget_study_storage
+        from mitorch.service.search.journal import forget_study_storage
 
         forget_study_storage(self.store, self.job["id"])
 

@@ -321,7 +321,7 @@ def _kind(value: Any) -> str:
 
 def _name(name: Any) -> str | None:
     """A job's name: one line of text, shown by miquery and the viewer, so never a credential."""
-    from mitorch.store.uri import credential_forms
+    from mitorch.files.secrets import credential_forms
 
     if name is None:
         return None
@@ -424,7 +424,7 @@ def prepare(job: Mapping[str, Any], store: Any, base_dir: str = ".", priority: i
 
     from mitorch.config import PATH_KEYS, compose, compose_with_values, config_file_overrides, mapping_overrides, merge
     from mitorch.service.submit import find_dataset, submission
-    from mitorch.store.base import DEFAULT_PRIORITY
+    from mitorch.store.base import DEFAULT_PRIORITY, parse_priority
 
     if not isinstance(job, Mapping):
         raise ConfigError("a job file holds a mapping with job_type: search")
@@ -463,7 +463,11 @@ def prepare(job: Mapping[str, Any], store: Any, base_dir: str = ".", priority: i
             raise ConfigError(f"search_space point {shorten(' '.join(param_overrides(point)), 200)}: {e}") from None
     if priority is None:
         priority = job.get("priority", DEFAULT_PRIORITY)
-    if isinstance(priority, bool) or not isinstance(priority, int) or not -2**63 <= priority < 2**63:
+    if isinstance(priority, str) or not isinstance(priority, int):  # a job file's value: no text
         raise ConfigError(f"priority must be a whole number from -2**63 to 2**63-1, got {shorten(repr(priority))}")
+    try:
+        priority = parse_priority(priority, "priority")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return {**record, "status": "running", "dataset": pinned, "base_overrides": base, "priority": priority,
             "task_type": stored["task_type"]}

@@ -21,8 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mitorch.errors import ConfigError
-from mitorch.service import credentials, remote
-from mitorch.store.uri import credential_forms, redact
+from mitorch.files import credentials, remote
+from mitorch.files.secrets import credential_forms, redact
 
 # Versions are stored as 64-bit integers (SQLite INTEGER, MongoDB long).
 MAX_VERSION = 2**63 - 1

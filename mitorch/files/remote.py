@@ -1,7 +1,7 @@
 """Remote files: downloads into a content cache, and uploads to Azure Blob Storage.
 
 A URL is an Azure Blob URL when its host is `*.blob.core.windows.net` or a SAS token is known
-for it (see mitorch.service.credentials); those go through azure-storage-blob (a SAS token, or
+for it (see mitorch.files.credentials); those go through azure-storage-blob (a SAS token, or
 azure-identity's DefaultAzureCredential where it is installed). Other http(s) URLs are plain
 GETs, with the URL's kept credential (a presigned URL's query) put back. Transient failures are
 retried with exponential backoff; a file already in the cache is reused. Errors and messages
@@ -23,8 +23,8 @@ from urllib.parse import unquote, urlsplit
 from mitorch.envvars import env_float, env_int
 from mitorch.errors import DataError, MiTorchError, first_line
 from mitorch.paths import cache_dir
-from mitorch.service.credentials import is_sas, sas_for
-from mitorch.store.uri import redact
+from mitorch.files.credentials import is_sas, sas_for
+from mitorch.files.secrets import redact
 
 T = TypeVar("T")
 

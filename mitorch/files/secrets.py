@@ -13,6 +13,8 @@ characters begins (a lookbehind), never inside a run, so no run is scanned once 
 from __future__ import annotations
 
 import re
+import sys
+from typing import NoReturn
 
 # What ends a URL inside a longer text: white space, quotes, angle brackets.
 _END = r"\s\"'<>`"
@@ -74,3 +76,10 @@ def _without_fragment(stretch: str) -> str:
     if mark == -1 or mark + 1 == len(stretch):  # an empty fragment hides nothing
         return stretch
     return f"{stretch[:mark]}#***"
+
+
+def fail(prog: str, error: BaseException, code: int = 1) -> NoReturn:
+    """Prints a user error as one line on stderr, without any credential it may quote, and exits."""
+    message = redact(" ".join(str(error).split()) or type(error).__name__)
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(getattr(error, "exit_code", code))
