@@ -21,3 +21,13 @@ def cancel_trainings(store: JobStore, trainings: list[dict[str, Any]]) -> list[d
         if store.update_training(training["id"], {"cancel_requested": True}, expected_status=list(ACTIVE)):
             requested.append(training)
     return requested
+
+
+def request_prune(store: JobStore, training_id: str) -> bool:
+    """Asks an active training to stop as pruned (its process stops at its next epoch end, or its
+    controller records it pruned when its run is out of reach).
+
+    Returns:
+        Whether the request was recorded (False: the training had already ended).
+    """
+    return store.update_training(training_id, {"prune_requested": True}, expected_status=list(ACTIVE))

@@ -36,7 +36,7 @@ from typing import Any
 
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
-from mitorch.service.transitions import cancel_trainings
+from mitorch.service.transitions import cancel_trainings, request_prune
 from mitorch.store import DuplicateError, JobStore, LeaseLost, StoreError
 
 _ACTIVE = ("new", "queued", "running")
@@ -382,7 +382,7 @@ class _Search:
             # tick finds (and tells); the other order could leave a pruned trial training on.
             self._keep()
             self.wrote = True
-            if self.store.update_training(training["id"], {"prune_requested": True}, expected_status=_ACTIVE):
+            if request_prune(self.store, training["id"]):
                 self._tell(trial, states.PRUNED)
                 self.act(f"pruned trial {number} of job {self.job['id']} at epoch {epoch} "
                          f"({self.metric} {value:.6g}); stopping {training['id']}")
