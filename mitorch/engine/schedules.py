@@ -34,30 +34,32 @@ def _warmup_steps(warmup_epochs: float, steps_per_epoch: int, warmup_steps: int,
     return min(int(round(warmup_epochs * steps_per_epoch)) + warmup_steps, steps_per_epoch * max_epochs // 2)
 
 
-def cosine(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
-           min_lr_ratio: float = 0.0, warmup_steps: int = 0) -> LambdaLR:
-    """Cosine decay from the optimizer's lr to min_lr_ratio * lr over the whole run."""
+def _decay(optimizer: Optimizer, factor_at: Callable[[float], float], steps_per_epoch: int, max_epochs: int,
+           warmup_epochs: float, warmup_steps: int) -> LambdaLR:
+    """A schedule whose factor is factor_at(progress), progress going from 0 after the warmup
+    to 1 at the run's last update."""
     total = max(steps_per_epoch * max_epochs, 1)
     warmup = _warmup_steps(warmup_epochs, steps_per_epoch, warmup_steps, max_epochs)
     span = max(total - warmup, 1)
 
     def factor(step: int) -> float:
-        progress = min(max(step - warmup, 0) / span, 1.0)
-        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return factor_at(min(max(step - warmup, 0) / span, 1.0))
     return LambdaLR(optimizer, _with_warmup(factor, warmup))
+
+
+def cosine(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
+           min_lr_ratio: float = 0.0, warmup_steps: int = 0) -> LambdaLR:
+    """Cosine decay from the optimizer's lr to min_lr_ratio * lr over the whole run."""
+    def factor(progress: float) -> float:
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return _decay(optimizer, factor, steps_per_epoch, max_epochs, warmup_epochs, warmup_steps)
 
 
 def linear(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,
            end_lr_ratio: float = 0.0, warmup_steps: int = 0) -> LambdaLR:
     """Linear decay from the optimizer's lr to end_lr_ratio * lr over the whole run."""
-    total = max(steps_per_epoch * max_epochs, 1)
-    warmup = _warmup_steps(warmup_epochs, steps_per_epoch, warmup_steps, max_epochs)
-    span = max(total - warmup, 1)
-
-    def factor(step: int) -> float:
-        progress = min(max(step - warmup, 0) / span, 1.0)
-        return 1 - (1 - end_lr_ratio) * progress
-    return LambdaLR(optimizer, _with_warmup(factor, warmup))
+    return _decay(optimizer, lambda progress: 1 - (1 - end_lr_ratio) * progress, steps_per_epoch, max_epochs,
+                  warmup_epochs, warmup_steps)
 
 
 def step(optimizer: Optimizer, steps_per_epoch: int, max_epochs: int, warmup_epochs: float = 0,

@@ -27,6 +27,7 @@ from mitorch.engine.distributed import Distributed
 from mitorch.engine.progress import PlainProgress
 from mitorch.engine.tasks import Task, to_float
 from mitorch.errors import DataError, Interrupted, Stopped, TrainingError, first_line
+from mitorch.task_types import is_better, lower_is_better
 
 
 @dataclass
@@ -211,8 +212,7 @@ class Trainer:
         if name is None or self.on_best is None or metrics.get(name) is None:
             return
         value = metrics[name]
-        better = self.best is None or (value < self.best if name == "loss" else value > self.best)
-        if better:
+        if is_better(value, self.best, maximize=not lower_is_better(name)):
             self.best = value
             if self.distributed.is_main:
                 self.on_best(model, metrics)
