@@ -625,3 +625,30 @@ def test_host_names_compare_case_insensitively(seeded, client) -> None:
                          headers={"Host": "LOCALHOST:8080", "Origin": "http://localhost:8080",
                                   "X-CSRF-Token": _csrf(client)})
     assert answer.status_code == 200 and store.get_training(ids["queued_later"])["status"] == "cancelled"
+
+
+def test_a_live_poll_reads_only_the_new_epochs_and_lists_artifacts_once_the_training_ends(
+        seeded, client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.viewer import views
+
+    store, ids = seeded
+    listed: list[str] = []
+    list_artifacts = views._artifacts
+    monkeypatch.setattr(views, "_artifacts", lambda record: listed.append(record["id"]) or list_artifacts(record))
+    page = client.get(f"/trainings/{ids['running']}").text
+    assert 'hx-trigger="every' not in page.split('id="live"')[1][:300]  # no timer beside the page script's poll
+    store.put_result(ids["running"], {"epoch": 3, "train_loss": 0.4, "lr": 0.02, "val": {"top1_accuracy": 0.61}})
+    listed.clear()
+    update = client.get(f"/api/trainings/{ids['running']}?after=2").json()
+    assert update["live"] and update["training"]["status"] == "running" and "config" not in update["training"]
+    assert [r["epoch"] for r in update["results"]] == [3] and update["curves"]["epochs"] == [3]
+    assert update["curves"]["charts"][0]["series"]["train_loss"] == [0.4]
+    assert "artifacts" not in update and listed == []
+    assert client.get(f"/api/trainings/{ids['running']}?after=3").json()["results"] == []
+    store.update_training(ids["running"], {"status": "completed", "metrics": {"top1_accuracy": 0.61}})
+    ended = client.get(f"/api/trainings/{ids['running']}?after=3").json()
+    assert not ended["live"] and "artifacts" in ended and listed == [ids["running"]]
+    refreshed = client.get(f"/trainings/{ids['running']}", headers={"HX-Request": "true"}).text
+    assert 'id="details" hx-swap-oob="true"' in refreshed and 'id="live-state"' in refreshed
+    wrong = client.get(f"/api/trainings/{ids['running']}?after=last")
+    assert wrong.status_code == 400 and "after must be an epoch number" in wrong.json()["error"]

@@ -136,6 +136,47 @@ def test_training_curves_draw_the_stored_epochs_and_follow_a_running_one(site, p
     _shot(site, page, "training_running")
 
 
+def test_a_live_training_page_asks_once_per_poll_for_what_is_new(site, page) -> None:
+    from mitorch.store.base import now
+
+    store, base = site["store"], site["url"]
+    training_id = store.add_training({"name": "followed", "config": {}})
+    store.put_result(training_id, {"epoch": 1, "train_loss": 0.9, "lr": 0.1, "val": {"top1_accuracy": 0.2}})
+    store.update_training(training_id, {"status": "running", "attempt": 1, "heartbeat_at": now()})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.goto(base + f"trainings/{training_id}")
+    page.wait_for_function("() => window.miviewer.polls >= 1", timeout=15000)
+    asked.clear()
+    first = page.evaluate("window.miviewer.polls")
+    page.wait_for_timeout(2500)  # several poll periods (MITORCH_VIEWER_REFRESH_S=0.5)
+    polls = page.evaluate("window.miviewer.polls") - first
+    assert polls >= 2 and len(asked) <= polls + 1  # one request per poll, one perhaps still on its way
+    assert set(asked) == {f"{base}api/trainings/{training_id}?after=1"}, asked
+
+    store.put_result(training_id, {"epoch": 2, "train_loss": 0.7, "lr": 0.05, "duration_s": 2.5,
+                                   "val": {"top1_accuracy": 0.35}})
+    page.wait_for_function("() => document.querySelectorAll('#epochs tbody tr').length === 2", timeout=15000)
+    assert page.locator("#epochs tbody tr").nth(1).inner_text().split("\t") == ["2", "0.7", "0.05", "2.5 s", "0.35"]
+    assert page.evaluate("window.miviewer.charts['top1_accuracy'].data") == [[1, 2], [0.2, 0.35]]
+    assert page.locator("#epoch-count").inner_text() == "2"
+    assert f"{base}trainings/{training_id}" not in asked  # the page was extended, not rendered again
+
+    folder = Path(site["env"]["MITORCH_ARTIFACTS_URI"]) / "followed"
+    folder.mkdir()
+    (folder / "weights.pt").write_bytes(b"0" * 10)
+    store.update_training(training_id, {"status": "completed", "metrics": {"top1_accuracy": 0.35},
+                                        "artifacts": str(folder)})
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('completed')",
+                           timeout=15000)
+    assert "weights.pt" in page.locator("#details").inner_text()
+    assert page.locator("#final-metrics").inner_text().split() == ["top1_accuracy", "0.35"]
+    ended = page.evaluate("window.miviewer.polls")
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.miviewer.polls") == ended  # a finished training is not polled
+    _shot(site, page, "training_followed")
+
+
 def test_compare_shows_overlaid_curves_and_the_config_diff(site, page) -> None:
     ids = site["ids"]
     page.goto(site["url"] + "trainings?sort=top1_accuracy")

@@ -1,4 +1,4 @@
-"""The JSON API behind the pages, and its OpenAPI document (GET /api/openapi.json)."""
+"""The JSON API behind the pages; GET /api/openapi.json describes it (mitorch.viewer.openapi)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from mitorch.errors import MiTorchError
 from mitorch.viewer import actions, params, views
+from mitorch.viewer.openapi import openapi
 from mitorch.viewer.security import CSRF_HEADER, MAX_BODY, read_body, same
 from mitorch.viewer.shown import to_json
 
@@ -52,8 +53,16 @@ def trainings(request: Request) -> Response:
 
 
 def training(request: Request) -> Response:
+    """One training whole, or with ?after=EPOCH only what changed since that epoch: the one request
+    a live training's page makes per poll."""
+    store, training_id = request.app.state.store, request.path_params["training_id"]
+    after = request.query_params.get("after")
+    if after is not None and not after.lstrip("-").isdigit():
+        return error(f"after must be an epoch number (an integer), not {after!r}", 400)
     try:
-        data = views.training(request.app.state.store, request.path_params["training_id"])
+        if after is not None:
+            return answer(views.training_update(store, training_id, int(after)))
+        data = views.training(store, training_id)
     except views.NotFound as e:
         return error(str(e), 404)
     return answer({key: data[key] for key in ("training", "summary", "results", "metrics", "attempts", "log",
@@ -150,61 +159,3 @@ def _public(value: Any) -> Any:
     if isinstance(value, list):
         return [_public(v) for v in value]
     return value
-
-
-def openapi(read_only: bool) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of this API."""
-    def get(summary: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return {"get": {"summary": summary, "parameters": parameters or [],
-                        "responses": {"200": {"description": "JSON", "content": {"application/json": {}}}}}}
-
-    def param(name: str, where: str, description: str, many: bool = False) -> dict[str, Any]:
-        schema = {"type": "array", "items": {"type": "string"}} if many else {"type": "string"}
-        return {"name": name, "in": where, "required": where == "path", "description": description,
-                "schema": schema, **({"explode": True} if many else {})}
-
-    table = [param("status", "query", "statuses (repeat or comma-separate)", many=True),
-             param("dataset", "query", "NAME or NAME:VERSION"), param("model", "query", "part of the model name"),
-             param("job", "query", "a job id"), param("q", "query", "words found in id, name, model, dataset, job, "
-                                                                     "error, overrides or params"),
-             param("sort", "query", "created, priority, status, name, epochs, started, completed, model, dataset, "
-                                    "job, or a metric (best value; METRIC:last for the last)"),
-             param("dir", "query", "asc or desc (default: the column's natural order; best first for metrics)"),
-             param("page", "query", "from 1"), param("per_page", "query", "rows per page (50; at most 500)")]
-    paths = {
-        "/api/dashboard": get("Counts by status, running trainings, the queue's first page, recently finished, "
-                              "active jobs"),
-        "/api/trainings": get("A page of the trainings table: each row with best and last value per metric", table),
-        "/api/trainings/{training_id}": get("One training: record, summary, per-epoch results, attempts, log tail, "
-                                            "artifacts", [param("training_id", "path", "the training's id")]),
-        "/api/trainings/{training_id}/results": get("Per-epoch results and chart data (what a live page polls)", [
-            param("training_id", "path", "the training's id"), param("after", "query", "only epochs after this one")]),
-        "/api/compare": get("Trainings side by side: curves per metric and the config keys that differ",
-                            [param("id", "query", "two or more training ids", many=True)]),
-        "/api/jobs": get("Every job with its trainings' counts by status"),
-        "/api/jobs/{job_id}": get("A job's trainings; for a search job its study: trials by objective, history, "
-                                  "intermediate values, parameter importances", [param("job_id", "path", "the id")]),
-        "/api/datasets": get("Registered dataset versions with the trainings that used them"),
-        "/api/csrf": get("The token to send as X-CSRF-Token with POST /api/actions/..."),
-    }
-    if not read_only:
-        paths["/api/actions/{action}"] = {"post": {
-            "summary": "cancel, requeue or set-priority: what micontrol does, one line per training",
-            "parameters": [{"name": "action", "in": "path", "required": True,
-                            "schema": {"type": "string", "enum": list(actions.ACTIONS)}},
-                           {"name": "X-CSRF-Token", "in": "header", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["ids"], "properties": {
-                    "ids": {"type": "array", "items": {"type": "string"}},
-                    "priority": {"type": "integer", "description": "for set-priority; lower runs first"}}}}}},
-            "responses": {"200": {"description": "micontrol's lines"}, "400": {"description": "a wrong request"},
-                          "403": {"description": "CSRF token missing or wrong"},
-                          "413": {"description": "a body over 1 MB"}}}}
-    return {"openapi": "3.1.0",
-            "info": {"title": "miviewer", "version": "1",
-                     "description": "The job store of MiTorch, read-only except /api/actions. Times are ISO 8601 UTC; "
-                                    "credentials (URL passwords, SAS tokens, the values of secret keys such as "
-                                    "AccountKey or password) are redacted. Behind a non-loopback address, send "
-                                    "Authorization: Bearer TOKEN."},
-            "paths": paths,
-            "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}}}

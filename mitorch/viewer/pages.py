@@ -2,6 +2,7 @@
 (HX-Request) gets only the part of the page that refreshes itself."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -82,8 +83,9 @@ def training(request: Request) -> Response:
     except views.NotFound as e:
         return render(request, "error.html", 404, message=str(e))
     if _partial(request):
-        # 286 tells htmx to stop polling: a finished training changes no more.
-        return render(request, "_training_live.html", 200 if data["live"] else 286, t=data)
+        # The live part with the details below it (out of band): the page asks for them when the
+        # training's status or metrics change. 286 tells htmx a finished training changes no more.
+        return render(request, "_training_live.html", 200 if data["live"] else 286, t=data, oob=True)
     return render(request, "training.html", t=data)
 
 
@@ -92,34 +94,38 @@ def compare(request: Request) -> Response:
     if len(ids) < 2:
         return render(request, "error.html", 400, message="compare needs two or more trainings: tick them in the "
                       "trainings table, or open /compare?id=A&id=B")
-    try:
-        data = views.compare(request.app.state.store, ids[:20])
-    except views.NotFound as e:
-        return render(request, "error.html", 404, message=str(e))
-    return render(request, "compare.html", c=data)
+    return _found(request, "compare.html", "c", views.compare, ids[:20])
 
 
 def jobs(request: Request) -> Response:
-    state = request.app.state
-    return render(request, "jobs.html", jobs=views.jobs(state.store, state.index))
+    return _listed(request, "jobs.html", "jobs", views.jobs)
 
 
 def job(request: Request) -> Response:
-    state = request.app.state
-    try:
-        data = views.job(state.store, request.path_params["job_id"])
-    except views.NotFound as e:
-        return render(request, "error.html", 404, message=str(e))
-    return render(request, "job.html", j=data)
+    return _found(request, "job.html", "j", views.job, request.path_params["job_id"])
 
 
 def datasets(request: Request) -> Response:
+    return _listed(request, "datasets.html", "datasets", views.datasets)
+
+
+def _found(request: Request, name: str, key: str, view: Callable[..., Any], *ids: Any) -> Response:
+    """The page of what view finds in the store by ids, or the 404 page saying what is not there."""
+    try:
+        data = view(request.app.state.store, *ids)
+    except views.NotFound as e:
+        return render(request, "error.html", 404, message=str(e))
+    return render(request, name, **{key: data})
+
+
+def _listed(request: Request, name: str, key: str, view: Callable[..., Any]) -> Response:
+    """A page listing what view reads from the store and the trainings index."""
     state = request.app.state
-    return render(request, "datasets.html", datasets=views.datasets(state.store, state.index))
+    return render(request, name, **{key: view(state.store, state.index)})
 
 
 def api_docs(request: Request) -> Response:
-    from mitorch.viewer.api import openapi
+    from mitorch.viewer.openapi import openapi
 
     return render(request, "api.html", spec=openapi(request.app.state.settings.read_only))
 

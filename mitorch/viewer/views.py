@@ -5,7 +5,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,28 @@ def training(store: JobStore, training_id: str, log_lines: int = 60) -> dict[str
             "config_text": json.dumps(shown_config, indent=2, default=str),
             "live": record["status"] in ACTIVE, "log": log_tail(record.get("log"), log_lines),
             "studio_url": _https(record.get("studio_url")), "artifacts": _artifacts(record)}
+
+
+# The record's fields a live training's page refreshes on each poll; the rest changes with the
+# status, and the page reads it again then.
+_LIVE_FIELDS = ("id", "status", "priority", "attempt", "retries", "cancel_requested", "heartbeat_at")
+
+
+def training_update(store: JobStore, training_id: str, after: int, log_lines: int = 60) -> dict[str, Any]:
+    """What changed on a training since a page showed its epochs up to `after`: its live fields,
+    the newer results with their metric names and chart points, the log tail; its artifacts only
+    once it has ended (a live page polls this, and listing a folder on each poll would be waste)."""
+    record = store.get_training(training_id)
+    if record is None:
+        raise NotFound(f"no training {training_id}")
+    results = [r for r in store.list_results(training_id) if r["epoch"] > after]
+    metrics = metric_names(results, record.get("metrics"))
+    live = record["status"] in ACTIVE
+    update = {"training": {key: record.get(key) for key in _LIVE_FIELDS}, "live": live, "after": after,
+              "results": results, "metrics": metrics, "curves": curves(results, metrics),
+              "heartbeat_s": _seconds(record.get("heartbeat_at"), datetime.now(timezone.utc)),
+              "log": log_tail(record.get("log"), log_lines)}
+    return update if live else {**update, "artifacts": _artifacts(record)}
 
 
 def metric_names(results: Sequence[dict[str, Any]], final: dict[str, Any] | None = None) -> list[str]:
@@ -234,4 +256,4 @@ def datasets(store: JobStore, index: TrainingIndex) -> list[dict[str, Any]]:
 
 
 __all__ = ["NotFound", "compare", "curves", "dashboard", "datasets", "flatten", "job", "jobs", "log_tail",
-           "metric_names", "training"]
+           "metric_names", "training", "training_update"]

@@ -22,9 +22,11 @@
     table.querySelectorAll("tbody input[name=id]").forEach(function (box) { box.checked = event.target.checked; });
   });
 
+  // A page's data: a <script type="application/json"> block, or a data-json attribute where htmx
+  // swaps the element in (it drops script elements).
   function readJSON(id) {
     var block = document.getElementById(id);
-    return block ? JSON.parse(block.textContent) : null;
+    return block ? JSON.parse(block.dataset.json || block.textContent) : null;
   }
 
   function width(container) { return Math.max(Math.min(container.clientWidth - 16, 560), 280); }
@@ -69,27 +71,121 @@
     });
   }
 
-  function liveCurves(container, curves) {
-    var id = container.dataset.training;
-    var timer = window.setInterval(function () {
-      fetch("/api/trainings/" + encodeURIComponent(id) + "/results", {credentials: "same-origin"})
-        .then(function (response) { return response.json(); })
-        .then(function (answer) {
-          miviewer.polls += 1;
-          var same = JSON.stringify(answer.curves.charts.map(function (c) { return c.name; })) ===
-                     JSON.stringify(curves.charts.map(function (c) { return c.name; }));
-          if (same) {
-            answer.curves.charts.forEach(function (c) {
-              miviewer.charts[c.name].setData([answer.curves.epochs].concat(Object.keys(c.series).map(function (k) { return c.series[k]; })));
-            });
-          } else {
-            drawCurves(container, answer.curves);
-          }
-          curves = answer.curves;
-          if (!answer.live) window.clearInterval(timer);
+  // Python's "%.Ng" as the num filter prints numbers, for the rows a poll adds.
+  function num(value, digits) {
+    if (value === null || value === undefined) return "";
+    if (typeof value !== "number") return String(value);
+    if (Number.isInteger(value)) return String(value);
+    var parts = value.toExponential(digits - 1).split("e");  // rounded first, as Python does
+    var power = Number(parts[1]);
+    if (power < -4 || power >= digits) {
+      return parts[0].replace(/\.?0+$/, "") + "e" + (power < 0 ? "-" : "+") + String(Math.abs(power)).padStart(2, "0");
+    }
+    return value.toFixed(Math.max(digits - 1 - power, 0)).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
+  }
+
+  function duration(seconds) {
+    seconds = Math.max(Math.floor(seconds), 0);
+    if (seconds < 120) return seconds + " s";
+    if (seconds < 7200) return Math.floor(seconds / 60) + " min";
+    if (seconds < 172800) return Math.floor(seconds / 3600) + " h";
+    return Math.floor(seconds / 86400) + " d";
+  }
+
+  function epochRow(result, metrics) {
+    var val = result.val || {};
+    var texts = [String(result.epoch), num(result.train_loss, 4), num(result.lr, 3),
+                 num(result.duration_s, 3) + (result.duration_s ? " s" : "")];
+    var row = document.createElement("tr");
+    texts.concat(metrics.map(function (m) { return num(val[m], 4); })).forEach(function (text) {
+      var cell = document.createElement("td");
+      cell.textContent = text;
+      row.appendChild(cell);
+    });
+    return row;
+  }
+
+  // A live training's page: one request per poll for what changed since its last epoch. What the
+  // page cannot extend in place (a new status or attempt, a new metric, the end of the run) makes
+  // htmx render the live part and the details again (miviewer-refresh on #live).
+  function followLive(container) {
+    var live = document.getElementById("live");
+    var wait = Number(container.dataset.pollMs) || 5000;
+    var url = "/api/trainings/" + encodeURIComponent(container.dataset.training) + "?after=";
+    var state = readJSON("live-state"), curves = readJSON("curves-data");
+
+    function lastEpoch() { return curves.epochs.length ? curves.epochs[curves.epochs.length - 1] : -1; }
+
+    function needsRefresh(update) {
+      var log = document.getElementById("log");
+      return !update.live || update.training.status !== state.status || update.training.attempt !== state.attempt ||
+        update.metrics.some(function (m) { return state.metrics.indexOf(m) < 0; }) ||
+        update.curves.charts.some(function (c) { return !miviewer.charts[c.name]; }) ||
+        (update.log.text !== null) !== (log !== null && log.tagName === "PRE");
+    }
+
+    function extendCurves(added) {
+      var byName = {};
+      added.charts.forEach(function (c) { byName[c.name] = c.series; });
+      curves.epochs = curves.epochs.concat(added.epochs);
+      curves.charts.forEach(function (c) {
+        var names = Object.keys(c.series);
+        names.forEach(function (k) {
+          var more = (byName[c.name] || {})[k] || added.epochs.map(function () { return null; });
+          c.series[k] = c.series[k].concat(more);
+        });
+        miviewer.charts[c.name].setData([curves.epochs].concat(names.map(function (k) { return c.series[k]; })));
+      });
+    }
+
+    function extendPage(update) {
+      var training = update.training;
+      document.getElementById("priority").textContent = training.priority === null ? "" : String(training.priority);
+      var status = document.getElementById("status");
+      var badge = document.createElement("span");
+      badge.className = "status s-" + training.status;
+      badge.textContent = training.status;
+      status.replaceChildren(badge);
+      if (training.cancel_requested && training.status === "running") status.append(" (cancel requested)");
+      var heartbeat = document.getElementById("heartbeat");
+      if (heartbeat && update.heartbeat_s !== null) heartbeat.textContent = duration(update.heartbeat_s) + " ago";
+      var rows = document.querySelector("#epochs tbody");
+      if (update.results.length) rows.querySelectorAll("td.none").forEach(function (cell) { cell.parentNode.remove(); });
+      update.results.forEach(function (result) { rows.appendChild(epochRow(result, state.metrics)); });
+      document.getElementById("epoch-count").textContent = String(rows.querySelectorAll("tr").length);
+      extendCurves(update.curves);
+      if (update.log.text !== null) document.getElementById("log").textContent = update.log.text;
+    }
+
+    function poll() {
+      fetch(url + lastEpoch(), {credentials: "same-origin"})
+        .then(function (response) {
+          if (!response.ok) throw new Error("HTTP " + response.status);
+          return response.json();
         })
-        .catch(function () {});
-    }, Number(container.dataset.pollMs) || 5000);
+        .then(function (update) {
+          miviewer.polls += 1;
+          if (needsRefresh(update)) {
+            htmx.trigger(live, "miviewer-refresh");  // the next poll waits for its answer
+            return;
+          }
+          extendPage(update);
+          window.setTimeout(poll, wait);
+        })
+        .catch(function () { window.setTimeout(poll, wait); });
+    }
+
+    // htmx swaps #live (and #details out of band) before it fires afterRequest, failed or not.
+    live.addEventListener("htmx:afterRequest", function (event) {
+      if (event.detail.successful) {
+        state = readJSON("live-state");
+        curves = readJSON("curves-data");
+        drawCurves(container, curves);
+      }
+      if (state.live) window.setTimeout(poll, wait);
+      else container.dataset.live = "0";
+    });
+    window.setTimeout(poll, wait);
   }
 
   function studyCharts(container, study) {
@@ -126,7 +222,7 @@
         });
       }
       drawCurves(container, curves, labels);
-      if (container.dataset.live === "1") liveCurves(container, curves);
+      if (container.dataset.live === "1") followLive(container);
     }
     var studyContainer = document.getElementById("study-charts");
     var study = readJSON("study-data");
