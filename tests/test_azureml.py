@@ -30,7 +30,7 @@ from azure.core.exceptions import ResourceNotFoundError, ServiceRequestError  # 
 from mitorch.azureml import jobs, keyvault  # noqa: E402
 from mitorch.azureml.settings import AzureMLSettings  # noqa: E402
 from mitorch.errors import ConfigError, MiTorchError  # noqa: E402
-from mitorch.service.azureml_executor import AzureMLExecutor  # noqa: E402
+from mitorch.service.executors.azureml import AzureMLExecutor  # noqa: E402
 from mitorch.service.controller import Settings, tick  # noqa: E402
 from mitorch.service.executors import LaunchError  # noqa: E402
 from mitorch.store.sqlite import SQLiteStore  # noqa: E402
@@ -340,16 +340,15 @@ def test_service_commands_import_neither_torch_nor_azure_ml(argv: list[str], tmp
 
 
 @pytest.mark.parametrize("status", list(JobStatus))
-def test_every_status_maps_to_running_or_gone(aml: SimpleNamespace, status: JobStatus) -> None:
+def test_every_status_maps_to_running_waiting_or_gone(aml: SimpleNamespace, status: JobStatus) -> None:
     training_id = aml.store.add_training({"config": {}})
     _tick(aml)
     training = aml.store.get_training(training_id)
     terminal = status.value in ("Completed", "Failed", "Canceled")
     for shown in (status, status.value):  # the enum (str() is "JobStatus.RUNNING") and the plain string
         aml.client.jobs.statuses[training["run_id"]] = shown
-        assert aml.executor.state(training) == ("gone" if terminal else "running")
         waits = status.value in ("NotStarted", "Queued", "Provisioning", "Preparing", "Starting")
-        assert aml.executor.waiting(training) is waits
+        assert aml.executor.state(training) == ("gone" if terminal else "waiting" if waits else "running")
         ended = f"AzureML job {training['run_id']} ended {status.value}" if terminal else None
         assert aml.executor.gone_reason(training) == ended
 
@@ -464,7 +463,7 @@ def test_with_no_queued_limit_a_job_may_wait_for_ever(aml: SimpleNamespace, monk
     _tick(aml)
     aml.now[0] += 400 * 24 * 3600
     _next_process(aml)
-    assert _tick(aml) == [] and aml.executor.waiting(aml.store.get_training(training_id))
+    assert _tick(aml) == [] and aml.executor.state(aml.store.get_training(training_id)) == "waiting"
     assert not [c for c in aml.client.jobs.calls if c[0] == "begin_cancel"]
 
 
@@ -542,8 +541,8 @@ def test_capacity_is_the_clusters_max_instances_less_the_running_jobs(aml: Simpl
 def test_a_retried_launch_never_submits_twice(aml: SimpleNamespace) -> None:
     training = {"id": aml.store.add_training({"config": {}}), "attempt": 1, "priority": 100}
     aml.store.update_training(training["id"], {"attempt": 1})
-    assert aml.executor.launch(training) == f"mitorch-{training['id']}-1"
-    assert aml.executor.launch(training) == f"mitorch-{training['id']}-1"
+    assert aml.executor.launch(training).run_id == f"mitorch-{training['id']}-1"
+    assert aml.executor.launch(training).run_id == f"mitorch-{training['id']}-1"
     assert [c for c in aml.client.jobs.calls if c[0] == "create_or_update"] == [("create_or_update",
                                                                                   f"mitorch-{training['id']}-1")]
     # A job that appeared between the read and the submit (another try): the conflict means launched.
@@ -562,7 +561,7 @@ def test_a_retried_launch_never_submits_twice(aml: SimpleNamespace) -> None:
     aml.client.jobs.sent[name] = aml.client.jobs.sent[f"mitorch-{training['id']}-1"]
     aml.client.jobs.statuses[name] = JobStatus.RUNNING
     aml.client.jobs.submit_error = ResourceExistsError("(Conflict) job exists")
-    assert aml.executor.launch(other) == name
+    assert aml.executor.launch(other).run_id == name
 
 
 def test_a_failed_submit_is_recorded_on_the_training_without_the_credential(aml: SimpleNamespace) -> None:
@@ -892,6 +891,13 @@ class AzureMLHarness(ExecutorHarness):
 
     def end(self, training: dict[str, Any], killed: bool = False) -> None:
         self.jobs.statuses[self._job(training)] = JobStatus.FAILED if killed else JobStatus.COMPLETED
+
+    def start(self, training: dict[str, Any]) -> None:
+        self.jobs.statuses[self._job(training)] = JobStatus.RUNNING  # a node took it
+
+    def held(self, training: dict[str, Any]) -> bool:
+        self.jobs.statuses[self._job(training)] = JobStatus.QUEUED  # waiting for nodes
+        return True
 
     def out_of_sight(self, training: dict[str, Any]) -> dict[str, Any]:
         self.jobs.get_error = ServiceRequestError("the workspace does not answer")

@@ -37,7 +37,7 @@ def run_tick(say: Callable[[str], None]) -> list[str]:
     """
     _defaults()
     from mitorch.errors import MiTorchError
-    from mitorch.service.azureml_executor import AzureMLExecutor
+    from mitorch.service.executors.azureml import AzureMLExecutor
     from mitorch.service.controller import tick
     from mitorch.store import open_store
 

@@ -176,7 +176,7 @@ def _executor(choice: str | None, store):
     only for AzureML."""
     choice = choice or os.environ.get("MITORCH_EXECUTOR", "").strip() or "local"
     if choice == "azureml":
-        from mitorch.service.azureml_executor import AzureMLExecutor
+        from mitorch.service.executors.azureml import AzureMLExecutor
 
         return AzureMLExecutor(store=store)
     if choice != "local":

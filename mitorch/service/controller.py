@@ -16,10 +16,11 @@ from typing import Any
 
 from mitorch.envvars import env_float, env_int
 from mitorch.files.artifacts import log_tail
-from mitorch.service.executors import Executor, LaunchError, LocalExecutor
+from mitorch.service import transitions
+from mitorch.service.executors import Executor, LaunchError, LocalExecutor, launched
 from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
 from mitorch.store import JobStore, LeaseLost, StoreError
-from mitorch.store.base import DB_NOW, FINISHED
+from mitorch.store.base import FINISHED
 
 
 @dataclass
@@ -155,12 +156,13 @@ class _Reconciler:
             self._requeue(training, "it was claimed but never launched (its tick stopped)", retry=False)
             return False
         state = self.executor.state(training)
-        if state == "running" and self.executor.waiting(training) and not training.get("cancel_requested"):
-            # Queued for capacity (or building its image): no heartbeat is due yet, and the
-            # heartbeat timeout counts from the last tick that saw it waiting.
-            self.store.update_training(training["id"], {"waiting_at": DB_NOW}, expected_status=training["status"],
-                                       attempt=training.get("attempt", 0))
-            return True
+        if state == "waiting":
+            if not training.get("cancel_requested"):
+                # Queued for capacity (or building its image): no heartbeat is due yet, and the
+                # heartbeat timeout counts from the last tick that saw it waiting.
+                transitions.record_waiting(self.store, training)
+                return True
+            state = "running"  # a cancelled run is stopped whether or not it started
         if training["status"] == "running":
             beat, limit = training.get("heartbeat_at"), self.settings.heartbeat_timeout
             silence = f"no heartbeat for {limit}"
@@ -196,8 +198,7 @@ class _Reconciler:
                 self.act(f"cancel refused {training['id']} ({why}; {self.executor.name} refused to stop its run; "
                          "asking again next tick)")
                 return
-            self.store.update_training(training["id"], {"stop_requested_at": DB_NOW},
-                                       expected_status=training["status"], attempt=training.get("attempt", 0))
+            transitions.record_stop_requested(self.store, training)
             self.act(f"stopping {training['id']} ({why})")
         elif self._age(asked) > self.settings.kill_grace:
             if self.executor.cancel(training, force=True):
@@ -209,31 +210,27 @@ class _Reconciler:
     def _requeue(self, training: dict[str, Any], reason: str, retry: bool) -> None:
         """Puts a training whose run is over back in the queue; one whose cancel (or pruning) was
         asked for while its run was out of reach ends as asked instead, using no retry."""
-        retries = training.get("retries", 0)
+        retries, training_id = training.get("retries", 0), training["id"]
         if training.get("cancel_requested"):
-            self._end(training, {"status": "cancelled", "completed_at": DB_NOW}, "cancelled",
-                      f"cancelled {training['id']} ({reason})")
+            self._end(training, "cancelled", "cancelled", f"cancelled {training_id} ({reason})")
         elif training.get("prune_requested"):
-            self._end(training, {"status": "pruned", "completed_at": DB_NOW,
-                                 "error": "pruned by its search job while its run was out of reach"},
-                      "pruned", f"pruned {training['id']} ({reason})")
+            self._end(training, "pruned", "pruned", f"pruned {training_id} ({reason})",
+                      error="pruned by its search job while its run was out of reach")
         elif not retry:
-            fields = {"status": "new", "requeue_reason": reason}
-            self._end(training, fields, "requeued", f"requeued {training['id']} ({reason}; no retry used)")
+            self._end(training, "new", "requeued", f"requeued {training_id} ({reason}; no retry used)",
+                      requeue_reason=reason)
         elif retries < self.settings.max_retries:
-            fields = {"status": "new", "retries": retries + 1, "requeue_reason": reason}
-            self._end(training, fields, "lost",
-                      f"requeued {training['id']} (retry {retries + 1} of {self.settings.max_retries}: {reason})")
+            self._end(training, "new", "lost",
+                      f"requeued {training_id} (retry {retries + 1} of {self.settings.max_retries}: {reason})",
+                      retries=retries + 1, requeue_reason=reason)
         else:
-            fields = {"status": "failed", "completed_at": DB_NOW, "error": f"lost after {retries} retries: {reason}"}
-            self._end(training, fields, "lost", f"failed {training['id']} ({reason}; no retries left)")
+            self._end(training, "failed", "lost", f"failed {training_id} ({reason}; no retries left)",
+                      error=f"lost after {retries} retries: {reason}")
 
-    def _end(self, training: dict[str, Any], fields: dict[str, Any], outcome: str, line: str) -> None:
-        attempt = training.get("attempt", 0)
-        if attempt:
-            fields = {**fields, f"attempts.{attempt - 1}.ended_at": DB_NOW, f"attempts.{attempt - 1}.outcome": outcome}
-        fields.update({"run_id": None, "pid": None, "stop_requested_at": None, "heartbeat_at": None})
-        if self.store.update_training(training["id"], fields, expected_status=training["status"], attempt=attempt):
+    def _end(self, training: dict[str, Any], to: str, outcome: str, line: str, **fields: Any) -> None:
+        """Ends the training's attempt, whose run is over, and says so when it moved."""
+        if transitions.end_attempt(self.store, training["id"], training.get("attempt", 0), came_from=training["status"],
+                                   to=to, outcome=outcome, forget_run=True, **fields):
             self.act(line)
 
     def _maybe_take_over(self, training: dict[str, Any]) -> None:
@@ -258,25 +255,20 @@ def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], a
     try:
         while free > 0:
             lease.keep()  # a tick that lost its lease claims nothing more
-            training = store.claim_training(
-                {"executor": executor.name, "dispatched_at": DB_NOW, "run_id": None, "pid": None, "host": None,
-                 "heartbeat_at": None, "stop_requested_at": None},
-                new_attempt={"executor": executor.name, "dispatched_at": DB_NOW})
+            training = transitions.claim(store, executor.name)
             if training is None:
                 break
-            attempt = training["attempt"]
             gpu = executor.free_gpu(busy_gpus)
             try:
-                run_id = executor.launch(training, gpu)
+                run = launched(executor.launch(training, gpu))
             except LaunchError as e:
                 failed_launches.append((training, str(e)))  # back to the queue after this tick's claims
                 continue
-            store.update_training(training["id"], {"run_id": run_id, "gpu": gpu,
-                                                   f"attempts.{attempt - 1}.run_id": run_id}, attempt=attempt)
+            transitions.record_launch(store, training, run, gpu)
             if gpu is not None:
                 busy_gpus.add(gpu)
             free -= 1
-            act(f"dispatched {training['id']} to {run_id}" + (f" (GPU {gpu})" if gpu is not None else ""))
+            act(f"dispatched {training['id']} to {run.run_id}" + (f" (GPU {gpu})" if gpu is not None else ""))
     finally:  # also when the lease was lost: a claimed training goes back to the queue
         for training, error in failed_launches:
             _launch_failed(store, training, error, settings, act)
@@ -285,14 +277,10 @@ def _dispatch(store: JobStore, executor: Executor, act: Callable[[str], None], a
 def _launch_failed(store: JobStore, training: dict[str, Any], error: str, settings: Settings,
                    act: Callable[[str], None]) -> None:
     failures = training.get("launch_failures", 0) + 1
-    attempt = training["attempt"]
-    ended = {f"attempts.{attempt - 1}.ended_at": DB_NOW, f"attempts.{attempt - 1}.outcome": f"launch failed: {error}"}
-    if failures >= settings.max_launch_failures:
-        fields = {"status": "failed", "completed_at": DB_NOW, "launch_failures": failures,
-                  "error": f"could not be launched {failures} times: {error}"}
+    give_up = failures >= settings.max_launch_failures
+    if give_up:
         line = f"failed {training['id']} (launch failed {failures} times: {error})"
     else:
-        fields = {"status": "new", "launch_failures": failures, "requeue_reason": f"launch failed: {error}"}
         line = f"launch failed {training['id']} ({failures} of {settings.max_launch_failures}: {error}); requeued"
-    if store.update_training(training["id"], {**fields, **ended}, expected_status="queued", attempt=attempt):
+    if transitions.launch_failed(store, training, error, give_up):
         act(line)

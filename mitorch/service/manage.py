@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mitorch.service import transitions
 from mitorch.service.search.step import jobs_lease
 from mitorch.store import ACTIVE, FINISHED, JobStore, StoreError
 
@@ -49,11 +50,10 @@ def cancel(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None:
 
 def _cancel_training(store: JobStore, training: dict, local: list, say: Callable[[str], None]) -> None:
     training_id = training["id"]
-    if store.update_training(training_id, {"status": "cancelled", "cancel_requested": True},
-                             expected_status=["new", "queued"]):
-        # A dispatched run that has not started finds its training cancelled and never trains.
+    done = transitions.cancel(store, training_id)
+    if done == "cancelled":
         say(f"cancelled {training_id}")
-    elif store.update_training(training_id, {"cancel_requested": True}, expected_status="running"):
+    elif done == "requested":
         if not local:
             from mitorch.service.executors import LocalExecutor
 
@@ -83,15 +83,9 @@ def requeue(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None
                 f"whose study keeps how it ended; `misubmit --add-trials 1 {training['job_id']}` asks for another "
                 "trial)")
             continue
-        fields = {"status": "new", "retries": 0, "launch_failures": 0, "cancel_requested": False, "error": None}
-        if training["status"] == "completed":
-            # A fresh run, not a resume at the end: the earlier result moves to the history.
-            earlier = {k: training.get(k) for k in ("metrics", "weights", "completed_at", "attempt")}
-            fields.update({"history": [*training.get("history", []), earlier], "metrics": None, "weights": None,
-                           "resume_from_attempt": training.get("attempt", 0) + 1})
-        if store.update_training(training_id, fields, expected_status=FINISHED,
-                                 attempt=training.get("attempt", 0)):
-            fresh = " (a fresh run; the earlier result is kept in its history)" if "history" in fields else ""
+        if transitions.requeue(store, training):
+            # A completed one runs afresh, not as a resume at its end.
+            fresh = " (a fresh run; the earlier result is kept in its history)" if training["status"] == "completed" else ""
             say(f"requeued {training_id}{fresh}")
         else:
             say(f"unchanged {training_id} (it is {store.get_training(training_id)['status']}; cancel it first)")

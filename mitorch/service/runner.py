@@ -22,9 +22,9 @@ from mitorch.errors import Interrupted, MiTorchError, Stopped
 from mitorch.files import artifacts, remote
 from mitorch.files.artifacts import attempt_dir
 from mitorch.files.datasets import SPLITS, local_split
-from mitorch.service.executors import local_host
+from mitorch.service import transitions
+from mitorch.service.executors.local import local_host
 from mitorch.store import JobStore, StoreError, open_store
-from mitorch.store.base import DB_NOW
 
 T = TypeVar("T")
 # Exit status of a process whose attempt was replaced: it stopped on purpose, wrote nothing more.
@@ -79,37 +79,45 @@ def run_training(training_id: str, attempt: int | None = None, store: JobStore |
         attempt = _start_by_hand(store, training)
     run = _Attempt(store, training_id, attempt, heartbeat_s)
     run.start()
+    return _run_to_its_end(run, training)
+
+
+def _run_to_its_end(run: _Attempt, training: dict[str, Any]) -> dict[str, Any]:
+    """Trains the started attempt and records how it ended; whatever stopped it is raised again."""
     try:
-        metrics, weights = _train(run, store.get_training(training_id))
+        metrics, weights = _train(run, run.store.get_training(run.training_id))
     except Replaced:
         run.stop_heartbeat()
-        raise
-    except Pruned as e:
-        run.finish({"status": "pruned", "error": str(e)}, "pruned")
-        _remove_checkpoints(run)  # a pruned trial never runs again
-        raise
-    except Cancelled as e:
-        run.finish({"status": "cancelled", "error": str(e)}, "cancelled")
         raise
     except Interrupted as e:
         # Preempted, not failed: back in the queue without using a retry; it resumes from last.pt.
         if run.current().get("cancel_requested"):
-            run.finish({"status": "cancelled", "error": "cancelled (micontrol cancel)"}, "cancelled")
-            raise Cancelled(f"training {training_id} was cancelled") from None
+            run.finish("cancelled", "cancelled", error="cancelled (micontrol cancel)")
+            raise Cancelled(f"training {run.training_id} was cancelled") from None
         _publish_preemption_checkpoint(run)
-        run.finish({"status": "new", "requeue_reason": str(e),
-                    "preemptions": training.get("preemptions", 0) + 1}, "preempted", completed=False)
-        raise
-    except MiTorchError as e:
-        run.finish({"status": "failed", "error": str(e)}, "failed")
+        run.finish("new", "preempted", requeue_reason=str(e), preemptions=training.get("preemptions", 0) + 1)
         raise
     except BaseException as e:
-        tail = "".join(traceback.format_exception(e))[-4000:]
-        run.finish({"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": tail}, "failed")
+        status, fields = _ended_by(e)
+        run.finish(status, status, **fields)
+        if status == "pruned":
+            _remove_checkpoints(run)  # a pruned trial never runs again
         raise
-    run.finish({"status": "completed", "metrics": metrics, "weights": weights}, "completed")
+    run.finish("completed", "completed", metrics=metrics, weights=weights)
     _remove_checkpoints(run)
     return metrics
+
+
+def _ended_by(error: BaseException) -> tuple[str, dict[str, Any]]:
+    """The status an attempt stopped by `error` ends in, and what its record says of it."""
+    if isinstance(error, Pruned):
+        return "pruned", {"error": str(error)}
+    if isinstance(error, Cancelled):
+        return "cancelled", {"error": str(error)}
+    if isinstance(error, MiTorchError):
+        return "failed", {"error": str(error)}
+    tail = "".join(traceback.format_exception(error))[-4000:]  # a bug of ours: its traceback helps
+    return "failed", {"error": f"{type(error).__name__}: {error}", "traceback": tail}
 
 
 def heartbeat_interval() -> float:
@@ -185,21 +193,11 @@ def _train_beside_rank_0(store: JobStore, training: dict[str, Any], attempt: int
 
 def _start_by_hand(store: JobStore, training: dict[str, Any]) -> int:
     """Takes a `new` training as a new attempt, as a controller's claim would."""
-    current = training.get("attempt", 0)
-    executor = f"hand:{local_host()}"
-    entry = {"executor": executor, "dispatched_at": training["created_at"]}
-    # No controller's executor owns this attempt: a previous attempt's executor and run id would
-    # make that controller take this process for its own lost run and stop it.
-    taken = store.update_training(training["id"], {"status": "queued", "attempt": current + 1,
-                                                   "attempts": [*training.get("attempts", []), entry],
-                                                   "executor": executor, "run_id": None, "pid": None, "gpu": None,
-                                                   "dispatched_at": DB_NOW, "heartbeat_at": None,
-                                                   "stop_requested_at": None},
-                                  expected_status="new", attempt=current)
-    if not taken:
+    attempt = transitions.take_by_hand(store, training, f"hand:{local_host()}")
+    if attempt is None:
         raise StoreError(f"training {training['id']} is {training['status']}, not new; "
                          "requeue it with micontrol requeue")
-    return current + 1
+    return attempt
 
 
 def _train(run: _Attempt, training: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -230,20 +228,15 @@ class _Attempt:
 
     def __init__(self, store: JobStore, training_id: str, attempt: int, heartbeat_s: float) -> None:
         self.store, self.training_id, self.attempt, self.heartbeat_s = store, training_id, attempt, heartbeat_s
-        self.index = attempt - 1  # attempt N is attempts[N - 1]
         self.folder = attempt_dir(training_id, attempt)
         self._stop = threading.Event()
 
     def start(self) -> None:
         host, pid = local_host(), os.getpid()
-        fields = {"status": "running", "host": host, "pid": pid, "started_at": DB_NOW, "heartbeat_at": DB_NOW,
-                  "artifacts": artifacts.artifact_url(self.training_id, "") or str(self.folder.parent),
-                  "log": str(self.folder / "train.log"), f"attempts.{self.index}.host": host,
-                  f"attempts.{self.index}.pid": pid, f"attempts.{self.index}.started_at": DB_NOW,
-                  f"attempts.{self.index}.log": str(self.folder / "train.log")}
+        where = artifacts.artifact_url(self.training_id, "") or str(self.folder.parent)
         self.folder.mkdir(parents=True, exist_ok=True)
-        started = _with_retry(lambda: self.store.update_training(self.training_id, fields, expected_status="queued",
-                                                                 attempt=self.attempt), "starting")
+        started = _with_retry(lambda: transitions.start(self.store, self.training_id, self.attempt, host, pid,
+                                                        str(self.folder / "train.log"), where), "starting")
         if not started:
             self._refused("start")
         _say(f"training {self.training_id} attempt {self.attempt} started on {host}, pid {pid}")
@@ -262,7 +255,8 @@ class _Attempt:
             self._refused("a check for requests")
         return training
 
-    def finish(self, fields: dict[str, Any], outcome: str, completed: bool = True) -> None:
+    def finish(self, status: str, outcome: str, **fields: Any) -> None:
+        """Ends this attempt (running -> status) with its outcome, after its log is published."""
         self.stop_heartbeat()
         log = self.folder / "train.log"
         if log.exists():
@@ -270,11 +264,8 @@ class _Attempt:
                 artifacts.publish(self.training_id, log, self.attempt)
             except MiTorchError as e:  # a failed upload must not hide why the training stopped
                 _say(str(e))
-        fields = {**fields, f"attempts.{self.index}.ended_at": DB_NOW, f"attempts.{self.index}.outcome": outcome}
-        if completed:
-            fields["completed_at"] = DB_NOW
-        self.write(lambda: self.store.update_training(self.training_id, fields, expected_status="running",
-                                                      attempt=self.attempt), f"recording {outcome}")
+        self.write(lambda: transitions.end_attempt(self.store, self.training_id, self.attempt, came_from="running",
+                                                   to=status, outcome=outcome, **fields), f"recording {outcome}")
         _say(f"training {self.training_id} attempt {self.attempt} ended: {outcome}")
 
     def stop_heartbeat(self) -> None:
@@ -299,8 +290,7 @@ class _Attempt:
         interval = self.heartbeat_s
         while not self._stop.wait(interval):
             try:
-                beat = self.store.update_training(self.training_id, {"heartbeat_at": DB_NOW},
-                                                  expected_status="running", attempt=self.attempt)
+                beat = transitions.heartbeat(self.store, self.training_id, self.attempt)
             except Exception as e:  # noqa: BLE001 - any store error: keep beating, never die
                 if failing_since is None:
                     failing_since = time.monotonic()

@@ -1,4 +1,4 @@
-"""Executors run trainings: launch one attempt, tell whether it is still going, stop it."""
+"""The local executor: each attempt of a training is a process on this machine."""
 from __future__ import annotations
 
 import os
@@ -8,75 +8,11 @@ import socket
 import subprocess
 import sys
 import time
-from abc import ABC, abstractmethod
 from typing import Any
 
 from mitorch.envvars import env_int
-from mitorch.errors import MiTorchError
 from mitorch.files.artifacts import attempt_dir, remote_root
-
-
-class LaunchError(MiTorchError):
-    """A run could not be started (no space, a bad interpreter, no permission, ...)."""
-
-
-class Executor(ABC):
-    """Where trainings run.
-
-    `name` is the executor's identity, recorded on each training it launches: a controller
-    reconciles and counts only the trainings of its own executor.
-    """
-
-    name: str
-    capacity: int
-
-    @abstractmethod
-    def launch(self, training: dict[str, Any], gpu: int | None = None) -> str:
-        """Starts `mitrain --training-id ID --attempt N` for the training's current attempt
-        (on that GPU).
-
-        Returns:
-            The run id.
-
-        Raises:
-            LaunchError: the run could not be started; the message says why.
-        """
-
-    def free_gpu(self, busy: set[int]) -> int | None:
-        """A GPU for the next launch that no running training uses; None: the executor decides."""
-        return None
-
-    @abstractmethod
-    def state(self, training: dict[str, Any]) -> str:
-        """Whether the training's current attempt runs: "running", "gone" (ended or lost), or
-        "unknown" (cannot tell from here)."""
-
-    @abstractmethod
-    def cancel(self, training: dict[str, Any], force: bool = False) -> bool:
-        """Asks the training's run to stop (it checkpoints first); force: stops it at once.
-
-        Returns:
-            Whether the request was accepted (a run already gone counts as stopped); False when
-            the executor's service refused it.
-        """
-
-    def gone_reason(self, training: dict[str, Any]) -> str | None:
-        """After state() said "gone": why, when the executor knows more than that the run ended
-        (e.g. it cancelled a job stuck in its service); None otherwise."""
-        return None
-
-    def check_ready(self) -> None:
-        """Checks, before a tick claims anything, that this executor can run trainings with the
-        current settings (e.g. it can reach where artifacts go).
-
-        Raises:
-            MiTorchError: one line naming what to fix.
-        """
-
-    def waiting(self, training: dict[str, Any]) -> bool:
-        """Whether the training's run waits for the executor to start it (an AzureML job queued
-        for nodes): a sign of life while no heartbeat is due yet."""
-        return False
+from mitorch.service.executors.base import Executor, LaunchError, RunState
 
 
 def local_host() -> str:
@@ -133,7 +69,7 @@ class LocalExecutor(Executor):
             return training["pid"], ""
         return None
 
-    def state(self, training: dict[str, Any]) -> str:
+    def state(self, training: dict[str, Any]) -> RunState:
         process = self._process(training)
         if process is None:
             return "unknown"

@@ -7,7 +7,7 @@ submit it twice.
 
 What state() reports, by the job's status (mitorch.azureml.watch keeps the phases' clocks):
     Completed, Failed, Canceled; no such job: "gone".
-    NotStarted, Queued, Provisioning, Preparing, Starting: "running", and waiting() is True.
+    NotStarted, Queued, Provisioning, Preparing, Starting: "waiting".
         The controller renews the training's `waiting_at` at each tick that sees it so, so no
         heartbeat timeout ends a wait: MITORCH_AML_QUEUED_MAX_S does (default 86400 s; 0: none).
     Running: "running"; the training's heartbeats count.
@@ -35,7 +35,7 @@ from mitorch.azureml.watch import JobWatch
 from mitorch.errors import ConfigError, MiTorchError
 from mitorch.paths import data_dir
 from mitorch.files import artifacts
-from mitorch.service.executors import Executor, LaunchError
+from mitorch.service.executors.base import Executor, LaunchError, Launched, RunState
 from mitorch.store.base import JobStore
 from mitorch.files.secrets import redact
 
@@ -48,7 +48,7 @@ class AzureMLExecutor(Executor):
     Args:
         settings: default AzureMLSettings.from_env().
         client: makes the MLClient (default settings.ml_client); called once, on first use.
-        store: where the job's name and studio URL are recorded on the training.
+        store: unused (the controller records what launch returns); accepted for existing callers.
         clock: seconds since the epoch (default time.time), on which the waiting and stuck
             limits are judged.
 
@@ -64,11 +64,9 @@ class AzureMLExecutor(Executor):
         self.name = f"azureml:{self.settings.workspace}/{self.settings.compute}"
         self._make_client = client or self.settings.ml_client
         self._client: Any = None
-        self._store = store
         self._capacity: int | None = None
         self._key_vault: str | None = self.settings.key_vault_url
         self._code_dir: Path | None = None
-        self._statuses: dict[str, str] = {}  # job name -> the status state() last read
         self._gone: dict[str, str] = {}  # job name -> why state() last said "gone"
         self._watch = JobWatch(_clocks_file(self.settings), self.settings.stuck_s, self.settings.queued_max_s,
                                clock)
@@ -96,7 +94,12 @@ class AzureMLExecutor(Executor):
             self._capacity = max_instances // self.settings.instance_count
         return self._capacity
 
-    def launch(self, training: dict[str, Any], gpu: int | None = None) -> str:
+    def launch(self, training: dict[str, Any], gpu: int | None = None) -> Launched:
+        """Submits the attempt's command job, or finds it already submitted by an earlier try.
+
+        Returns:
+            The job's name as the run id, its studio URL as the link, and the name as `azureml_job`.
+        """
         name = jobs.job_name(training["id"], training["attempt"])
         existing = self._get(name)
         if existing is None:
@@ -112,14 +115,13 @@ class AzureMLExecutor(Executor):
                 sent = self._get(name)  # a conflict: an earlier try of this launch submitted it
         else:
             sent = existing
-        self._record(training, name, getattr(sent, "studio_url", None) or self.settings.studio_url(name))
-        return name
+        link = getattr(sent, "studio_url", None) or self.settings.studio_url(name)
+        return Launched(run_id=name, link=link, details={"azureml_job": name})
 
-    def state(self, training: dict[str, Any]) -> str:
-        """"gone", "running" or "unknown" as the module's docstring maps the job's status; a job
+    def state(self, training: dict[str, Any]) -> RunState:
+        """"gone", "waiting", "running" or "unknown" as the module's docstring maps the job's status; a job
         waiting or stuck past its limit is cancelled here and is "gone" from then on."""
         name = jobs.job_name(training["id"], training.get("attempt", 0))
-        self._statuses.pop(name, None)
         self._gone.pop(name, None)
         given_up = self._watch.escalated(name)
         if given_up is not None:
@@ -140,20 +142,13 @@ class AzureMLExecutor(Executor):
         if state_of(status) == "gone":
             self._gone[name] = f"AzureML job {name} ended {status}"
             return "gone"
-        self._statuses[name] = status
-        return "running"
+        return "waiting" if status.lower() in WAITING else "running"
 
     def gone_reason(self, training: dict[str, Any]) -> str | None:
         """Why state() last said "gone": the job's end status, its absence, or why it was given up
         (e.g. "AzureML job X was stuck in NotResponding for 1:00:05, longer than
         MITORCH_AML_STUCK_S=3600; cancelled")."""
         return self._gone.get(jobs.job_name(training["id"], training.get("attempt", 0)))
-
-    def waiting(self, training: dict[str, Any]) -> bool:
-        """Whether the training's job waits for nodes or its image (as state() last read it):
-        the controller counts no heartbeat timeout for it."""
-        status = self._statuses.get(jobs.job_name(training["id"], training.get("attempt", 0)), "")
-        return status.lower() in WAITING
 
     def cancel(self, training: dict[str, Any], force: bool = False) -> bool:
         """Asks AzureML to cancel the job (its command gets SIGTERM, then is killed: AzureML has
@@ -239,14 +234,6 @@ class AzureMLExecutor(Executor):
                               f"(https://ACCOUNT.blob.core.windows.net/CONTAINER), got {shown}: its jobs run on other "
                               "machines and resume and keep weights there")
         return root
-
-    def _record(self, training: dict[str, Any], name: str, studio_url: str) -> None:
-        if self._store is None:
-            return
-        attempt = training["attempt"]
-        self._store.update_training(training["id"], {"azureml_job": name, "studio_url": studio_url,
-                                                     f"attempts.{attempt - 1}.studio_url": studio_url},
-                                    attempt=attempt)
 
     def _reason(self, error: Exception) -> str:
         return self.settings.reason(error)
