@@ -1,151 +1,24 @@
-"""Command-line parsing shared by mitrain and mitest: the older positional form and Hydra's."""
+"""What the commands share: id checks, checking every run of a command line, JSON for scripts;
+parsing lives in _parsing (re-exported here)."""
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
+from mitorch.cli._parsing import CommandLine, CommandParser, parse, parse_command_line, training_parser
 from mitorch.errors import ConfigError, MiTorchError, UsageError
 from mitorch.files.secrets import fail
 
-# Hydra's own flags; those in _WITH_VALUE take the next argument.
-_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-               "--config-dir", "-cd", "--experimental-rerun"}
-_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
-_INFORMATIONAL = {"--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc"}
-_MULTIRUN = {"--multirun", "-m"}
-_PLAIN = {"--run", "-r", "--resolve"}
-# The older form's flags and the keys they stand for.
-_LEGACY = {"-w": "weights", "--weights": "weights", "-o": "output", "--output": "output"}
-_FAST_DEV_RUN = {"-d", "--fast-dev-run"}
+__all__ = ["CommandLine", "CommandParser", "MiTorchError", "UsageError", "check_id", "check_overrides", "fail",
+           "parse", "parse_command_line", "to_json", "training_parser"]
+
 # Training and job ids are 24 hex digits; the commands take up to MAX_ID_CHARS letters, digits,
 # '-' and '_', and refuse anything else before the store is asked.
 MAX_ID_CHARS = 64
 # A -m sweep runs (misubmit: queues) one training per combination of its values.
 MAX_SWEEP_RUNS = 1000
 _ID = re.compile(rf"[A-Za-z0-9_\-]{{1,{MAX_ID_CHARS}}}")
-
-
-@dataclass
-class CommandLine:
-    """A parsed command line.
-
-    Attributes:
-        overrides: every override, in precedence order: CONFIG file < TRAIN/VAL/-w/-o/-d <
-            key=value arguments; a key set twice keeps its last value.
-        hydra_flags: Hydra's own flags, passed through unchanged.
-        informational: only asks for help or information; nothing runs.
-    """
-
-    overrides: list[str] = field(default_factory=list)
-    hydra_flags: list[str] = field(default_factory=list)
-    multirun: bool = False
-    informational: bool = False
-    print_config: bool = False
-
-
-def parse_command_line(argv: list[str], prog: str) -> CommandLine:
-    """Parses `PROG [CONFIG [TRAIN VAL]] [-w W] [-o O] [-d] [key=value ...] [hydra flags]`.
-
-    Raises:
-        UsageError: wrong number of positional arguments or a flag without its value.
-        ConfigError: the CONFIG file is missing or does not parse.
-    """
-    # Imported here: miquery, micontrol and midataset share this module and never compose configs.
-    from mitorch.config import config_file_overrides, format_value, merge
-
-    command = CommandLine()
-    positionals: list[str] = []
-    legacy: list[str] = []
-    cli_overrides: list[str] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        flag, has_inline, inline = arg.partition("=")
-        if flag in _LEGACY and (has_inline or args):
-            value = inline if has_inline else args.pop(0)
-            legacy.append(f"{_LEGACY[flag]}={format_value(os.path.abspath(os.path.expanduser(value)))}")
-        elif flag in _LEGACY:
-            raise UsageError(f"{flag} needs a path: {flag} PATH")
-        elif arg in _FAST_DEV_RUN:
-            legacy.append("fast_dev_run=true")
-        elif arg in _MULTIRUN:
-            command.multirun = True
-            command.hydra_flags.append(arg)
-        elif flag in _WITH_VALUE:
-            command.hydra_flags.append(arg)
-            if not has_inline:
-                if not args:
-                    raise UsageError(f"{arg} needs a value")
-                command.hydra_flags.append(args.pop(0))
-            command.print_config |= flag in ("--cfg", "-c")
-        elif arg in _INFORMATIONAL:
-            command.informational = True
-            command.hydra_flags.append(arg)
-            if arg in ("--info", "-i") and args and args[0] in _INFO_VALUES:
-                command.hydra_flags.append(args.pop(0))
-        elif arg in _PLAIN:
-            command.hydra_flags.append(arg)
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option {arg}; see {prog} --help")
-        elif "=" in arg or arg.startswith("~"):
-            cli_overrides.append(arg)
-        else:
-            positionals.append(arg)
-
-    if len(positionals) not in (0, 1, 3):
-        raise UsageError(f"expected CONFIG or CONFIG TRAIN VAL, got {len(positionals)} positional arguments "
-                         f"({' '.join(positionals)}); overrides take the form key=value")
-    file_overrides: list[str] = []
-    if positionals:
-        file_overrides = config_file_overrides(positionals[0], cli_overrides)
-    if len(positionals) == 3:
-        train, val = (os.path.abspath(os.path.expanduser(p)) for p in positionals[1:])
-        legacy[:0] = [f"data.train={format_value(train)}", f"data.val={format_value(val)}"]
-    command.overrides = merge(file_overrides, legacy, cli_overrides)
-    return command
-
-
-def help_requested(argv: list[str], usage: str) -> bool:
-    """Prints usage when -h or --help is among the arguments; whether it did."""
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage, end="")
-        return True
-    return False
-
-
-def take_options(argv: list[str], spellings: dict[str, tuple[str, str]]) -> tuple[dict[str, str | None], list[str]]:
-    """Takes a command's own valued options out of argv, as `FLAG VALUE` or `FLAG=VALUE`.
-
-    Args:
-        spellings: flag -> (option name, what its value is, for the error), e.g.
-            {"-o": ("output", "a folder"), "--output": ("output", "a folder")}.
-
-    Returns:
-        ({option name: value, or None when absent}, the other arguments in order).
-
-    Raises:
-        UsageError: a flag without a value.
-    """
-    values: dict[str, str | None] = {name: None for name, _ in spellings.values()}
-    rest: list[str] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        flag, equals, value = arg.partition("=")
-        if flag not in spellings:
-            rest.append(arg)
-            continue
-        name, what = spellings[flag]
-        if not equals:
-            value = args.pop(0) if args else ""
-        if not value:
-            raise UsageError(f"{flag} needs {what}")
-        values[name] = value
-    return values, rest
 
 
 def check_id(text: str, what: str = "id") -> str:

@@ -11,40 +11,49 @@ import math
 import os
 import sys
 import time
-from datetime import datetime, timedelta
 
-from mitorch.cli._common import check_id, fail
-from mitorch.errors import MiTorchError
+from mitorch.cli._common import CommandParser, check_id, fail, parse
+from mitorch.errors import MiTorchError, UsageError
+from mitorch.service.retention import GC_DAYS_DEFAULT, GC_DAYS_VARIABLE
 
 PROG = "micontrol"
 EXECUTORS = ("local", "azureml")
-# micontrol gc: a failed or cancelled training's checkpoints stay this long for a requeue to resume from.
-GC_DAYS_VARIABLE, GC_DAYS_DEFAULT = "MITORCH_GC_AFTER_DAYS", 7.0
+EPILOG = """\
+Without a command: one controller tick. It reconciles running trainings, then dispatches queued
+ones to this host's executor (local processes, or AzureML jobs); each action prints one line.
+A systemd timer runs it (deploy/systemd); --loop ticks in the foreground instead.
+"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Reconcile running trainings, then dispatch queued "
-                                     "ones to this host's executor (local processes, or AzureML jobs); each action prints one line.")
+def _parser() -> CommandParser:
+    parser = CommandParser(PROG, "Run one controller tick, or manage queued trainings.", epilog=EPILOG)
     parser.add_argument("--executor", choices=EXECUTORS, default=None,
                         help="where trainings run: local processes on this host, or AzureML jobs "
                              "(default $MITORCH_EXECUTOR, else local)")
     parser.add_argument("--loop", action="store_true", help="tick again and again (foreground use)")
-    parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks with --loop (60)")
-    commands = parser.add_subparsers(dest="command")
-    cancel = commands.add_parser("cancel", help="cancel trainings, or jobs with their trainings (running ones are "
-                                                "stopped, with a checkpoint)")
-    cancel.add_argument("ids", nargs="+")
-    requeue = commands.add_parser("requeue", help="queue failed, cancelled or completed trainings again")
-    requeue.add_argument("ids", nargs="+")
-    priority = commands.add_parser("set-priority", help="change a training's priority (lower runs first)")
-    priority.add_argument("id")
-    priority.add_argument("priority", type=_priority)
-    gc = commands.add_parser("gc", help="remove the checkpoints (last.pt) of trainings that ended failed, cancelled "
-                                        "or pruned more than DAYS ago; weights and logs stay")
+    parser.add_argument("--interval", type=float, default=60.0, metavar="S",
+                        help="seconds between ticks with --loop (60)")
+    commands = parser.add_subparsers(dest="command", metavar="{cancel,requeue,set-priority,gc}")
+    cancel = _command(commands, "cancel", "Cancel trainings, or jobs with their trainings (running ones are stopped, "
+                      "with a checkpoint).")
+    cancel.add_argument("ids", nargs="+", metavar="ID", help="a training or job id")
+    requeue = _command(commands, "requeue", "Queue failed, cancelled or completed trainings again.")
+    requeue.add_argument("ids", nargs="+", metavar="ID", help="a training id")
+    priority = _command(commands, "set-priority", "Change a training's priority (lower runs first).")
+    priority.add_argument("id", metavar="ID", help="a training id")
+    priority.add_argument("priority", type=_priority, metavar="N", help="the new priority")
+    gc = _command(commands, "gc", "Remove the checkpoints (last.pt) of trainings that ended failed, cancelled or "
+                  "pruned more than DAYS ago; weights and logs stay.")
     gc.add_argument("--older-than", type=_days, default=None, metavar="DAYS",
                     help=f"days since the training ended (default ${GC_DAYS_VARIABLE}, else {GC_DAYS_DEFAULT:g})")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     return parser
+
+
+def _command(commands: argparse._SubParsersAction, name: str, description: str) -> CommandParser:
+    """A subcommand whose --help reads as every command's does."""
+    return commands.add_parser(name, help=description[0].lower() + description[1:].rstrip("."),
+                               description=description)
 
 
 def _priority(text: str) -> int:
@@ -67,9 +76,9 @@ def _days(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse(_parser(), argv)
     if args.interval <= 0 or args.interval != args.interval:
-        fail(PROG, MiTorchError(f"--interval must be a positive number of seconds, got {args.interval}"), code=2)
+        fail(PROG, UsageError(f"--interval must be a positive number of seconds, got {args.interval}"))
     try:
         named = getattr(args, "ids", None) or ([args.id] if getattr(args, "id", None) is not None else [])
         for some_id in named:  # before the store is opened: a 100,000-character id costs nothing
@@ -99,76 +108,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _collect_checkpoints(store, days: float | None, dry_run: bool) -> None:
-    """micontrol gc: frees the checkpoints of trainings that ended failed, cancelled or pruned at
-    least `days` ago (on the database's clock); one line per training freed, then a total."""
-    from mitorch.envvars import env_float
+    """micontrol gc: one line per training freed, then a total."""
+    from mitorch.service import retention
 
-    if days is None:
-        days = env_float(GC_DAYS_VARIABLE, GC_DAYS_DEFAULT, minimum=0)
-    now = store.clock()
-    total, trainings = 0, 0
-    for training, ended in _ended_before(store, now - timedelta(days=days)):
-        freed = _free_checkpoints(store, training, dry_run)
-        if freed is None or not freed.removed:
-            continue
-        total, trainings = total + freed.local_bytes, trainings + 1
-        files = len(freed.removed) - freed.blobs
-        parts = [f"{files} file{'s' * (files != 1)}"] if files else []
-        parts += [f"{freed.blobs} blob{'s' * (freed.blobs != 1)} of unknown size"] if freed.blobs else []
-        print(f"{'would free' if dry_run else 'freed'} {_size(freed.local_bytes)} of {training['id']} "
-              f"({training['status']} {(now - ended) / timedelta(days=1):.1f} days ago; {', '.join(parts)})")
-    print(f"{'would free' if dry_run else 'freed'} {_size(total)} in all, from {trainings} training"
-          f"{'s' * (trainings != 1)} that ended more than {days:g} days ago"
-          + (" (a dry run: nothing was removed)" if dry_run else ""))
-
-
-def _ended_before(store, cutoff: datetime) -> list[tuple[dict, datetime]]:
-    """(training, when it ended) of the failed, cancelled and pruned trainings that ended before
-    cutoff, newest first, less those whose checkpoints were collected since they last ended."""
-    fields = ["status", "attempt", "completed_at", "status_history", "checkpoints_removed_at"]
-    found = []
-    for training in store.list_trainings(["failed", "cancelled", "pruned"], order="recent", fields=fields):
-        # completed_at, else (a training cancelled before it ran) its last status change
-        history = training.get("status_history") or [{}]
-        ended = training.get("completed_at") or history[-1].get("at")
-        collected = training.get("checkpoints_removed_at")
-        if training.get("attempt") and ended is not None and ended < cutoff and not (collected and collected >= ended):
-            found.append((training, ended))
-    return found
-
-
-def _free_checkpoints(store, training: dict, dry_run: bool):
-    """Frees an ended training's checkpoints; None when it was requeued since it was listed (it
-    is active again and resumes from them) or when a removal failed (said on stderr).
-
-    The removal is fenced: it happens only after a write conditional on the training's status
-    and attempt (checkpoints_removed_at) succeeded, so a training requeued meanwhile is left alone.
-    """
-    from mitorch.files import artifacts
-    from mitorch.store.base import DB_NOW
-
-    fence = {"expected_status": training["status"], "attempt": training["attempt"]}
-    if not dry_run and not store.update_training(training["id"], {"checkpoints_removed_at": DB_NOW}, **fence):
-        return None
-    try:
-        return artifacts.free_checkpoints(training["id"], training["attempt"], dry_run=dry_run)
-    except MiTorchError as e:
-        if not dry_run:  # so the next gc looks at it again
-            store.update_training(training["id"], {"checkpoints_removed_at": None}, **fence)
-        print(f"{PROG}: gc: {training['id']}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
-        return None
-
-
-def _size(count: int) -> str:
-    """A byte count as people read it: 512 bytes, 1.5 kB, 94.2 MB (powers of 1000)."""
-    if count < 1000:
-        return f"{count} bytes"
-    size, unit = count / 1000, "kB"
-    for larger in ("MB", "GB", "TB"):
-        if size < 1000:
-            break
-        size, unit = size / 1000, larger
-    return f"{size:.1f} {unit}"
+    collected = retention.collect_checkpoints(
+        store, days, dry_run, say=print, warn=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
+    print(retention.summary(collected, dry_run))
 
 
 def _executor(choice: str | None, store):

@@ -6,11 +6,9 @@
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Any
 
-from mitorch.cli._common import fail, to_json
+from mitorch.cli._common import CommandParser, fail, parse, to_json
 from mitorch.errors import MiTorchError
 from mitorch.files.secrets import redact
 
@@ -25,19 +23,25 @@ misubmit --dataset NAME[:VERSION].
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=PROG, description="Register datasets and look them up.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser() -> CommandParser:
+    parser = CommandParser(PROG, "Register datasets in the job store and look them up.", epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{register,list,show}")
-    register = commands.add_parser("register", help="register (or replace) the datasets of a JSON file")
-    register.add_argument("file")
-    listing = commands.add_parser("list", help="every registered dataset version")
+    register = commands.add_parser("register", help="register (or replace) the datasets of a JSON file",
+                                   description="Register (or replace) the datasets of a JSON file, all or none.")
+    register.add_argument("file", metavar="FILE", help="a JSON list of datasets")
+    listing = commands.add_parser("list", help="every registered dataset version",
+                                  description="List every registered dataset version.")
     listing.add_argument("--json", action="store_true", help="print JSON for scripts")
-    show = commands.add_parser("show", help="one dataset (its highest version unless --version)")
-    show.add_argument("name")
+    show = commands.add_parser("show", help="one dataset (its highest version unless --version)",
+                               description="Show one dataset (its highest version unless --version).")
+    show.add_argument("name", metavar="NAME", help="a registered dataset name")
     show.add_argument("--version", help="a whole number from 0")
     show.add_argument("--json", action="store_true", help="print JSON for scripts")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(_parser(), argv)
     try:
         from mitorch.store import StoreError, open_store
 

@@ -4,37 +4,46 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 
-from mitorch.cli._common import UsageError, fail, help_requested, take_options
-from mitorch.errors import MiTorchError
+from mitorch.cli._common import CommandParser, fail, parse
+from mitorch.errors import MiTorchError, UsageError
 
 PROG = "mipredict"
-USAGE = """\
-mipredict: run trained weights on images; prints one JSON line per image.
-
-Usage:
-  mipredict CONFIG WEIGHTS IMAGE... [-o DIR] [--threshold T] [key=value ...]
-
+EPILOG = """\
 CONFIG is the training config (JSON or YAML; it picks the model, image size and task type),
 WEIGHTS a file written by mitrain -o (it carries the class names). IMAGE may be a zip member
-(images.zip@a.jpg). Each line is {"image", "boxes": [{"class", "index", "score", "box"}]} for
-object detection (box = [xmin, ymin, xmax, ymax] in the image's pixels) or {"image", "classes":
-[{"class", "index", "score"}]} for classification (the top 5, or the labels over the
-threshold for multilabel). --threshold: the least score shown (default 0.5 for boxes and
-multilabel classes). -o DIR also writes each image with its boxes or top classes drawn on it.
+(images.zip@a.jpg); key=value overrides may come anywhere. Each line is {"image", "boxes":
+[{"class", "index", "score", "box"}]} for object detection (box = [xmin, ymin, xmax, ymax] in
+the image's pixels) or {"image", "classes": [{"class", "index", "score"}]} for classification
+(the top 5, or the labels over the threshold for multilabel).
 """
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv:
-        argv = ["--help"]
-    if help_requested(argv, USAGE):
-        return
+def _parser() -> CommandParser:
+    parser = CommandParser(PROG, "Run trained weights on images; prints one JSON line per image.", epilog=EPILOG,
+                           usage="mipredict CONFIG WEIGHTS IMAGE... [-o DIR] [--threshold T] [key=value ...]")
+    parser.add_argument("config", metavar="CONFIG", help="the training config (JSON or YAML)")
+    parser.add_argument("weights", metavar="WEIGHTS", help="weights written by mitrain -o")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, or a zip member (a.zip@b.jpg)")
+    parser.add_argument("-o", "--output", metavar="DIR", help="also write each image with its predictions drawn")
+    parser.add_argument("--threshold", type=_threshold, metavar="T",
+                        help="the least score shown (default 0.5 for boxes and multilabel classes)")
+    return parser
+
+
+def _threshold(text: str) -> float:
     try:
-        positionals, overrides, output, threshold = _parse(argv)
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"needs a number, got {text[:40]!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(_parser(), argv, intermixed=True)
+    try:
+        positionals, overrides = _split([args.config, args.weights, *args.images])
         if len(positionals) < 3:
             raise UsageError("mipredict needs CONFIG WEIGHTS IMAGE...; see mipredict --help")
         config, weights, *images = positionals
@@ -46,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         weights_path = str(Path(weights).expanduser().resolve())
         cfg = compose(merge(config_file_overrides(config, overrides), overrides,
                             [f"weights={format_value(weights_path)}"]))
-        predictor = Predictor(cfg, threshold)
-        folder = Path(output) if output else None
+        predictor = Predictor(cfg, args.threshold)
+        folder = Path(args.output) if args.output else None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
@@ -63,24 +72,14 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, MiTorchError("interrupted"), code=130)
 
 
-def _parse(argv: list[str]) -> tuple[list[str], list[str], str | None, float | None]:
-    options, rest = take_options(argv, {"-o": ("output", "a value"), "--output": ("output", "a value"),
-                                        "--threshold": ("threshold", "a value")})
-    threshold = None
-    if options["threshold"] is not None:
-        try:
-            threshold = float(options["threshold"])
-        except ValueError:
-            raise UsageError(f"--threshold needs a number, got {options['threshold']!r}") from None
+def _split(words: list[str]) -> tuple[list[str], list[str]]:
+    """(CONFIG, WEIGHTS and IMAGEs; key=value overrides), in order: a zip member's '@' comes
+    before any '=' of its name, an override's key never holds one."""
     positionals, overrides = [], []
-    for arg in rest:
-        if "=" in arg and not arg.startswith("-") and "@" not in arg.split("=", 1)[0]:
-            overrides.append(arg)
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option {arg}; see mipredict --help")
-        else:
-            positionals.append(arg)
-    return positionals, overrides, options["output"], threshold
+    for word in words:
+        is_override = "=" in word and "@" not in word.split("=", 1)[0]
+        (overrides if is_override else positionals).append(word)
+    return positionals, overrides
 
 
 if __name__ == "__main__":

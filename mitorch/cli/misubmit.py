@@ -10,29 +10,29 @@ from __future__ import annotations
 
 import sys
 
-from mitorch.cli._common import UsageError, check_id, fail, help_requested, parse_command_line, take_options
-from mitorch.errors import MiTorchError
+import argparse
+import sys
+
+from mitorch.cli._common import CommandParser, check_id, fail, parse, training_parser
+from mitorch.cli._parsing import command_line, is_override
+from mitorch.errors import MiTorchError, UsageError
 from mitorch.store.base import DEFAULT_PRIORITY
 
 PROG = "misubmit"
 USAGE = """\
-misubmit: queue a training in the job store (MITORCH_DB_URI); prints the new training's id.
-
-Usage:
-  misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
-  misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=c,d ...]
-
-  misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]
-  misubmit [CONFIG] --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N]
-           [--sampler NAME] [--pruner NAME] [--dataset NAME[:VERSION]] [key=value ...]
-  misubmit --add-trials N JOB_ID
-
-A job file with job_type: search, or --search, stores a hyper-parameter search job (see the
-README, "Search jobs"): micontrol keeps up to --parallel (default 2) of its --trials (default 20)
-trials training, asks Optuna for new ones and prunes hopeless ones. A SWEEP is Hydra's sweeper
-syntax: a,b,c | choice(a, b) | range(start, stop[, step]) (stop excluded) | interval(low, high),
-optionally tag(log, ...). Prints "job JOB_ID". --add-trials N extends a running or completed
-search job by N trials of the same study.
+misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
+       misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=c,d ...]
+       misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]
+       misubmit [CONFIG] --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N]
+                [--sampler NAME] [--pruner NAME] [--dataset NAME[:VERSION]] [key=value ...]
+       misubmit --add-trials N JOB_ID"""
+EPILOG = """\
+Prints the new training's id. A job file with job_type: search, or --search, stores a
+hyper-parameter search job (see the README, "Search jobs"): micontrol keeps up to --parallel
+(default 2) of its --trials (default 20) trials training, asks Optuna for new ones and prunes
+hopeless ones. A SWEEP is Hydra's sweeper syntax: a,b,c | choice(a, b) | range(start, stop[, step])
+(stop excluded) | interval(low, high), optionally tag(log, ...). Prints "job JOB_ID".
+--add-trials N extends a running or completed search job by N trials of the same study.
 
 With -m, one training per combination of the sweep values is queued under one job; the
 output is "job JOB_ID", then one "TRAINING_ID overrides" line per training.
@@ -43,87 +43,113 @@ before anything is stored; paths are made absolute. Lower priority runs first (d
 given; the training is pinned to that version) instead of data.train/data.val.
 micontrol dispatches queued trainings; miquery shows them.
 """
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if help_requested(argv, USAGE):
-        return
-    try:
-        options, rest = take_options(argv, {"--priority": ("priority", "a value"), "--dataset": ("dataset", "a value"),
-                                            "--add-trials": ("add_trials", "a number of trials"),
-                                            **{f"--{name}": (name, "a value") for name in _SEARCH_OPTIONS}})
-        if options["add_trials"] is not None:
-            _add_trials(options, rest)
-            return
-        if options["dataset"] is not None:
-            from mitorch.files.datasets import parse_reference
-
-            parse_reference(options["dataset"])  # before the store is asked
-        priority = DEFAULT_PRIORITY if options["priority"] is None else _whole_number(options["priority"])
-        job = _search_job(options, rest)
-        if job is not None:
-            print(f"job {_queue_search(*job, options)}")
-            return
-        command = parse_command_line(rest, PROG)
-        if command.informational or set(command.hydra_flags) - {"-m", "--multirun"}:
-            raise UsageError("misubmit takes CONFIG, --priority, --dataset, -m and key=value overrides")
-        from mitorch.cli._common import check_overrides
-        from mitorch.config import compose
-        from mitorch.service.submit import find_dataset, submission
-        from mitorch.store import open_store
-
-        store = open_store()  # an unreachable database fails here, before anything is composed
-        dataset = find_dataset(options["dataset"], store)
-        if command.multirun:
-            # Every value of every sweep is checked as its training would be stored (its data
-            # paths, its base training), so the queue launcher refuses nothing half-way.
-            check_overrides(command.overrides, multirun=True, check=lambda cfg: submission(cfg, store, dataset))
-            store.close()
-            _queue_sweep(command.overrides, priority, dataset)
-            return
-        config = submission(compose(command.overrides), store, dataset)
-        training_id = store.add_training({"config": config, "priority": priority, "dataset": dataset})
-    except MiTorchError as e:
-        fail(PROG, e)
-    print(training_id)
-
-
 _SEARCH_OPTIONS = ("search", "trials", "parallel", "sampler", "pruner")
 
 
-def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
+def _parser() -> CommandParser:
+    parser = training_parser(PROG, "Queue a training, a sweep or a search job in the job store ($MITORCH_DB_URI).",
+                             USAGE, EPILOG, hydra_flags=("--multirun",))
+    parser.add_argument("--priority", metavar="N", help=f"lower runs first (default {DEFAULT_PRIORITY})")
+    parser.add_argument("--dataset", metavar="NAME[:VERSION]", help="train on a dataset registered with midataset")
+    search = parser.add_argument_group("a search job")
+    search.add_argument("--search", metavar="key=SWEEP", help="queue an Optuna search over this key (and every "
+                        "further key=SWEEP)")
+    search.add_argument("--trials", metavar="N", help="trials in all (20)")
+    search.add_argument("--parallel", metavar="N", help="trials training at once (2)")
+    search.add_argument("--sampler", metavar="NAME", help="Optuna's sampler (tpe)")
+    search.add_argument("--pruner", metavar="NAME", help="Optuna's pruner")
+    search.add_argument("--add-trials", metavar="N", help="extend the search job JOB_ID by N trials")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(_parser(), argv, intermixed=True)
+    try:
+        if args.add_trials is not None:
+            _add_trials(args)
+            return
+        if args.dataset is not None:
+            from mitorch.files.datasets import parse_reference
+
+            parse_reference(args.dataset)  # before the store is asked
+        priority = DEFAULT_PRIORITY if args.priority is None else _whole_number(args.priority)
+        job = _search_job(args)
+        if job is not None:
+            print(f"job {_queue_search(*job, args)}")
+            return
+        training_id = _queue_training(args, priority)
+    except MiTorchError as e:
+        fail(PROG, e)
+    if training_id is not None:
+        print(training_id)
+
+
+def _queue_training(args: argparse.Namespace, priority: int) -> str | None:
+    """Queues one training (its id), or a -m sweep's trainings (None: the launcher printed them)."""
+    from mitorch.cli._common import check_overrides
+    from mitorch.config import compose
+    from mitorch.service.submit import find_dataset, submission
+    from mitorch.store import open_store
+
+    command = command_line(args)
+    store = open_store()  # an unreachable database fails here, before anything is composed
+    dataset = find_dataset(args.dataset, store)
+    if command.multirun:
+        # Every value of every sweep is checked as its training would be stored (its data
+        # paths, its base training), so the queue launcher refuses nothing half-way.
+        check_overrides(command.overrides, multirun=True, check=lambda cfg: submission(cfg, store, dataset))
+        store.close()
+        _queue_sweep(command.overrides, priority, dataset)
+        return None
+    config = submission(compose(command.overrides), store, dataset)
+    return store.add_training({"config": config, "priority": priority, "dataset": dataset})
+
+
+def _older_form(args: argparse.Namespace) -> list[str]:
+    """The flags of a training's command line that were given: -m, -w, -o, -d."""
+    given = [flag for flag, value in (("-w", args.weights), ("-o", args.output), ("-d", args.fast_dev_run)) if value]
+    return ["-m"] * ("--multirun" in args.hydra_flags) + given
+
+
+def _search_job(args: argparse.Namespace) -> tuple[dict, str] | None:
     """(the search job, the folder its relative paths start from), from a job file or --search;
     None for a training."""
     import os
 
     from mitorch.service.search.job import read_job_file
 
-    positionals = [a for a in rest if "=" not in a and not a.startswith("-")]
+    positionals = [w for w in args.words if not is_override(w)]
     job = read_job_file(positionals[0]) if len(positionals) == 1 else None
-    asked = {name: options[name] for name in _SEARCH_OPTIONS if options[name] is not None}
+    asked = {name: getattr(args, name) for name in _SEARCH_OPTIONS if getattr(args, name) is not None}
     if job is not None:
-        if asked or len(rest) > 1:
+        if asked or len(args.words) > 1 or _older_form(args):
             raise UsageError("a job file takes only --priority and --dataset; put overrides in the file")
         return job, os.path.dirname(os.path.abspath(positionals[0]))
     if "search" not in asked:
         if asked:
             raise UsageError(f"--{next(iter(asked))} belongs to a search: add --search 'key=SWEEP'")
         return None
-    from mitorch.config.screen import shorten
+    if "-m" in _older_form(args):
+        raise UsageError("--search queues one Optuna search job and -m one training per combination; use one of them")
+    if _older_form(args):
+        raise UsageError(f"{_older_form(args)[0]} is for a training; a search takes CONFIG and key=value overrides "
+                         "(weights=PATH, fast_dev_run=true)")
+    if len(positionals) > 1:
+        raise UsageError(f"--search takes one CONFIG at most, got {' '.join(positionals)}")
+    job = _search_settings(asked, [w for w in args.words if is_override(w)])
+    if positionals:
+        job["config"] = os.path.abspath(positionals[0])
+    return job, os.getcwd()
 
-    for arg in rest:
-        if arg in ("-m", "--multirun"):
-            raise UsageError("--search queues one Optuna search job and -m one training per combination; use one of "
-                             "them")
-        if arg.startswith("-"):
-            raise UsageError(f"unknown option {shorten(arg)} for a search; see misubmit --help")
+
+def _search_settings(asked: dict[str, str], words: list[str]) -> dict:
+    """A search job from --search and its options: swept keys form the space, the others are overrides."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
     space, overrides = {}, []
-    for override in [asked["search"], *(a for a in rest if "=" in a)]:
+    for override in [asked["search"], *words]:
         try:
             sweep = parser.parse_overrides([override])[0].is_sweep_override()
         except HydraException:
@@ -139,21 +165,17 @@ def _search_job(options: dict, rest: list[str]) -> tuple[dict, str] | None:
     for name in ("sampler", "pruner"):
         if name in asked:
             job[name] = {"name": asked[name]}
-    config = [a for a in positionals]
-    if len(config) > 1:
-        raise UsageError(f"--search takes one CONFIG at most, got {' '.join(config)}")
-    if config:
-        job["config"] = os.path.abspath(config[0])
-    return job, os.getcwd()
+    return job
 
 
-def _add_trials(options: dict, rest: list[str]) -> None:
-    if len(rest) != 1 or rest[0].startswith("-") or any(options[k] is not None for k in options if k != "add_trials"):
+def _add_trials(args: argparse.Namespace) -> None:
+    others = [args.priority, args.dataset, *(getattr(args, name) for name in _SEARCH_OPTIONS)]
+    if len(args.words) != 1 or _older_form(args) or any(value is not None for value in others):
         raise UsageError("--add-trials takes a number and one search job's id: misubmit --add-trials N JOB_ID")
     from mitorch.service.search.job import MAX_TRIALS
 
-    job_id = check_id(rest[0], "JOB_ID")
-    count = _whole_number(options["add_trials"], "--add-trials")
+    job_id = check_id(args.words[0], "JOB_ID")
+    count = _whole_number(args.add_trials, "--add-trials")
     if count > MAX_TRIALS:
         raise UsageError(f"--add-trials adds at most {MAX_TRIALS} trials at once, got {count}")
     from mitorch.service.search.step import add_trials
@@ -163,13 +185,13 @@ def _add_trials(options: dict, rest: list[str]) -> None:
     print(f"job {job_id}: n_trials {before} -> {after}")
 
 
-def _queue_search(job: dict, base_dir: str, options: dict) -> str:
+def _queue_search(job: dict, base_dir: str, args: argparse.Namespace) -> str:
     from mitorch.service.search.job import prepare
     from mitorch.store import open_store
 
     store = open_store()
-    priority = None if options["priority"] is None else _whole_number(options["priority"])
-    record = prepare(job, store, base_dir, priority, options["dataset"])
+    priority = None if args.priority is None else _whole_number(args.priority)
+    record = prepare(job, store, base_dir, priority, args.dataset)
     job_id, _ = store.add_job(record)
     return job_id
 

@@ -7,36 +7,37 @@ from __future__ import annotations
 
 import sys
 
-from mitorch.cli._common import UsageError, fail, help_requested, parse_command_line, take_options
+from mitorch.cli._common import CommandParser, fail, parse, training_parser
+from mitorch.cli._parsing import command_line
 from mitorch.errors import MiTorchError
 
 PROG = "mitest"
 USAGE = """\
-mitest: evaluate trained weights; the last stdout line is the metrics as JSON.
-
-Usage:
-  mitest CONFIG TRAIN VAL -w WEIGHTS [-d] [--predictions DIR] [key=value ...]
-  mitest -w WEIGHTS [data.train=TRAIN data.val=VAL] [--predictions DIR] [key=value ...]
-  mitest --cfg job [...]              print the resolved config
-
+mitest CONFIG TRAIN VAL -w WEIGHTS [-d] [--predictions DIR] [key=value ...]
+       mitest -w WEIGHTS [data.train=TRAIN data.val=VAL] [--predictions DIR] [key=value ...]
+       mitest --cfg job [...]              print the resolved config"""
+EPILOG = """\
 CONFIG is a JSON or YAML training config, TRAIN/VAL text files or image folders (none: the
 built-in dataset). -w WEIGHTS is a MiTorch output (-o of mitrain) or a torchvision state dict.
 -d evaluates one batch. Class names come from the weights when they carry them, else from TRAIN.
 Precedence: group defaults < CONFIG < command-line overrides.
 --predictions DIR (object_detection) also writes DIR/predictions.json (COCO results) and
 DIR/ground_truth.json (COCO instances of the evaluated images), for any COCO tool to re-score.
+The last line on stdout is the metrics as JSON.
 """
 
 
+def _parser() -> CommandParser:
+    parser = training_parser(PROG, "Evaluate trained weights on a validation set.", USAGE, EPILOG,
+                             hydra_flags=("--cfg",))
+    parser.add_argument("--predictions", metavar="DIR", help="also write COCO predictions and ground truth here")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if help_requested(argv, USAGE):
-        return
+    args = parse(_parser(), argv, intermixed=True)
     try:
-        options, argv = take_options(argv, {"--predictions": ("predictions", "a folder")})
-        command = parse_command_line(argv, PROG)
-        if command.multirun or command.informational:
-            raise UsageError("mitest runs one evaluation; -m and Hydra's information flags are for mitrain")
+        command = command_line(args)
         from omegaconf import OmegaConf
 
         from mitorch.config import compose
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         from mitorch import api
 
-        metrics = api.evaluate(cfg, predictions_dir=options["predictions"])
+        metrics = api.evaluate(cfg, predictions_dir=args.predictions)
     except MiTorchError as e:
         fail(PROG, e)
     except KeyboardInterrupt:

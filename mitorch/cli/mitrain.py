@@ -6,24 +6,61 @@
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
 from omegaconf import DictConfig
 
-from mitorch.cli._common import check_overrides, fail, parse_command_line
-from mitorch.errors import MiTorchError
+from mitorch.cli._common import CommandParser, check_overrides, fail, parse, training_parser
+from mitorch.cli._parsing import command_line
+from mitorch.errors import MiTorchError, UsageError
 
 PROG = "mitrain"
+USAGE = """\
+mitrain [key=value ...]                       the Hydra form
+       mitrain -m key=a,b [key=value ...]            a local sweep, one run directory each
+       mitrain CONFIG TRAIN VAL [-w WEIGHTS] [-o OUTPUT] [-d] [key=value ...]
+       mitrain --cfg job [key=value ...]             print the resolved config
+       mitrain --training-id ID [--attempt N]        run a training queued with misubmit"""
+EPILOG = """\
+CONFIG is a JSON or YAML training config ({"model": {"name": ..., ...}, "batch_size": 32, ...}).
+TRAIN, VAL, -w, -o, -d stand for data.train=, data.val=, weights=, output=, fast_dev_run=true.
+Precedence: group defaults < CONFIG < command-line overrides.
+The last line on stdout is a JSON object of the final validation metrics.
+"""
+_QUEUED_USAGE = "--training-id takes one id and, from a controller, --attempt N: mitrain --training-id ID [--attempt N]"
+
+
+def _parser() -> CommandParser:
+    parser = training_parser(PROG, "Train an image model from composable configs.", USAGE, EPILOG + _groups())
+    queued = parser.add_argument_group("a training queued with misubmit")
+    queued.add_argument("--training-id", metavar="ID", help="run this queued training (a controller starts it)")
+    queued.add_argument("--attempt", type=_attempt, metavar="N", help="the attempt this process runs")
+    return parser
+
+
+def _attempt(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number from 1, got {text[:40]!r}")
+    return int(text)
+
+
+def _groups() -> str:
+    """The options of each config group, as `mitrain --help` lists them."""
+    from mitorch.config import GROUPS, group_options
+
+    lines = [f"  {group}: {', '.join(group_options(group))}" for group in GROUPS]
+    return "\nConfig groups (group=option):\n" + "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--training-id" in argv:
-        _run_queued(argv)
+    args = parse(_parser(), argv, intermixed=True)
+    if args.training_id is not None or args.attempt is not None:
+        _run_queued(args)
         return
     try:
-        command = parse_command_line(argv, PROG)
+        command = command_line(args)
         if command.multirun:
             _register_launchers()
         if not command.informational:
@@ -59,21 +96,16 @@ def _register_launchers() -> None:
         Plugins.instance().register(launcher)
 
 
-def _run_queued(argv: list[str]) -> None:
+def _run_queued(args: argparse.Namespace) -> None:
     """mitrain --training-id ID [--attempt N]: run a training that misubmit queued."""
-    usage = "--training-id takes one id and, from a controller, --attempt N: mitrain --training-id ID [--attempt N]"
-    attempt = None
-    if len(argv) == 4 and argv[2] == "--attempt" and argv[3].isdigit() and int(argv[3]) >= 1:
-        attempt = int(argv[3])
-    elif len(argv) != 2:
-        fail(PROG, MiTorchError(usage), code=2)
-    if argv[0] != "--training-id":
-        fail(PROG, MiTorchError(usage), code=2)
+    if args.training_id is None or args.words or args.hydra_flags or args.weights or args.output \
+            or args.fast_dev_run:
+        fail(PROG, UsageError(_QUEUED_USAGE))
     from mitorch import api
     from mitorch.service.runner import run_training
 
     try:
-        metrics = run_training(argv[1], attempt)
+        metrics = run_training(args.training_id, args.attempt)
     except MiTorchError as e:
         fail(PROG, e)
     api.print_metrics(metrics)

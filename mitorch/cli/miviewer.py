@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from mitorch.cli._common import fail
+from mitorch.cli._common import CommandParser, fail, parse
 from mitorch.errors import MiTorchError
 
 PROG = "miviewer"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Serve a web UI over the job store ($MITORCH_DB_URI): dashboard, trainings, "
-        "curves, compare, jobs, datasets, and cancel/requeue/set-priority; with a JSON API at /api.",
-        epilog="Bound to an address other than loopback, every request needs a token: $MITORCH_VIEWER_TOKEN, "
-               "or one generated and printed at start.")
+def _parser() -> CommandParser:
+    parser = CommandParser(
+        PROG, "Serve a web UI over the job store ($MITORCH_DB_URI).",
+        epilog="Pages: dashboard, trainings, curves, compare, jobs, datasets, and cancel/requeue/set-priority;\n"
+               "a JSON API at /api. Bound to an address other than loopback, every request needs a token:\n"
+               "$MITORCH_VIEWER_TOKEN, or one generated and printed at start.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8080, help="port to listen on (8080; 0 picks a free one)")
     parser.add_argument("--read-only", action="store_true", help="serve no actions (no cancel, requeue, priority)")
@@ -33,7 +32,7 @@ def _port(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse(_parser(), argv)
     try:
         import socket
 
