@@ -1,29 +1,29 @@
-"""Search jobs: the job file, its search space in Hydra's sweeper syntax, and the Optuna objects
-(distributions, sampler, pruner) it stands for. Everything here is checked before a job is stored.
+"""A search job: its file, its checked settings, the sampler and pruner it names, the record
+misubmit stores, and the changes made to a stored job under the jobs lease (more trials).
 
-Optuna is imported inside the functions that need it: misubmit and micontrol import this module.
+Its space (the distributions, the grid, the points checked, the overrides of a point) is in
+space.py, re-exported here. Optuna is imported inside the functions that build its objects:
+misubmit and micontrol import this module.
 """
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from mitorch.config.overrides import GROUPS, format_value, range_size, written
+from mitorch.config.overrides import format_value
 from mitorch.config.screen import shorten
 from mitorch.errors import ConfigError, first_line
-from mitorch.task_types import METRICS, main_metric
+from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+from mitorch.service.search.space import (MAX_CHOICES, MAX_GRID_POINTS, check_points, distributions, grid_size,
+                                          param_overrides, sampler_grid)
+from mitorch.store import JobStore, StoreError
+from mitorch.task_types import METRICS, direction, main_metric
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "threshold", "none")
 _JOB_KEYS = ("job_type", "name", "dataset", "config", "overrides", "search_space", "objective", "sampler", "pruner",
              "n_trials", "max_concurrent", "max_failed", "priority")
-# A grid sampler tries every point once, and Optuna lists them all at every tick: each point is a
-# training, so a grid beyond this many points is a mistake, not a search.
-MAX_GRID_POINTS = 10_000
-# Every choice of a space is composed once before the job is stored (a few ms each).
-MAX_CHOICES = 1_000
 # Trials of one job (n_trials, and what --add-trials adds at once).
 MAX_TRIALS = 100_000
 # A step asks for up to this many trials of a job at once (each composes a config, tens of
@@ -31,136 +31,120 @@ MAX_TRIALS = 100_000
 MAX_CONCURRENT = 256
 # A job's name is a label shown in tables.
 MAX_NAME_CHARS = 200
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-# Float ranges step through at most this many values: beyond it consecutive values are no longer
-# distinct doubles, and Optuna's stepped distribution cannot hold them.
-_MAX_FLOAT_STEPS = 2**53
+# The store keeps whole numbers as 64-bit integers (MongoDB's long).
+_STORED_MAX = 2**63 - 1
 
 
-def distributions(search_space: Mapping[str, str]) -> dict[str, Any]:
-    """Optuna distributions for a search space in Hydra's sweeper syntax.
+def read_job_file(path: str) -> dict[str, Any] | None:
+    """The job in a JSON or YAML file.
 
-    `a,b,c` and `choice(a, b, c)`: categorical; `range(start, stop[, step])`: the values Hydra's
-    range gives (stop excluded), as a stepped int or float distribution, computed from the bounds
-    (a range is never expanded value by value); `interval(low, high)`: a float between low and
-    high (`tag(int, interval(...))`: an integer); `tag(log, ...)`: on a log scale.
+    Args:
+        path: a file misubmit was given.
+
+    Returns:
+        The file's content, or None when the file is a training config (no job_type).
 
     Raises:
-        ConfigError: naming the key whose value is not one of these.
+        ConfigError: the file does not parse, or is too deep or too big for a config (read as
+            read_config_file reads a training config).
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-    from hydra.errors import HydraException
-    from optuna.distributions import CategoricalDistribution
+    from pathlib import Path
 
-    if not isinstance(search_space, Mapping) or not search_space:
-        raise ConfigError("search_space must map config keys to Hydra sweeps, e.g. optimizer.lr: "
-                          "tag(log, interval(1e-4, 1e-1))")
-    parser = OverridesParser.create()
-    result: dict[str, Any] = {}
-    choices_in_all = 0
-    for key, text in search_space.items():
-        text = _sweep_text(key, text)
-        where = f"search_space.{key}"
-        try:
-            (override,) = parser.parse_overrides([f"{key}={text}"])
-        except HydraException as e:
-            raise ConfigError(f"{where}: cannot parse {shorten(text, 100)} ({shorten(first_line(e), 200)})") from None
-        sweep = override.value()
-        tags = getattr(sweep, "tags", set()) or set()
-        try:
-            if isinstance(sweep, ChoiceSweep):
-                choices = tuple(sweep.list)
-                if any(not isinstance(c, (str, int, float, bool)) and c is not None for c in choices):
-                    raise ConfigError(f"{where}: choices must be plain values (numbers, strings, booleans, null)")
-                choices_in_all += len(choices)
-                if choices_in_all > MAX_CHOICES:
-                    raise ConfigError(f"search_space holds more than {MAX_CHOICES} choices in all; each is checked "
-                                      "before the job is stored: use range(...) or interval(...) for many numbers")
-                result[key] = CategoricalDistribution(choices)
-            elif isinstance(sweep, RangeSweep):
-                result[key] = _range_distribution(where, text, sweep, "log" in tags)
-            elif isinstance(sweep, IntervalSweep):
-                result[key] = _interval_distribution(where, text, sweep, tags)
-            else:
-                raise ConfigError(f"{where}: {shorten(text)!r} is one value, not a sweep; put {key}={shorten(text)} in "
-                                  "overrides, or give choice(...), a,b,c, range(...) or interval(...)")
-        except ValueError as e:  # Optuna refuses the bounds (low > high, log with low <= 0, ...)
-            raise ConfigError(f"{where}: {text} is not a valid range ({first_line(e)})") from None
+    from mitorch.config import read_config_file
+
+    file = Path(path)
+    if file.suffix.lower() not in (".json", ".yaml", ".yml") or not file.is_file():
+        return None
+    content = read_config_file(file)
+    return content if "job_type" in content else None
+
+
+def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
+    """The checked settings of a search job file (all but its config and dataset).
+
+    Args:
+        job: the job file's content.
+        task_type: the task type of the job's base config.
+
+    Returns:
+        The settings filled in with defaults: objective (the task's main metric, in the way that
+        metric is better), sampler tpe, pruner median, n_trials 20 (a grid: at most its size),
+        max_concurrent 2, max_failed 5. The sampler and pruner were built and asked once.
+
+    Raises:
+        ConfigError: naming the key that is wrong.
+    """
+    _check_keys(job)
+    space = job.get("search_space")
+    if not isinstance(space, Mapping):
+        raise ConfigError("search_space must map config keys to Hydra sweeps, e.g. search_space: {optimizer.lr: "
+                          f"'tag(log, interval(1e-4, 1e-1))'}}, got {_kind(space)}")
+    space = dict(space)
+    space_distributions = distributions(space)
+    objective = _objective(job.get("objective"), task_type)
+    sampler = _spec(job.get("sampler"), "sampler", "tpe")
+    pruner = _spec(job.get("pruner"), "pruner", "median")
+    result = {"job_type": "search", "name": _name(job.get("name")), "search_space": space, "objective": objective,
+              "sampler": sampler, "pruner": pruner, "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS),
+              "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
+              "max_failed": _whole(job, "max_failed", 5, 0)}
+    if sampler["name"] == "grid":
+        result["n_trials"] = min(result["n_trials"], grid_size(space_distributions))  # each grid point once
+    _try_once(objective["direction"], sampler, pruner, space_distributions)
     return result
 
 
-def _sweep_text(key: Any, text: Any) -> str:
-    """A space's entry as the text of a Hydra sweep (a list becomes a,b,c), its size checked."""
-    from mitorch.config.screen import MAX_NESTING, check_override_size, nesting
-
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"search_space keys are config keys such as optimizer.lr, got {shorten(repr(key))}")
-    if isinstance(text, (list, tuple)):
-        if any(isinstance(v, (Mapping, list, tuple)) for v in text):
-            raise ConfigError(f"search_space.{shorten(key)}: a list of choices holds plain values (numbers, "
-                              "strings, booleans, null)")
-        text = ",".join(format_value(v) for v in text)
-    elif not isinstance(text, str):
-        raise ConfigError(f"search_space.{shorten(key)} must be a sweep such as choice(a, b), range(1, 5), "
-                          f"interval(0.1, 1) or a list of values, got a {type(text).__name__}")
-    check_override_size(key, text, where="search_space.")
-    if nesting(text) > MAX_NESTING:  # Hydra's parser recurses once per level
-        raise ConfigError(f"search_space.{shorten(key)} nests deeper than {MAX_NESTING} levels; a sweep nests a few")
-    return text
+def _check_keys(job: Mapping[str, Any]) -> None:
+    unknown = sorted(str(key) for key in set(job) - set(_JOB_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key {shorten(unknown[0])!r} in the job; keys are {', '.join(_JOB_KEYS)}")
+    if job.get("job_type", "search") != "search":
+        raise ConfigError(f"job_type must be search, got {shorten(repr(job.get('job_type')))}")
 
 
-def _range_distribution(where: str, text: str, sweep: Any, log: bool) -> Any:
-    """The stepped distribution of range(start, stop, step): the values start + i*step (i = 0,
-    1, ...) short of stop, from its bounds and count (range_size), never listed."""
-    from optuna.distributions import FloatDistribution, IntDistribution
+def _objective(objective: Any, task_type: str) -> dict[str, str]:
+    """The metric a job optimizes (the task's main one by default) and which way."""
+    objective = objective or {}
+    if not isinstance(objective, Mapping):
+        raise ConfigError(f"objective must be a mapping, e.g. objective: {{metric: loss, direction: minimize}}, got "
+                          f"{_kind(objective)}")
+    if set(objective) - {"metric", "direction"}:
+        raise ConfigError("objective takes metric and direction")
+    metric = objective.get("metric") or main_metric(task_type)
+    if not isinstance(metric, str) or metric not in METRICS[task_type]:
+        raise ConfigError(f"objective.metric {shorten(repr(metric))} is not a metric of {task_type}; choose from "
+                          f"{', '.join(METRICS[task_type])}")
+    way = objective.get("direction") or direction(metric)
+    if way not in ("minimize", "maximize"):
+        raise ConfigError(f"objective.direction must be minimize or maximize, got {shorten(repr(way))}")
+    return {"metric": metric, "direction": way}
 
-    start, stop, step = sweep.start, sweep.stop, sweep.step
+
+def _try_once(way: str, sampler: dict[str, Any], pruner: dict[str, Any], space: dict[str, Any]) -> None:
+    """Builds the sampler and pruner and asks for one point, in memory: unknown options and
+    missing extras fail here, not at a tick."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction=way, sampler=make_sampler(sampler, space), pruner=make_pruner(pruner))
     try:
-        count = range_size(start, stop, step)
-    except ValueError as e:
-        raise ConfigError(f"{where}: {text} cannot be a range ({e}); give finite numbers and a step that moves from "
-                          "start towards stop") from None
-    if count == 0:
-        raise ConfigError(f"{where}: {text} holds no value (Hydra's range excludes its end)")
-    if all(isinstance(v, int) for v in (start, stop, step)):
-        last = start + step * (count - 1)
-        low, high = min(start, last), max(start, last)
-        if not (_INT64_MIN <= low and high <= _INT64_MAX):
-            raise ConfigError(f"{where}: {shorten(text, 100)} goes beyond 64-bit whole numbers; values must be from "
-                              "-2**63 to 2**63-1")
-        return IntDistribution(low, high, log=log, step=1 if log else abs(step))
-    if count > _MAX_FLOAT_STEPS:
-        raise ConfigError(f"{where}: {shorten(text, 100)} holds more than 2**53 values; give a larger step, or "
-                          "interval(low, high) for any value in between")
-    last = float(written(start) + written(step) * (count - 1))
-    low, high = min(float(start), last), max(float(start), last)
-    return FloatDistribution(low, high, step=abs(float(step)))
+        study.ask(space)
+    except (TypeError, ValueError, ImportError, OverflowError) as e:
+        raise ConfigError(f"sampler {sampler['name']}: {shorten(first_line(e), 200)}") from None
 
 
-def _interval_distribution(where: str, text: str, sweep: Any, tags: set[str]) -> Any:
-    from optuna.distributions import FloatDistribution, IntDistribution
+def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_far: int = 0) -> Any:
+    """The Optuna sampler a job names.
 
-    low, high = sweep.start, sweep.end
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ConfigError(f"{where}: {text} needs finite bounds, e.g. interval(1e-4, 1e-1)")
-    if "int" in tags:
-        if not (_INT64_MIN <= int(low) and int(high) <= _INT64_MAX):
-            raise ConfigError(f"{where}: {shorten(text, 100)} goes beyond 64-bit whole numbers; bounds must be from "
-                              "-2**63 to 2**63-1")
-        return IntDistribution(int(low), int(high), log="log" in tags)
-    return FloatDistribution(low, high, log="log" in tags)
+    Args:
+        spec: the job's sampler: its name and options.
+        space: the job's distributions (a grid lists their values).
+        trials_so_far: a seeded sampler's seed moves on with it: a sampler rebuilt every tick
+            would otherwise repeat its suggestions.
 
-
-def param_overrides(params: Mapping[str, Any]) -> list[str]:
-    """A trial's params as overrides; a config group takes its option's bare name."""
-    return [f"{key}={value if key in GROUPS and isinstance(value, str) else format_value(value)}"
-            for key, value in params.items()]
-
-
-def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_far: int = 0):
-    """The sampler a job names. A seeded sampler's seed moves on with the number of trials so far:
-    a sampler rebuilt every tick would otherwise repeat its suggestions."""
+    Raises:
+        ConfigError: an unknown name, or options the sampler does not take.
+    """
     import optuna
 
     options = dict(spec)
@@ -176,53 +160,15 @@ def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_fa
     return _build("sampler", name, classes, options)
 
 
-def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
-        raise ConfigError(f"sampler.seed must be a whole number from 0 to 2**32-1, got {shorten(repr(value))}")
-    return value
+def make_pruner(spec: Mapping[str, Any]) -> Any:
+    """The Optuna pruner a job names.
 
-
-def grid_size(space: Mapping[str, Any]) -> int:
-    """How many points a grid over the space holds, counted without listing them.
+    Args:
+        spec: the job's pruner: its name and options.
 
     Raises:
-        ConfigError: a key is an interval (no grid), or the grid holds more than MAX_GRID_POINTS.
+        ConfigError: an unknown name, or options the pruner does not take.
     """
-    size = 1
-    for key, distribution in space.items():
-        size *= _grid_count(key, distribution)
-        if size > MAX_GRID_POINTS:
-            raise ConfigError(f"sampler: grid holds more than {MAX_GRID_POINTS} points (the cap of a grid, which tries "
-                              "each point as a training); narrow the space or choose another sampler (tpe, random)")
-    return size
-
-
-def _grid_count(key: str, distribution: Any) -> int:
-    if hasattr(distribution, "choices"):
-        return len(distribution.choices)
-    if getattr(distribution, "step", None) is None:
-        raise ConfigError(f"sampler: grid needs a finite search space; search_space.{key} is an interval")
-    if isinstance(distribution.step, int):
-        return (distribution.high - distribution.low) // distribution.step + 1
-    steps = (distribution.high - distribution.low) / distribution.step
-    return int(round(steps)) + 1 if math.isfinite(steps) else MAX_GRID_POINTS + 1
-
-
-def _grid_values(distribution: Any, count: int) -> list[Any]:
-    if hasattr(distribution, "choices"):
-        return list(distribution.choices)
-    return [_stepped(distribution, i) for i in range(count)]
-
-
-def _stepped(distribution: Any, index: int) -> Any:
-    """The index-th value of a stepped distribution; a float's in decimals (0.1 * 3 is 0.3)."""
-    if isinstance(distribution.step, int):
-        return distribution.low + index * distribution.step
-    return float(written(distribution.low) + index * written(distribution.step))
-
-
-def make_pruner(spec: Mapping[str, Any]):
-    """The pruner a job names."""
     import optuna
 
     options = dict(spec)
@@ -249,67 +195,18 @@ def _build(kind: str, name: Any, classes: dict[str, Any], options: dict[str, Any
         raise ConfigError(f"{kind} {name}: {' '.join(str(e).split())[:200]}") from None
 
 
-def _whole(job: Mapping[str, Any], key: str, default: int | None, minimum: int, maximum: int = _INT64_MAX) -> int:
-    value = job.get(key, default)
-    if value is None or isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        most = f" and at most {maximum}" if maximum < _INT64_MAX else ""
-        raise ConfigError(f"{key} must be a whole number of at least {minimum}{most}, got {shorten(repr(value))}")
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ConfigError(f"sampler.seed must be a whole number from 0 to 2**32-1, got {shorten(repr(value))}")
     return value
 
 
-def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
-    """The checked settings of a search job file (all but its config and dataset), filled in
-    with defaults: objective (the task's main metric), sampler tpe, pruner median, n_trials 20,
-    max_concurrent 2, max_failed 5.
-
-    Raises:
-        ConfigError: naming the key that is wrong.
-    """
-    import optuna
-
-    unknown = sorted(str(key) for key in set(job) - set(_JOB_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown key {shorten(unknown[0])!r} in the job; keys are {', '.join(_JOB_KEYS)}")
-    if job.get("job_type", "search") != "search":
-        raise ConfigError(f"job_type must be search, got {shorten(repr(job.get('job_type')))}")
-    space = job.get("search_space")
-    if not isinstance(space, Mapping):
-        raise ConfigError("search_space must map config keys to Hydra sweeps, e.g. search_space: {optimizer.lr: "
-                          f"'tag(log, interval(1e-4, 1e-1))'}}, got {_kind(space)}")
-    space = dict(space)
-    distributions_ = distributions(space)
-    objective = job.get("objective") or {}
-    if not isinstance(objective, Mapping):
-        raise ConfigError(f"objective must be a mapping, e.g. objective: {{metric: loss, direction: minimize}}, got "
-                          f"{_kind(objective)}")
-    objective = dict(objective)
-    if set(objective) - {"metric", "direction"}:
-        raise ConfigError("objective takes metric and direction")
-    metric = objective.get("metric") or main_metric(task_type)
-    if not isinstance(metric, str) or metric not in METRICS[task_type]:
-        raise ConfigError(f"objective.metric {shorten(repr(metric))} is not a metric of {task_type}; choose from "
-                          f"{', '.join(METRICS[task_type])}")
-    direction = objective.get("direction") or ("minimize" if metric == "loss" else "maximize")
-    if direction not in ("minimize", "maximize"):
-        raise ConfigError(f"objective.direction must be minimize or maximize, got {shorten(repr(direction))}")
-    sampler = _spec(job.get("sampler"), "sampler", "tpe")
-    pruner = _spec(job.get("pruner"), "pruner", "median")
-    result = {"job_type": "search", "name": _name(job.get("name")), "search_space": space,
-              "objective": {"metric": metric, "direction": direction}, "sampler": sampler, "pruner": pruner,
-              "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS),
-              "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
-              "max_failed": _whole(job, "max_failed", 5, 0)}
-    if sampler["name"] == "grid":
-        result["n_trials"] = min(result["n_trials"], grid_size(distributions_))  # each grid point once
-    # Both are built and tried once, in memory: unknown options and missing extras fail here.
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=direction, sampler=make_sampler(sampler, distributions_),
-                                pruner=make_pruner(pruner))
-    try:
-        study.ask(distributions_)
-    except (TypeError, ValueError, ImportError, OverflowError) as e:
-        raise ConfigError(f"sampler {sampler['name']}: {shorten(first_line(e), 200)}") from None
-    return result
+def _whole(job: Mapping[str, Any], key: str, default: int | None, minimum: int, maximum: int = _STORED_MAX) -> int:
+    value = job.get(key, default)
+    if value is None or isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        most = f" and at most {maximum}" if maximum < _STORED_MAX else ""
+        raise ConfigError(f"{key} must be a whole number of at least {minimum}{most}, got {shorten(repr(value))}")
+    return value
 
 
 def _kind(value: Any) -> str:
@@ -334,16 +231,6 @@ def _name(name: Any) -> str | None:
     return name
 
 
-def sampler_grid(space: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """Every value of each key of a finite space, as GridSampler takes them.
-
-    Raises:
-        ConfigError: as grid_size (an interval, or more than MAX_GRID_POINTS points).
-    """
-    grid_size(space)  # before listing anything
-    return {key: _grid_values(d, _grid_count(key, d)) for key, d in space.items()}
-
-
 def _spec(value: Any, kind: str, default: str) -> dict[str, Any]:
     if value is None:
         return {"name": default}
@@ -360,114 +247,195 @@ def _spec(value: Any, kind: str, default: str) -> dict[str, Any]:
     return spec
 
 
-def check_points(space: Mapping[str, Any], seed: int = 0, samples: int = 3) -> list[dict[str, Any]]:
-    """Points of the space to compose before a job is stored, each once: every bound (the lows
-    together, the highs together), every choice once, and a few random points."""
-    lows = {k: d.choices[0] if hasattr(d, "choices") else d.low for k, d in space.items()}
-    highs = {k: d.choices[-1] if hasattr(d, "choices") else d.high for k, d in space.items()}
-    points = [lows, highs]
-    for key, distribution in space.items():
-        for choice in getattr(distribution, "choices", ())[1:-1]:
-            points.append({**lows, key: choice})
-    rng = random.Random(seed)
-    for _ in range(samples):
-        points.append({k: rng.choice(d.choices) if hasattr(d, "choices") else _uniform(rng, d)
-                       for k, d in space.items()})
-    unique: dict[tuple[str, ...], dict[str, Any]] = {}
-    for point in points:
-        unique.setdefault(tuple(param_overrides(point)), point)
-    return list(unique.values())
-
-
-def _uniform(rng: random.Random, distribution: Any) -> Any:
-    if getattr(distribution, "step", None) is not None:  # one of its values, by index: none are listed
-        return _stepped(distribution, rng.randrange(_grid_count("", distribution)))
-    value = rng.uniform(distribution.low, distribution.high)
-    return int(round(value)) if isinstance(distribution.low, int) and not isinstance(distribution.low, bool) \
-        else value
-
-
-def read_job_file(path: str) -> dict[str, Any] | None:
-    """The job in a JSON or YAML file, or None when the file is a training config (no job_type).
-
-    Raises:
-        ConfigError: the file does not parse, or is too deep or too big for a config (read as
-            read_config_file reads a training config).
-    """
-    from pathlib import Path
-
-    from mitorch.config import read_config_file
-
-    file = Path(path)
-    if file.suffix.lower() not in (".json", ".yaml", ".yml") or not file.is_file():
-        return None
-    content = read_config_file(file)
-    return content if "job_type" in content else None
-
-
-def prepare(job: Mapping[str, Any], store: Any, base_dir: str = ".", priority: int | None = None,
+def prepare(job: Mapping[str, Any], store: JobStore, base_dir: str = ".", priority: int | None = None,
             dataset: str | None = None) -> dict[str, Any]:
     """The record of a search job, checked: the base config and points of the space compose as
     valid trainings, the dataset exists, the sampler and pruner build.
 
     Args:
         job: the job file's content (or the same built from misubmit --search).
+        store: the job store (datasets, and the base trainings a config names).
         base_dir: where a relative `config` path is found (the job file's folder).
         priority, dataset: misubmit's --priority and --dataset, which win over the file's.
+
+    Returns:
+        The job as the store keeps it, status running.
 
     Raises:
         ConfigError, StoreError: naming what is wrong.
     """
-    import os
-
-    from omegaconf import OmegaConf
-
-    from mitorch.config import PATH_KEYS, compose, compose_with_values, config_file_overrides, mapping_overrides, merge
+    from mitorch.config import compose
     from mitorch.service.submit import find_dataset, submission
-    from mitorch.store.base import DEFAULT_PRIORITY, parse_priority
+    from mitorch.store.base import DEFAULT_PRIORITY
 
     if not isinstance(job, Mapping):
         raise ConfigError("a job file holds a mapping with job_type: search")
+    base = _base_overrides(job, base_dir)
+    pinned = find_dataset(_dataset_reference(dataset or job.get("dataset")), store)
+    stored = submission(compose(base), store, pinned)
+    base = _with_absolute_paths(base, stored)
+    record = settings(job, stored["task_type"])
+    _check_points_compose(base, distributions(record["search_space"]), store, pinned)
+    priority = _priority(job.get("priority", DEFAULT_PRIORITY) if priority is None else priority)
+    return {**record, "status": "running", "dataset": pinned, "base_overrides": base, "priority": priority,
+            "task_type": stored["task_type"]}
+
+
+def _base_overrides(job: Mapping[str, Any], base_dir: str) -> list[str]:
+    """The overrides every trial starts from: the job's config (a file or a mapping), then its
+    overrides."""
+    import os
+
+    from mitorch.config import config_file_overrides, mapping_overrides, merge
+
     overrides = job.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError("overrides must be a list of key=value strings")
-    base = list(overrides)
     config = job.get("config")
     if isinstance(config, str) and not config.strip():
         raise ConfigError("config is empty; give a training-config file's path (from the job file's folder) or a "
                           "mapping, or leave it out")
     if isinstance(config, str):
-        base = merge(config_file_overrides(os.path.join(base_dir, os.path.expanduser(config)), overrides), overrides)
-    elif isinstance(config, Mapping):
-        base = merge(mapping_overrides(config, overrides, "config"), overrides)
-    elif config is not None:
+        return merge(config_file_overrides(os.path.join(base_dir, os.path.expanduser(config)), overrides), overrides)
+    if isinstance(config, Mapping):
+        return merge(mapping_overrides(config, overrides, "config"), overrides)
+    if config is not None:
         raise ConfigError("config must be a training-config file's path or a mapping")
-    reference = dataset or job.get("dataset")
+    return list(overrides)
+
+
+def _dataset_reference(reference: Any) -> str | None:
     if reference is not None and not isinstance(reference, str):
         raise ConfigError(f"dataset must be NAME or NAME:VERSION of a dataset registered with midataset, got "
                           f"{_kind(reference)}")
-    pinned = find_dataset(reference, store)
-    stored = submission(compose(base), store, pinned)
-    # Paths were made absolute against this folder; the controller composes elsewhere.
+    return reference
+
+
+def _with_absolute_paths(base: list[str], stored: dict[str, Any]) -> list[str]:
+    """The base overrides with the paths that submission made absolute against this folder: the
+    controller composes trials elsewhere."""
+    from omegaconf import OmegaConf
+
+    from mitorch.config import PATH_KEYS, merge
+
     resolved = OmegaConf.create(stored)
-    base = merge(base, [f"{key}={format_value(value)}" for key in PATH_KEYS
+    return merge(base, [f"{key}={format_value(value)}" for key in PATH_KEYS
                         if isinstance(value := OmegaConf.select(resolved, key), str)])
-    record = settings(job, stored["task_type"])
-    space = distributions(record["search_space"])
-    # Each point composed as the controller's tick composes a trial (compose_with_values): what
-    # passes here composes there, and what would fail there is refused here.
+
+
+def _check_points_compose(base: list[str], space: dict[str, Any], store: JobStore, pinned: Any) -> None:
+    """Composes points of the space as the controller's tick composes a trial
+    (compose_with_values): what passes here composes there, and what would fail there is
+    refused here."""
+    from mitorch.config import compose_with_values
+    from mitorch.service.submit import submission
+
     for point in check_points(space):
         try:
             submission(compose_with_values(base, point), store, pinned)
         except ConfigError as e:
             raise ConfigError(f"search_space point {shorten(' '.join(param_overrides(point)), 200)}: {e}") from None
-    if priority is None:
-        priority = job.get("priority", DEFAULT_PRIORITY)
+
+
+def _priority(priority: Any) -> int:
+    from mitorch.store.base import parse_priority
+
     if isinstance(priority, str) or not isinstance(priority, int):  # a job file's value: no text
         raise ConfigError(f"priority must be a whole number from -2**63 to 2**63-1, got {shorten(repr(priority))}")
     try:
-        priority = parse_priority(priority, "priority")
+        return parse_priority(priority, "priority")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return {**record, "status": "running", "dataset": pinned, "base_overrides": base, "priority": priority,
-            "task_type": stored["task_type"]}
+
+
+@contextmanager
+def jobs_lease(store: JobStore, who: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[Lease]:
+    """Holds the lease of the controller's search step while the caller changes a search job.
+
+    Args:
+        store: the job store.
+        who: what takes it, as shown to whoever waits for it (misubmit, micontrol).
+        wait_s: how long to wait for a tick that holds it.
+        ttl_s: how long the lease lasts unless renewed.
+
+    Raises:
+        StoreError: a controller tick held it for all of wait_s.
+    """
+    lease = Lease(store, JOBS_LEASE, new_holder(who), ttl_s)
+    if not lease.take(wait_s):
+        holder = (store.get_lease(JOBS_LEASE) or {}).get("holder", "unknown")
+        raise StoreError(f"a controller tick ({holder}) has been working on the search jobs for {wait_s:.0f} s; "
+                         "try again in a few minutes")
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
+    """Extends a running or completed search job by `count` trials of the same study (a grid up
+    to its size); the next tick asks for them.
+
+    Args:
+        store: the job store.
+        job_id: the search job's id.
+        count: how many trials to add (misubmit --add-trials).
+
+    Returns:
+        n_trials before and after.
+
+    Raises:
+        ConfigError, StoreError: naming why the job cannot take more trials.
+    """
+    if count < 1:
+        raise ConfigError(f"--add-trials needs 1 or more trials, got {count}")
+    with jobs_lease(store, "misubmit") as lease:
+        job = _extendable_job(store, job_id)
+        before = job["n_trials"]
+        after = before + count
+        if after > MAX_TRIALS:
+            raise ConfigError(f"search job {job_id} would hold {after} trials, more than {MAX_TRIALS}; "
+                              "submit another search job instead")
+        if job["sampler"]["name"] == "grid":
+            size = grid_size(distributions(job["search_space"]))  # counted, never listed
+            after = min(after, size)
+            if after == before:
+                raise ConfigError(f"search job {job_id} has asked for every point of its grid ({size})")
+        if not store.update_job(job_id, {"n_trials": after, "status": "running", "completed_at": None, "error": None},
+                                lease=lease.fence):
+            raise StoreError(f"search job {job_id} was not changed: a controller tick took the search jobs over; "
+                             "try again")
+    return before, after
+
+
+def _extendable_job(store: JobStore, job_id: str) -> dict[str, Any]:
+    """The search job, if it may take more trials (running or completed, not being cancelled)."""
+    job = store.get_job(job_id)
+    if job is None:
+        raise StoreError(f"no search job {job_id}; see miquery for the ids")
+    if job.get("job_type") != "search":
+        raise ConfigError(f"job {job_id} is a sweep (misubmit -m), whose trainings are all queued at once; "
+                          "--add-trials takes a search job")
+    if job["status"] not in ("running", "completed") or job.get("cancel_requested"):
+        raise ConfigError(f"search job {job_id} is {'cancelling' if job.get('cancel_requested') else job['status']}"
+                          "; only a running or completed search takes more trials")
+    return job
+
+
+def trial_state(training: dict[str, Any]) -> str:
+    """A trial's state as shown to users, from its training.
+
+    Args:
+        training: the trial's training (status and prune_requested are read).
+
+    Returns:
+        running, pruned, failed or complete.
+    """
+    if training["status"] == "pruned" or (training.get("prune_requested") and training["status"] != "completed"):
+        return "pruned"
+    return {"completed": "complete", "failed": "failed", "cancelled": "failed"}.get(training["status"], "running")
+
+
+__all__ = ["MAX_CHOICES", "MAX_CONCURRENT", "MAX_GRID_POINTS", "MAX_NAME_CHARS", "MAX_TRIALS", "PRUNERS", "SAMPLERS",
+           "add_trials", "check_points", "distributions", "grid_size", "jobs_lease", "make_pruner", "make_sampler",
+           "param_overrides", "prepare", "read_job_file", "sampler_grid", "settings", "trial_state"]

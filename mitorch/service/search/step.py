@@ -30,14 +30,18 @@ many trials the running searches hold.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from mitorch.errors import MiTorchError
-from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+from mitorch.service.leases import Lease
+# add_trials, jobs_lease and trial_state change or show a stored job, not a step: they live in
+# job.py and are re-exported here, where the commands and the viewer have imported them from.
+from mitorch.service.search.job import (add_trials, distributions, jobs_lease, make_pruner, make_sampler,
+                                        param_overrides, trial_state)
 from mitorch.service.transitions import cancel_trainings, request_prune
-from mitorch.store import DuplicateError, JobStore, LeaseLost, StoreError
+from mitorch.store import DuplicateError, JobStore, LeaseLost
+from mitorch.task_types import is_better
 
 _ACTIVE = ("new", "queued", "running")
 # Parameter importances are computed from this many complete trials on.
@@ -48,12 +52,14 @@ def step(store: JobStore, act: Callable[[str], None], lease: Lease | None = None
     """One step of every running search job (see the module's docstring).
 
     Args:
+        store: the job store.
+        act: called with one line for each thing the step did (queued, told, pruned, ended).
         lease: the jobs lease this step holds (the controller's tick passes it); None: no fence.
 
     Raises:
         LeaseLost: the lease was taken over; this step wrote nothing after that.
     """
-    from mitorch.service.search.journal import keep_only
+    from mitorch.service.search.journal import keep_only  # imports Optuna: here, not with this module
 
     jobs = [job for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
     keep_only(store, (job["id"] for job in jobs))  # studies of jobs that ended elsewhere
@@ -93,139 +99,50 @@ def _observed(store: JobStore, trainings: list[dict[str, Any]],
             for t in trainings}
 
 
-@contextmanager
-def jobs_lease(store: JobStore, who: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[Lease]:
-    """Holds the lease of the controller's search step while the caller changes a search job.
+def _open_study(store: JobStore, job: dict[str, Any], lease: Lease | None) -> tuple[Any, Any]:
+    """The job's kept journal storage, every append fenced by the lease, and its study on it
+    (created at the job's first step)."""
+    import optuna
 
-    Raises:
-        StoreError: a controller tick held it for all of wait_s.
-    """
-    lease = Lease(store, JOBS_LEASE, new_holder(who), ttl_s)
-    if not lease.take(wait_s):
-        holder = (store.get_lease(JOBS_LEASE) or {}).get("holder", "unknown")
-        raise StoreError(f"a controller tick ({holder}) has been working on the search jobs for {wait_s:.0f} s; "
-                         "try again in a few minutes")
-    try:
-        yield lease
-    finally:
-        lease.release()
+    from mitorch.service.search.journal import kept_study_storage
 
-
-def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:
-    """Extends a running or completed search job by `count` trials of the same study (a grid up
-    to its size); the next tick asks for them.
-
-    Returns:
-        n_trials before and after.
-
-    Raises:
-        ConfigError, StoreError: naming why the job cannot take more trials.
-    """
-    from mitorch.errors import ConfigError
-    from mitorch.service.search.job import MAX_TRIALS, distributions, grid_size
-
-    if count < 1:
-        raise ConfigError(f"--add-trials needs 1 or more trials, got {count}")
-    with jobs_lease(store, "misubmit") as lease:
-        job = store.get_job(job_id)
-        if job is None:
-            raise StoreError(f"no search job {job_id}; see miquery for the ids")
-        if job.get("job_type") != "search":
-            raise ConfigError(f"job {job_id} is a sweep (misubmit -m), whose trainings are all queued at once; "
-                              "--add-trials takes a search job")
-        if job["status"] not in ("running", "completed") or job.get("cancel_requested"):
-            raise ConfigError(f"search job {job_id} is {'cancelling' if job.get('cancel_requested') else job['status']}"
-                              "; only a running or completed search takes more trials")
-        before = job["n_trials"]
-        after = before + count
-        if after > MAX_TRIALS:
-            raise ConfigError(f"search job {job_id} would hold {after} trials, more than {MAX_TRIALS}; "
-                              "submit another search job instead")
-        if job["sampler"]["name"] == "grid":
-            size = grid_size(distributions(job["search_space"]))  # counted, never listed
-            after = min(after, size)
-            if after == before:
-                raise ConfigError(f"search job {job_id} has asked for every point of its grid ({size})")
-        if not store.update_job(job_id, {"n_trials": after, "status": "running", "completed_at": None, "error": None},
-                                lease=lease.fence):
-            raise StoreError(f"search job {job_id} was not changed: a controller tick took the search jobs over; "
-                             "try again")
-    return before, after
-
-
-def trial_state(training: dict[str, Any]) -> str:
-    """A trial's state as shown to users, from its training: running, pruned, failed or complete."""
-    if training["status"] == "pruned" or (training.get("prune_requested") and training["status"] != "completed"):
-        return "pruned"
-    return {"completed": "complete", "failed": "failed", "cancelled": "failed"}.get(training["status"], "running")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = kept_study_storage(store, job["id"])
+    storage.journal.lease = lease and lease.fence
+    # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
+    exists = any(study.study_name == job["id"] for study in storage.get_all_studies())
+    open_study = optuna.load_study if exists else optuna.create_study
+    direction = {} if exists else {"direction": job["objective"]["direction"]}
+    # The sampler that asks is set before each ask (make_sampler); following trials needs none.
+    study = open_study(study_name=job["id"], storage=storage, sampler=optuna.samplers.RandomSampler(),
+                       pruner=make_pruner(job["pruner"]), **direction)
+    return storage, study
 
 
 class _Search:
+    """One search job's step: its study, the trainings of its trials, and what it did."""
+
     def __init__(self, store: JobStore, job: dict[str, Any], act: Callable[[str], None],
                  lease: Lease | None = None) -> None:
-        import optuna
+        import optuna  # here, not at the top: manage, miquery and misubmit import this module
 
-        from mitorch.service.search.journal import kept_study_storage
-        from mitorch.service.search.job import distributions, make_pruner
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna, self.store, self.job, self.act, self.lease = optuna, store, job, act, lease
+        self.states = optuna.trial.TrialState
+        self.store, self.job, self.act, self.lease = store, job, act, lease
         self.wrote = False  # whether this step changed any of the job's trainings
-        self.results_read: dict[str, int] = {}  # training id -> the results _follow reported from
+        self.results_read: dict[str, int] = {}  # training id -> the results _report reported from
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
-        self.storage = storage = kept_study_storage(store, job["id"])
-        storage.journal.lease = lease and lease.fence  # every log this step appends is fenced
-        # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
-        exists = any(study.study_name == job["id"] for study in storage.get_all_studies())
-        open_study = optuna.load_study if exists else optuna.create_study
-        direction = {} if exists else {"direction": job["objective"]["direction"]}
-        self.study = open_study(study_name=job["id"], storage=storage, sampler=optuna.samplers.RandomSampler(),
-                                pruner=make_pruner(job["pruner"]), **direction)
+        self.storage, self.study = _open_study(store, job, lease)
 
     def run(self) -> None:
-        states = self.optuna.trial.TrialState
+        """Settles the running trials, asks for more, then records the job or ends it."""
         cancelling = self.wrote = bool(self.job.get("cancel_requested"))
         if cancelling:
             cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
         listed = self._trainings()
-        trainings = {t["trial_number"]: t for t in listed if t["trial_number"] is not None}
-        for trial in self.study.get_trials(deepcopy=False):
-            training = trainings.get(trial.number)
-            if trial.state != states.RUNNING:
-                continue
-            self._keep()
-            if training is not None:
-                self._follow(trial, training)
-            elif self._partial(trial):
-                self._tell(trial, states.FAIL)
-                self.act(f"dropped trial {trial.number} of job {self.job['id']} (its tick stopped while asking "
-                         f"for its point: {', '.join(sorted(trial.params)) or 'no parameter'} of "
-                         f"{', '.join(sorted(self.space))}); another trial takes its place")
-            elif cancelling:
-                self._tell(trial, states.FAIL)
-            else:
-                self._queue(trial, recovered=True)
-        trials = self._counted()
-        failed = sum(t.state == states.FAIL for t in trials)
-        if failed > self.job["max_failed"] and not cancelling:
-            self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
-            return
-        in_flight = sum(t.state == states.RUNNING for t in trials)
-        created = len(trials)
-        while not cancelling and in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
-            from mitorch.service.search.job import make_sampler
-
-            self._keep()
-            self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
-            created += 1
-            if self._queue(self.study.ask(self.space), recovered=False):
-                in_flight += 1
-                continue
-            failed += 1  # its point did not compose: ask for another in its place
-            if failed > self.job["max_failed"]:
-                self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
-                return
+        self._settle(listed, cancelling)
+        if not cancelling and not self._fill(self._counted()):
+            return  # the job failed
         trials = self._counted()
         if self.wrote:  # the trainings as this step left them (a status read earlier only makes
             listed = self._trainings()  # the next tick look again)
@@ -233,13 +150,156 @@ class _Search:
                    "watch": self._watch(trials, listed)}
         # Ended once no trial runs and no training of the job is active: a pruned trial's training
         # still finishing its epoch (or a cancelled one still stopping) keeps the job running.
-        over = not any(t.state == states.RUNNING for t in trials) and not any(t["status"] in _ACTIVE for t in listed)
-        if (cancelling or created >= self.job["n_trials"]) and over:
+        over = not any(t.state == self.states.RUNNING for t in trials) and \
+            not any(t["status"] in _ACTIVE for t in listed)
+        if (cancelling or len(trials) >= self.job["n_trials"]) and over:
             self._end(summary, cancelling)
         else:
             self._update_job(summary)
 
+    def _settle(self, listed: list[dict[str, Any]], cancelling: bool) -> None:
+        """Each running trial: followed through its training, dropped when its ask was cut short,
+        failed when the job is cancelling, else its training queued (a tick died before)."""
+        trainings = {t["trial_number"]: t for t in listed if t["trial_number"] is not None}
+        for trial in self.study.get_trials(deepcopy=False, states=(self.states.RUNNING,)):
+            self._keep()
+            training = trainings.get(trial.number)
+            if training is not None:
+                self._follow(trial, training)
+            elif self._partial(trial):
+                self._tell(trial, self.states.FAIL)
+                self.act(f"dropped trial {trial.number} of job {self.job['id']} (its tick stopped while asking "
+                         f"for its point: {', '.join(sorted(trial.params)) or 'no parameter'} of "
+                         f"{', '.join(sorted(self.space))}); another trial takes its place")
+            elif cancelling:
+                self._tell(trial, self.states.FAIL)
+            else:
+                self._queue(trial, recovered=True)
+
+    def _fill(self, trials: list[Any]) -> bool:
+        """Asks for trials until max_concurrent are in flight and n_trials were created; a trial
+        whose point does not compose is replaced.
+
+        Returns:
+            False when more trials failed than max_failed: the job failed.
+        """
+        failed = sum(t.state == self.states.FAIL for t in trials)
+        in_flight = sum(t.state == self.states.RUNNING for t in trials)
+        created = len(trials)
+        if self._failed_too_often(failed):
+            return False
+        while in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
+            self._keep()
+            self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
+            created += 1
+            if self._queue(self.study.ask(self.space), recovered=False):
+                in_flight += 1
+                continue
+            failed += 1  # its point did not compose: ask for another in its place
+            if self._failed_too_often(failed):
+                return False
+        return True
+
+    def _failed_too_often(self, failed: int) -> bool:
+        """Fails the job when more than max_failed of its trials failed."""
+        if failed <= self.job["max_failed"]:
+            return False
+        self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
+        return True
+
+    def _queue(self, trial: Any, recovered: bool) -> bool:
+        """Queues the trial's training (job_id, trial_number, params); a trial whose point does
+        not compose is told FAIL.
+
+        Returns:
+            Whether the trial has its training (False: it was told FAIL).
+        """
+        from mitorch.config import compose_with_values
+        from mitorch.service import submit
+
+        params = dict(trial.params)
+        overrides = param_overrides(params)
+        try:
+            config = submit.submission(compose_with_values(self.job["base_overrides"], params), self.store,
+                                       self.job["dataset"])
+        except MiTorchError as e:
+            self._tell(trial, self.states.FAIL)
+            self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
+            return False
+        self._keep()
+        self.wrote = True
+        try:
+            training_id = self.store.add_training({
+                "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
+                "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides})
+        except DuplicateError:
+            return True  # another tick queued it in the meantime
+        self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
+                 + (" (its tick had stopped before queueing it)" if recovered else ""))
+        return True
+
+    def _follow(self, trial: Any, training: dict[str, Any]) -> None:
+        """Tells the trial how its training ended, or reports the training's new epochs."""
+        status, number = training["status"], trial.number
+        if status == "completed":
+            value = (training.get("metrics") or {}).get(self.metric)
+            if value is None:
+                self._tell(trial, self.states.FAIL)
+                self.act(f"failed trial {number} of job {self.job['id']} (its training recorded no {self.metric})")
+            else:
+                self._tell(trial, values=float(value))
+                self.act(f"told trial {number} of job {self.job['id']}: {self.metric} {value:.6g}")
+        elif status == "pruned" or training.get("prune_requested"):
+            self._tell(trial, self.states.PRUNED)  # its stop was requested by a tick that died before telling
+            self.act(f"pruned trial {number} of job {self.job['id']}")
+        elif status in ("failed", "cancelled"):
+            self._tell(trial, self.states.FAIL)
+            self.act(f"failed trial {number} of job {self.job['id']} (its training was {status})")
+        else:
+            self._report(trial, training)
+
+    def _report(self, trial: Any, training: dict[str, Any]) -> None:
+        """Reports the training's new epochs to the trial, one at a time in order, and asks the
+        pruner after each; a trial to prune has its training's stop requested, then is told."""
+        results = self.store.list_results(training["id"])
+        self.results_read[training["id"]] = len(results)
+        new = [(result["epoch"], value) for result in results
+               if result["epoch"] not in trial.intermediate_values
+               and (value := (result.get("val") or {}).get(self.metric)) is not None]
+        if not new:
+            return
+        # A trial of an earlier step has no live Trial to report through: its storage is told by
+        # the trial's id, and the pruner judges the trial as the storage now holds it.
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(self.job["id"]), trial.number)
+        for epoch, value in new:
+            self.storage.set_trial_intermediate_value(trial_id, epoch, float(value))
+            if self.study.pruner.prune(self.study, self.storage.get_trial(trial_id)):
+                self._prune(trial, training, epoch, value)
+                return
+
+    def _prune(self, trial: Any, training: dict[str, Any], epoch: int, value: float) -> None:
+        # The stop request first: a tick that dies before telling leaves a request the next
+        # tick finds (and tells); the other order could leave a pruned trial training on.
+        self._keep()
+        self.wrote = True
+        if request_prune(self.store, training["id"]):
+            self._tell(trial, self.states.PRUNED)
+            self.act(f"pruned trial {trial.number} of job {self.job['id']} at epoch {epoch} "
+                     f"({self.metric} {value:.6g}); stopping {training['id']}")
+
+    def _tell(self, trial: Any, state: Any = None, values: float | None = None) -> None:
+        """Ends the trial in the study (ask-and-tell, by its number); an ended one stays as it is."""
+        try:
+            self.study.tell(trial.number, values, state=state, skip_if_finished=True)
+        except RuntimeError as e:
+            # GridSampler stops the study once its grid is covered, which raises outside
+            # optimize(); the trial's state was stored before it did.
+            if "stop" not in str(e):
+                raise
+
     def _end(self, summary: dict[str, Any], cancelling: bool) -> None:
+        """Ends the job: cancelled, completed with its best trial, or failed without one."""
         counts = ", ".join(f"{n} {s}" for s, n in summary["counts"].items() if n) or "no trials"
         best = summary["best"]
         if cancelling:
@@ -252,6 +312,19 @@ class _Search:
         self._forget()
         self.act(f"{status} search job {self.job['id']} ({counts}"
                  + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g})" if best else ")"))
+
+    def _fail(self, reason: str) -> None:
+        self._keep()
+        cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
+        self._update_job({**self._summary(self._counted(), self._trainings()),
+                          "status": "failed", "error": reason, "completed_at": self.store.clock()})
+        self._forget()
+        self.act(f"failed search job {self.job['id']} ({reason})")
+
+    def _forget(self) -> None:
+        from mitorch.service.search.journal import forget_study_storage
+
+        forget_study_storage(self.store, self.job["id"])
 
     def _keep(self) -> None:
         """Renews the jobs lease inside the step's loops (LeaseLost: another tick took over)."""
@@ -274,8 +347,8 @@ class _Search:
 
     def _counted(self) -> list[Any]:
         """The study's trials, without those dropped because their ask was cut short."""
-        failed = self.optuna.trial.TrialState.FAIL
-        return [t for t in self.study.get_trials(deepcopy=False) if not (t.state == failed and self._partial(t))]
+        return [t for t in self.study.get_trials(deepcopy=False)
+                if not (t.state == self.states.FAIL and self._partial(t))]
 
     def _trainings(self) -> list[dict[str, Any]]:
         """The job's trainings, as much of them as a step reads (not their configs)."""
@@ -284,12 +357,12 @@ class _Search:
 
     def _watch(self, trials: list[Any], trainings: list[dict[str, Any]]) -> dict[str, Any]:
         """What the next tick compares to skip this job when nothing changed (see _changed)."""
-        numbers = {t.number for t in trials if t.state == self.optuna.trial.TrialState.RUNNING}
+        numbers = {t.number for t in trials if t.state == self.states.RUNNING}
         # Also the trainings that are still active though their trial ended (a pruned trial's
         # training finishing its epoch): the job ends once they stop.
         running = [training for training in trainings
                    if training.get("trial_number") in numbers or training["status"] in _ACTIVE]
-        # The counts _follow reported from: a result recorded since must look new to the next tick.
+        # The counts _report reported from: a result recorded since must look new to the next tick.
         watched = _observed(self.store, running, self.results_read)
         if len({t.get("trial_number") for t in running} & numbers) < len(numbers):
             watched[""] = ["a running trial without a training", 0]  # never matches: look again next tick
@@ -299,7 +372,7 @@ class _Search:
     def _importances(self, trials: list[Any]) -> dict[str, Any]:
         """Parameter importances, recomputed when more trials completed. PED-ANOVA: deterministic,
         milliseconds for hundreds of trials, and no scikit-learn (which fANOVA needs)."""
-        done = sum(t.state == self.optuna.trial.TrialState.COMPLETE for t in trials)
+        done = sum(t.state == self.states.COMPLETE for t in trials)
         if done < IMPORTANCE_MIN_TRIALS or done == (self.job.get("importances") or {}).get("trials"):
             return {}
         import warnings
@@ -315,110 +388,22 @@ class _Search:
             return {}  # e.g. every complete trial has the same params
         return {"importances": {"trials": done, "params": {k: float(v) for k, v in values.items()}}}
 
-    def _queue(self, trial: Any, recovered: bool) -> bool:
-        """Queues the trial's training (job_id, trial_number, params); a trial whose point does
-        not compose is told FAIL.
-
-        Returns:
-            Whether the trial has its training (False: it was told FAIL).
-        """
-        from mitorch.config import compose_with_values
-        from mitorch.service.search.job import param_overrides
-        from mitorch.service.submit import submission
-
-        params = dict(trial.params)
-        overrides = param_overrides(params)
-        try:
-            config = submission(compose_with_values(self.job["base_overrides"], params), self.store,
-                                self.job["dataset"])
-        except MiTorchError as e:
-            self._tell(trial, self.optuna.trial.TrialState.FAIL)
-            self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
-            return False
-        self._keep()
-        self.wrote = True
-        try:
-            training_id = self.store.add_training({
-                "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
-                "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides})
-        except DuplicateError:
-            return True  # another tick queued it in the meantime
-        self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
-                 + (" (its tick had stopped before queueing it)" if recovered else ""))
-        return True
-
-    def _follow(self, trial: Any, training: dict[str, Any]) -> None:
-        states = self.optuna.trial.TrialState
-        status, number = training["status"], trial.number
-        if status == "completed":
-            value = (training.get("metrics") or {}).get(self.metric)
-            if value is None:
-                self._tell(trial, states.FAIL)
-                self.act(f"failed trial {number} of job {self.job['id']} (its training recorded no {self.metric})")
-            else:
-                self._tell(trial, values=float(value))
-                self.act(f"told trial {number} of job {self.job['id']}: {self.metric} {value:.6g}")
-            return
-        if status == "pruned" or training.get("prune_requested"):
-            self._tell(trial, states.PRUNED)  # its stop was requested by a tick that died before telling
-            self.act(f"pruned trial {number} of job {self.job['id']}")
-            return
-        if status in ("failed", "cancelled"):
-            self._tell(trial, states.FAIL)
-            self.act(f"failed trial {number} of job {self.job['id']} (its training was {status})")
-            return
-        reported = trial.intermediate_values
-        live = self.optuna.trial.Trial(self.study, trial._trial_id)
-        results = self.store.list_results(training["id"])
-        self.results_read[training["id"]] = len(results)
-        for result in results:
-            epoch, value = result["epoch"], (result.get("val") or {}).get(self.metric)
-            if epoch in reported or value is None:
-                continue
-            live.report(float(value), epoch)
-            if not live.should_prune():
-                continue
-            # The stop request first: a tick that dies before telling leaves a request the next
-            # tick finds (and tells); the other order could leave a pruned trial training on.
-            self._keep()
-            self.wrote = True
-            if request_prune(self.store, training["id"]):
-                self._tell(trial, states.PRUNED)
-                self.act(f"pruned trial {number} of job {self.job['id']} at epoch {epoch} "
-                         f"({self.metric} {value:.6g}); stopping {training['id']}")
-            return
-
-    def _tell(self, trial: Any, state: Any = None, values: float | None = None) -> None:
-        try:
-            self.study.tell(trial.number, values, state=state, skip_if_finished=True)
-        except RuntimeError as e:
-            # GridSampler stops the study once its grid is covered, which raises outside
-            # optimize(); the trial's state was stored before it did.
-            if "stop" not in str(e):
-                raise
-
-    def _forget(self) -> None:
-        from mitorch.service.search.journal import forget_study_storage
-
-        forget_study_storage(self.store, self.job["id"])
-
-    def _fail(self, reason: str) -> None:
-        self._keep()
-        cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
-        self._update_job({**self._summary(self._counted(), self._trainings()),
-                          "status": "failed", "error": reason, "completed_at": self.store.clock()})
-        self._forget()
-        self.act(f"failed search job {self.job['id']} ({reason})")
-
     def _summary(self, trials: list[Any], trainings: list[dict[str, Any]]) -> dict[str, Any]:
+        """The job's counts by state, trials created, and its best complete trial."""
         names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
         counts = {name: sum(t.state.name == state for t in trials) for state, name in names.items()}
-        done = [t for t in trials if t.state == self.optuna.trial.TrialState.COMPLETE]
+        maximize = self.job["objective"]["direction"] == "maximize"
+        best_trial = None
+        for trial in trials:
+            if trial.state == self.states.COMPLETE and \
+                    is_better(trial.value, None if best_trial is None else best_trial.value, maximize):
+                best_trial = trial
         best = None
-        if done:
-            pick = max if self.job["objective"]["direction"] == "maximize" else min
-            trial = pick(done, key=lambda t: t.value)
-            training = next(iter(t for t in trainings if t.get("trial_number") == trial.number), None)
-            best = {"number": trial.number, "value": trial.value, "params": dict(trial.params),
+        if best_trial is not None:
+            training = next(iter(t for t in trainings if t.get("trial_number") == best_trial.number), None)
+            best = {"number": best_trial.number, "value": best_trial.value, "params": dict(best_trial.params),
                     "training_id": training and training["id"]}
         return {"counts": counts, "trials_created": len(trials), "best": best}
+
+
+__all__ = ["IMPORTANCE_MIN_TRIALS", "add_trials", "jobs_lease", "step", "trial_state"]
