@@ -81,8 +81,9 @@ def _fill_search_jobs(store, jobs: int, trials: int) -> list[str]:
     """Search jobs with `trials` trials each: all but 2 ended (3 epochs reported each), 2 training."""
     import optuna
 
+    from mitorch.service.search.job import prepare
     from mitorch.service.search.journal import study_storage
-    from mitorch.service.search.job import distributions, prepare
+    from mitorch.service.search.space import distributions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     record = prepare({"job_type": "search", "overrides": ["max_epochs=10"], "n_trials": trials, "max_concurrent": 2,

@@ -31,7 +31,8 @@ import optuna
 
 from mitorch.service.controller import Settings, tick
 from mitorch.service.executors import Executor
-from mitorch.service.search.job import distributions, make_sampler, prepare
+from mitorch.service.search.job import make_sampler, prepare
+from mitorch.service.search.space import distributions
 from mitorch.store.base import DB_NOW
 from mitorch.store.sqlite import SQLiteStore
 

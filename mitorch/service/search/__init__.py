@@ -1,8 +1,12 @@
 """Search jobs: Optuna hyper-parameter searches whose trials are queued trainings.
 
-- job: the job file and its search space (read, checked, turned into Optuna distributions);
-- step: one controller step of a job (ask, queue, follow, tell), under the jobs lease;
+- space: the search space in Hydra's sweeper syntax, as Optuna distributions, grids and points;
+- job: the job file, its checked settings, sampler and pruner, the record misubmit stores, and
+  more trials for a stored job (imports space);
+- step: one controller step of a job (ask, queue, follow, tell, prune, end), under the jobs
+  lease (imports job; opens the study through journal);
 - journal: the study's storage, Optuna's journal kept in the job store.
 
-Importing this package imports neither Optuna nor torch; job and journal import Optuna.
+Importing this package, space, job or step imports neither Optuna nor torch (misubmit, miquery
+and micontrol import them); journal imports Optuna, and the step imports it when it runs.
 """

@@ -46,16 +46,24 @@ class StoreJournalBackend(BaseJournalBackend):
         self.__init__(open_store(state["uri"]), state["journal"], state["uri"])
 
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
+        """The journal's logs from number log_number_from on (Optuna's backend interface)."""
         logs = self.store.read_logs(self.journal, log_number_from)
         self.logs_read = max(self.logs_read, log_number_from + len(logs))
         return logs
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Appends logs to the journal, fenced by `lease` when one is set.
+
+        Raises:
+            LeaseLost: the lease was taken over; nothing was appended.
+        """
         self.store.append_logs(self.journal, logs, lease=self.lease)
 
 
 class StudyStorage(JournalStorage):
-    """Optuna's journal storage over a StoreJournalBackend, which it keeps as `journal`."""
+    """Optuna's journal storage over a StoreJournalBackend, which it keeps as `journal`: the
+    search step fences the backend's appends and reads how much of the journal it has seen,
+    through the backend it passed in (Optuna's own reference to it is private)."""
 
     def __init__(self, backend: StoreJournalBackend) -> None:
         super().__init__(backend)
@@ -63,7 +71,13 @@ class StudyStorage(JournalStorage):
 
 
 def study_storage(store: JobStore, journal: str, uri: str | None = None) -> StudyStorage:
-    """The Optuna storage of one search job (see StoreJournalBackend for uri)."""
+    """The Optuna storage of one search job.
+
+    Args:
+        store: the job store.
+        journal: the journal's name (the search job's id).
+        uri: the store's URI, when the storage may be pickled (see StoreJournalBackend).
+    """
     return StudyStorage(StoreJournalBackend(store, journal, uri))
 
 
