@@ -264,6 +264,32 @@ def test_submitting_and_stepping_a_search_does_not_import_torch(tmp_path: Path) 
     assert lines[-1] == "NO TORCH" and sum(line.startswith("queued trial") for line in lines) == 2, out.stderr
 
 
+def test_the_job_and_step_modules_import_neither_optuna_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    # micontrol cancel (manage), miquery and misubmit import these for jobs_lease, trial_state and
+    # add_trials: Optuna loads only when a step opens a study.
+    code = ("import sys\n"
+            "import mitorch.service.search.job, mitorch.service.search.space, mitorch.service.search.step\n"
+            "print(sorted(m for m in ('optuna', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_minimizing_search_takes_its_lowest_trial_as_the_best(store, tmp_path: Path) -> None:
+    job_id = _search_job(store, tmp_path, objective={"metric": "loss"}, n_trials=3, max_concurrent=3)
+    _step(store)
+    trainings = store.list_trainings(job_id=job_id)
+    for value, training in zip((0.7, 0.2, 0.5), trainings):
+        store.update_training(training["id"], {"status": "completed", "metrics": {"loss": value}})
+    actions = _step(store)
+    job = store.get_job(job_id)
+    assert job["objective"]["direction"] == "minimize"
+    assert (job["best"]["number"], job["best"]["value"], job["best"]["training_id"]) == (1, 0.2, trainings[1]["id"])
+    assert actions[-1] == f"completed search job {job_id} (3 complete; best trial 1: loss 0.2)"
+
+
 def test_racing_ticks_create_each_trial_once(store, tmp_path: Path) -> None:
     import threading
 
