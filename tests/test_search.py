@@ -277,6 +277,19 @@ def test_the_job_and_step_modules_import_neither_optuna_nor_torch() -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def test_a_trials_state_is_shown_without_loading_configs_or_optuna() -> None:
+    import subprocess
+    import sys
+
+    # miquery JOB_ID shows each trial's state: that must not cost the import of the config system.
+    code = ("import sys\n"
+            "from mitorch.service.search.trials import trial_state\n"
+            "assert trial_state({'status': 'running', 'prune_requested': True}) == 'pruned'\n"
+            "print(sorted(m for m in ('omegaconf', 'hydra', 'optuna', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
 def test_a_minimizing_search_takes_its_lowest_trial_as_the_best(store, tmp_path: Path) -> None:
     job_id = _search_job(store, tmp_path, objective={"metric": "loss"}, n_trials=3, max_concurrent=3)
     _step(store)

@@ -5,8 +5,9 @@
   more trials for a stored job (imports space);
 - step: one controller step of a job (ask, queue, follow, tell, prune, end), under the jobs
   lease (imports job; opens the study through journal);
-- journal: the study's storage, Optuna's journal kept in the job store.
+- journal: the study's storage, Optuna's journal kept in the job store;
+- trials: a trial's state as users see it (imports nothing: miquery shows trials with it).
 
-Importing this package, space, job or step imports neither Optuna nor torch (misubmit, miquery
-and micontrol import them); journal imports Optuna, and the step imports it when it runs.
+Importing this package, space, job, step or trials imports neither Optuna nor torch (misubmit,
+miquery and micontrol import them); journal imports Optuna, and the step imports it when it runs.
 """

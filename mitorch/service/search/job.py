@@ -422,20 +422,6 @@ def _extendable_job(store: JobStore, job_id: str) -> dict[str, Any]:
     return job
 
 
-def trial_state(training: dict[str, Any]) -> str:
-    """A trial's state as shown to users, from its training.
-
-    Args:
-        training: the trial's training (status and prune_requested are read).
-
-    Returns:
-        running, pruned, failed or complete.
-    """
-    if training["status"] == "pruned" or (training.get("prune_requested") and training["status"] != "completed"):
-        return "pruned"
-    return {"completed": "complete", "failed": "failed", "cancelled": "failed"}.get(training["status"], "running")
-
-
 __all__ = ["MAX_CHOICES", "MAX_CONCURRENT", "MAX_GRID_POINTS", "MAX_NAME_CHARS", "MAX_TRIALS", "PRUNERS", "SAMPLERS",
            "add_trials", "check_points", "distributions", "grid_size", "jobs_lease", "make_pruner", "make_sampler",
-           "param_overrides", "prepare", "read_job_file", "sampler_grid", "settings", "trial_state"]
+           "param_overrides", "prepare", "read_job_file", "sampler_grid", "settings"]

@@ -35,17 +35,17 @@ from typing import Any
 
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import Lease
-# add_trials, jobs_lease and trial_state change or show a stored job, not a step: they live in
-# job.py and are re-exported here, where the commands and the viewer have imported them from.
+# add_trials and jobs_lease change a stored job, trial_state and IMPORTANCE_MIN_TRIALS show one,
+# none is a step: they live in job.py and trials.py, and are re-exported here, where the
+# commands and the viewer have imported them from.
 from mitorch.service.search.job import (add_trials, distributions, jobs_lease, make_pruner, make_sampler,
-                                        param_overrides, trial_state)
+                                        param_overrides)
+from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, trial_state
 from mitorch.service.transitions import cancel_trainings, request_prune
 from mitorch.store import DuplicateError, JobStore, LeaseLost
 from mitorch.task_types import is_better
 
 _ACTIVE = ("new", "queued", "running")
-# Parameter importances are computed from this many complete trials on.
-IMPORTANCE_MIN_TRIALS = 3
 
 
 def step(store: JobStore, act: Callable[[str], None], lease: Lease | None = None) -> None:
