@@ -217,3 +217,61 @@ def test_micontrol_refuses_an_impossible_id_before_opening_the_store(argv: list[
     error = capsys.readouterr().err
     assert exited.value.code == 2 and error.startswith("micontrol: error: id must be a training or job id")
     assert len(error) < 300 and error.count("\n") == 1
+
+
+def _local_tick(store: SQLiteStore, capacity: int, **settings) -> list[str]:
+    """One tick with this machine's executor, in this process (its runs are still processes)."""
+    return tick(store, LocalExecutor(capacity=capacity), say=lambda line: None,
+                settings=Settings(tick_wait_s=0, **settings))
+
+
+def test_a_failed_launch_is_recorded_and_the_others_are_dispatched(store, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "art"))
+    monkeypatch.setenv("MITORCH_LOCAL_PYTHON", str(tmp_path / "no-such-python"))
+    ids = [store.add_training({"config": {"max_epochs": 1}}) for _ in range(2)]
+    for number in range(1, 4):
+        actions = _local_tick(store, capacity=2)
+        assert len(actions) == 2 and all(f"({number} of 3" in a or "launch failed 3 times" in a for a in actions)
+    for training_id in ids:
+        training = store.get_training(training_id)
+        assert training["status"] == "failed" and training["launch_failures"] == 3
+        assert "no-such-python" in training["error"] and "No such file or directory" in training["error"]
+        assert [a["outcome"].split(":")[0] for a in training["attempts"]] == ["launch failed"] * 3
+
+
+def test_a_crash_at_start_up_is_recorded_with_its_log(store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho 'ImportError: libcuda.so.1 cannot be opened' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "art"))
+    monkeypatch.setenv("MITORCH_LOCAL_PYTHON", str(broken))
+    training_id = store.add_training({"config": {"max_epochs": 1}})
+    [dispatched] = _local_tick(store, capacity=1, max_retries=0)
+    assert dispatched.startswith(f"dispatched {training_id}")
+    training, deadline = store.get_training(training_id), time.monotonic() + 60
+    while LocalExecutor(capacity=0).state(training) != "gone":  # the crash, not a guess at its timing
+        assert time.monotonic() < deadline, "the broken interpreter did not exit"
+        time.sleep(0.05)
+    actions = _local_tick(store, capacity=1, max_retries=0)
+    assert actions[0].startswith(f"failed {training_id} (it exited before it started (log: ImportError: libcuda")
+    assert "libcuda.so.1 cannot be opened" in store.get_training(training_id)["error"]
+
+
+def test_cancel_and_requeue_handle_every_id_and_report_unknown_ones(store, tmp_path: Path, capsys,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.cli import micontrol
+
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    ids = [store.add_training({"config": {"max_epochs": 1}}) for _ in range(2)]
+    with pytest.raises(SystemExit) as exited:
+        micontrol.main(["cancel", ids[0], "nope1", ids[1], "nope2"])
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"cancelled {ids[0]}", f"cancelled {ids[1]}"]
+    assert exited.value.code == 1 and err.strip() == ("micontrol: error: no training or job nope1, nope2; "
+                                                      "see miquery for the ids")
+    with pytest.raises(SystemExit):
+        micontrol.main(["requeue", "nope3", *ids])
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"requeued {ids[0]}", f"requeued {ids[1]}"]
+    assert "no training nope3" in err

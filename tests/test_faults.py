@@ -206,19 +206,6 @@ def test_the_heartbeat_and_the_training_ride_out_a_locked_database(service: Serv
     wait_for(lambda: service.status(training_id) == "cancelled", "the training to stop", timeout=300)
 
 
-def test_a_failed_launch_is_recorded_and_the_others_are_dispatched(service: Service, tmp_path: Path) -> None:
-    ids = [service.submit("max_epochs=1") for _ in range(2)]
-    env = {"MITORCH_LOCAL_PYTHON": str(tmp_path / "no-such-python"), "MITORCH_LOCAL_CAPACITY": "2"}
-    for tick in range(1, 4):
-        actions = service("micontrol", **env).stdout.splitlines()
-        assert len(actions) == 2 and all(f"({tick} of 3" in a or "launch failed 3 times" in a for a in actions)
-    for training_id in ids:
-        training = service.training(training_id)
-        assert training["status"] == "failed" and training["launch_failures"] == 3
-        assert "no-such-python" in training["error"] and "No such file or directory" in training["error"]
-        assert [a["outcome"].split(":")[0] for a in training["attempts"]] == ["launch failed"] * 3
-
-
 def test_a_claim_whose_tick_died_is_requeued_within_the_grace_period(service: Service) -> None:
     from mitorch.service.executors import local_host
     from mitorch.store import open_store
@@ -234,19 +221,6 @@ def test_a_claim_whose_tick_died_is_requeued_within_the_grace_period(service: Se
     assert actions[1].startswith(f"dispatched {training_id}")
     service.tick_until(lambda: service.status(training_id) == "completed")
     assert service.training(training_id).get("retries", 0) == 0
-
-
-def test_a_crash_at_start_up_is_recorded_with_its_log(service: Service, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-python"
-    broken.write_text("#!/bin/sh\necho 'ImportError: libcuda.so.1 cannot be opened' >&2\nexit 1\n")
-    broken.chmod(0o755)
-    training_id = service.submit("max_epochs=1")
-    env = {"MITORCH_LOCAL_PYTHON": str(broken), "MITORCH_MAX_RETRIES": "0"}
-    service("micontrol", **env)
-    time.sleep(1)
-    actions = service("micontrol", **env).stdout.splitlines()
-    assert actions[0].startswith(f"failed {training_id} (it exited before it started (log: ImportError: libcuda")
-    assert "libcuda.so.1 cannot be opened" in service.training(training_id)["error"]
 
 
 def test_the_loop_survives_a_failing_tick(service: Service) -> None:
@@ -272,17 +246,6 @@ def test_requeue_of_a_completed_training_is_a_fresh_run(service: Service) -> Non
     assert training["attempt"] == 2 and Path(training["weights"]).is_file()
     assert "starts from the checkpoint" not in Path(training["log"]).read_text()
     assert not list(service.root.glob("art/*/attempt-*/last.pt"))  # stored weights: checkpoints removed
-
-
-def test_cancel_and_requeue_handle_every_id_and_report_unknown_ones(service: Service) -> None:
-    ids = [service.submit("max_epochs=1") for _ in range(2)]
-    result = service("micontrol", "cancel", ids[0], "nope1", ids[1], "nope2")
-    assert result.stdout.splitlines() == [f"cancelled {ids[0]}", f"cancelled {ids[1]}"]
-    assert result.returncode == 1 and result.stderr.strip() == ("micontrol: error: no training or job nope1, nope2; "
-                                                                "see miquery for the ids")
-    result = service("micontrol", "requeue", "nope3", *ids)
-    assert result.stdout.splitlines() == [f"requeued {ids[0]}", f"requeued {ids[1]}"]
-    assert "no training nope3" in result.stderr
 
 
 def test_miquery_pages_a_long_queue_and_escapes_stored_strings(service: Service) -> None:

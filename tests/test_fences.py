@@ -362,3 +362,52 @@ def test_a_pruned_trial_that_reported_more_than_every_completed_trial_is_never_t
     job = store.get_job(job_id)
     assert job["status"] == "completed" and job["counts"]["pruned"] == 1 and job["counts"]["complete"] == 1
     assert (job["best"]["training_id"], job["best"]["value"]) == (completed["id"], 0.1)
+
+
+# -- the table of moves ----------------------------------------------------------------------------
+
+
+def test_a_move_outside_the_table_is_refused_by_name_and_writes_nothing(store: SQLiteStore, config: dict) -> None:
+    from mitorch.service import transitions
+    from mitorch.store import STATUSES
+
+    for came_from in STATUSES:
+        for to in STATUSES:
+            if to in transitions.MOVES[came_from]:
+                transitions.check_move(came_from, to)
+            else:
+                with pytest.raises(transitions.MoveRefused, match=f"cannot move from {came_from} to {to}; "):
+                    transitions.check_move(came_from, to)
+    training_id = store.add_training({"config": config, "status": "completed"})
+    before = store.get_training(training_id)
+    with pytest.raises(transitions.MoveRefused, match="cannot move from completed to running"):
+        transitions.end_attempt(store, training_id, 0, came_from="completed", to="running", outcome="completed")
+    assert store.get_training(training_id) == before
+
+
+def test_a_queued_training_is_cancelled_at_once_and_its_dispatched_run_never_trains(
+        store: SQLiteStore, config: dict) -> None:
+    from mitorch.service import manage
+
+    training_id = dispatched(store, config)
+    said: list[str] = []
+    manage.cancel(store, [training_id], said.append)
+    assert said == [f"cancelled {training_id}"] and store.get_training(training_id)["status"] == "cancelled"
+    with pytest.raises(runner.Replaced):  # its run, launched before the cancel, starts only to stop
+        runner.run_training(training_id, 1, store=store)
+    assert store.get_training(training_id)["status"] == "cancelled" and not store.list_results(training_id)
+
+
+_STATUS_OWNERS = ("controller.py", "runner.py", "manage.py", "search", "executors")
+
+
+def test_only_transitions_writes_a_trainings_status_or_attempts() -> None:
+    import re
+
+    service = Path(runner.__file__).parent
+    sources = [p for name in _STATUS_OWNERS for p in ([service / name] if name.endswith(".py")
+                                                     else sorted((service / name).glob("*.py")))]
+    writes = re.compile(r"\.(update_training|claim_training)\(|[\"']attempts\.")
+    found = [f"{p.relative_to(service)}:{n}" for p in sources
+             for n, line in enumerate(p.read_text().splitlines(), 1) if writes.search(line)]
+    assert len(sources) > 5 and found == [], f"status or attempt writes outside service/transitions.py: {found}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mitorch.service import transitions
-from mitorch.service.search.step import jobs_lease
+from mitorch.service.leases import jobs_lease
 from mitorch.store import ACTIVE, FINISHED, JobStore, StoreError
 
 
@@ -111,6 +111,6 @@ def set_priority(store: JobStore, training_id: str, priority: int, say: Callable
     Raises:
         StoreError: no such training.
     """
-    if not store.update_training(training_id, {"priority": priority}):
+    if not transitions.set_priority(store, training_id, priority):
         raise StoreError(f"no training {training_id}; see miquery for the ids")
     say(f"priority {training_id} {priority}")

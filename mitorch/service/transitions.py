@@ -238,3 +238,12 @@ def requeue(store: JobStore, training: dict[str, Any]) -> bool:
         fields.update({"history": [*training.get("history", []), earlier], "metrics": None, "weights": None,
                        "resume_from_attempt": training.get("attempt", 0) + 1})
     return _move(store, training["id"], FINISHED, "new", fields, training.get("attempt", 0))
+
+
+def set_priority(store: JobStore, training_id: str, priority: int) -> bool:
+    """Changes a training's place in the queue (lower runs first), in any status: no move.
+
+    Returns:
+        Whether the training exists.
+    """
+    return _move(store, training_id, None, None, {"priority": priority}, None)
