@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from mitorch.store import JobStore, LeaseLost, StoreError
 
@@ -84,22 +82,3 @@ class Lease:
             self.store.release_lease(self.name, self.holder)
         except StoreError:
             pass
-
-
-@contextmanager
-def jobs_lease(store: JobStore, who: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[Lease]:
-    """Holds the lease of the controller's search step while `who` (a command) changes a job, so
-    no tick works on that job meanwhile.
-
-    Raises:
-        StoreError: a controller tick held it for all of wait_s.
-    """
-    lease = Lease(store, JOBS_LEASE, new_holder(who), ttl_s)
-    if not lease.take(wait_s):
-        holder = (store.get_lease(JOBS_LEASE) or {}).get("holder", "unknown")
-        raise StoreError(f"a controller tick ({holder}) has been working on the search jobs for {wait_s:.0f} s; "
-                         "try again in a few minutes")
-    try:
-        yield lease
-    finally:
-        lease.release()
