@@ -85,8 +85,8 @@ def requeue(store: JobStore, ids: list[str], say: Callable[[str], None]) -> None
             continue
         if transitions.requeue(store, training):
             # A completed one runs afresh, not as a resume at its end.
-            fresh = " (a fresh run; the earlier result is kept in its history)" if training["status"] == "completed" else ""
-            say(f"requeued {training_id}{fresh}")
+            kept = " (a fresh run; the earlier result is kept in its history)"
+            say(f"requeued {training_id}{kept if training['status'] == 'completed' else ''}")
         else:
             say(f"unchanged {training_id} (it is {store.get_training(training_id)['status']}; cancel it first)")
     _report_unknown(unknown)

@@ -149,8 +149,9 @@ def take_by_hand(store: JobStore, training: dict[str, Any], executor: str) -> in
         The new attempt, or None when the training was not new (or moved meanwhile).
     """
     current = training.get("attempt", 0)
+    entry = {"executor": executor, "dispatched_at": training["created_at"]}
     fields = {**_fresh_run(executor), "attempt": current + 1, "gpu": None,
-              "attempts": [*training.get("attempts", []), {"executor": executor, "dispatched_at": training["created_at"]}]}
+              "attempts": [*training.get("attempts", []), entry]}
     return current + 1 if _move(store, training["id"], "new", "queued", fields, current) else None
 
 
