@@ -110,22 +110,15 @@ def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path
     """
     from azure.ai.ml import PyTorchDistribution, command
 
-    wheels = sorted(p.name for p in code.glob("*.whl"))
-    if len(wheels) != 1:
-        raise ValueError(f"{code} must hold exactly one wheel, found {wheels}")
     training_id, attempt = training["id"], int(training["attempt"])
-    name = job_name(training_id, attempt)
-    tags = {"mitorch_training_id": training_id, "mitorch_attempt": str(attempt)}
-    if training.get("job_id"):
-        tags["mitorch_job_id"] = str(training["job_id"])
     job = command(
-        name=name,
+        name=job_name(training_id, attempt),
         display_name=f"mitorch {training_id} attempt {attempt}",
         experiment_name=settings.experiment,
         description=f"MiTorch training {training_id}, attempt {attempt}",
-        tags=tags,
+        tags=_tags(training),
         code=str(code),
-        command=training_command(training_id, attempt, wheels[0]),
+        command=training_command(training_id, attempt, _one_wheel(code)),
         environment=environment,
         environment_variables={
             # Names and locations only; the values behind them are read at start-up.
@@ -145,6 +138,21 @@ def training_job(training: dict[str, Any], settings: AzureMLSettings, code: Path
     )
     job._validate(raise_error=True)  # the SDK's own checks, before anything is sent
     return job
+
+
+def _one_wheel(code: Path) -> str:
+    wheels = sorted(p.name for p in code.glob("*.whl"))
+    if len(wheels) != 1:
+        raise ValueError(f"{code} must hold exactly one wheel, found {wheels}")
+    return wheels[0]
+
+
+def _tags(training: dict[str, Any]) -> dict[str, str]:
+    """What the job is of, as tags: a job found in AzureML leads back to its training."""
+    tags = {"mitorch_training_id": training["id"], "mitorch_attempt": str(int(training["attempt"]))}
+    if training.get("job_id"):
+        tags["mitorch_job_id"] = str(training["job_id"])
+    return tags
 
 
 def key_vault_url(resource_id: str) -> str:

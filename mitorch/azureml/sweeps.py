@@ -50,80 +50,103 @@ def launch(config: Any, options: dict[str, Any], job_overrides: Sequence[Sequenc
         ConfigError: a bad option or override (nothing was sent).
         MiTorchError: AzureML refused a job, or could not be read while waiting.
     """
-    from hydra.core.utils import JobReturn, JobStatus
-    from omegaconf import OmegaConf, open_dict
-
     from mitorch.azureml.package import staged_code
 
     require_sdk()
     dry_run, wait = bool(options.get("dry_run")), bool(options.get("wait"))
     settings = _settings(options, dry_run)
     app = _app(options.get("app"))
-    priority = options.get("priority")
-    if priority is not None and str(priority).lower() not in _PRIORITIES:
-        raise ConfigError(f"hydra.launcher.priority must be one of {', '.join(_PRIORITIES)}, "
-                          f"got {str(priority)[:40]!r}")
-    poll_s = options.get("poll_interval_s", 30)
-    if not isinstance(poll_s, (int, float)) or isinstance(poll_s, bool) or poll_s <= 0:
-        raise ConfigError(f"hydra.launcher.poll_interval_s must be a positive number of seconds, got {poll_s!r}")
-    code = staged_code()
-    environment = jobs.job_environment(settings)
+    priority, poll_s = _priority(options.get("priority")), _poll_interval(options.get("poll_interval_s", 30))
+    code, environment = staged_code(), jobs.job_environment(settings)
     batch = uuid.uuid4().hex[:10]
     registered = _dataset_overrides(options.get("dataset"))
     job_overrides = [[*registered, *overrides] for overrides in job_overrides]  # the run's own win
-    configs = [compose(list(overrides)) for overrides in job_overrides]
-    for i, run_config in enumerate(configs):
-        with open_dict(run_config):
-            run_config.hydra.job.num = initial_job_idx + i
+    configs = _composed(compose, job_overrides, initial_job_idx)
     shared = _hydra_overrides(config)
     built = [_job(app, [*overrides, *shared, f"hydra.job.name={run_config.hydra.job.name}"], initial_job_idx + i,
                   batch, settings, code, environment, priority, task_overrides=len(overrides),
                   job_name=str(run_config.hydra.job.name))
              for i, (overrides, run_config) in enumerate(zip(job_overrides, configs))]  # all checked before any is sent
-    sweep_dir = Path(str(config.hydra.sweep.dir))
     client = None if dry_run else settings.ml_client()
-    links = []
-    for job in built:
-        if dry_run:
-            path = sweep_dir / "azureml" / f"{job.name}.yml"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _dump(job, path)
-            links.append(str(path))
-        else:
-            try:
-                sent = client.jobs.create_or_update(job)
-            except Exception as e:  # noqa: BLE001 - authentication, quota, a bad setting, ...
-                raise MiTorchError(f"cannot submit AzureML job {job.name}: {settings.reason(e)}") from None
-            links.append(sent.studio_url or settings.studio_url(sent.name))
-        print(f"{job.name} {links[-1]}", flush=True)
+    links = [_send(job, client, settings, Path(str(config.hydra.sweep.dir))) for job in built]
     ended = waiting.wait(client, [job.name for job in built], settings, float(poll_s)) if wait and not dry_run else {}
+    return [_job_return(job, overrides, run_config, link, ended.get(job.name), client, settings)
+            for job, overrides, run_config, link in zip(built, job_overrides, configs, links)]
 
-    returns = []
-    for job, overrides, run_config, link in zip(built, job_overrides, configs, links):
+
+def _priority(priority: Any) -> str | None:
+    if priority is not None and str(priority).lower() not in _PRIORITIES:
+        raise ConfigError(f"hydra.launcher.priority must be one of {', '.join(_PRIORITIES)}, "
+                          f"got {str(priority)[:40]!r}")
+    return priority
+
+
+def _poll_interval(poll_s: Any) -> float:
+    if not isinstance(poll_s, (int, float)) or isinstance(poll_s, bool) or poll_s <= 0:
+        raise ConfigError(f"hydra.launcher.poll_interval_s must be a positive number of seconds, got {poll_s!r}")
+    return float(poll_s)
+
+
+def _composed(compose: Callable[[list[str]], Any], job_overrides: Sequence[Sequence[str]],
+              initial_job_idx: int) -> list[Any]:
+    """Each run's config, numbered as Hydra numbers the jobs of a sweep."""
+    from omegaconf import open_dict
+
+    configs = [compose(list(overrides)) for overrides in job_overrides]
+    for i, run_config in enumerate(configs):
         with open_dict(run_config):
-            run_config.hydra.job.id = job.name
-        hydra_cfg = OmegaConf.create({"hydra": run_config.hydra})
-        with open_dict(run_config):
-            del run_config["hydra"]
-        result = JobReturn(overrides=list(overrides), cfg=run_config, hydra_cfg=hydra_cfg, status=JobStatus.COMPLETED,
-                           task_name=hydra_cfg.hydra.job.name)
-        result.return_value = job.name
-        if job.name in ended:
-            result.working_dir = str(Path(str(hydra_cfg.hydra.sweep.dir)) / str(hydra_cfg.hydra.sweep.subdir))
-            completed = ended[job.name].lower() == "completed"
-            try:
-                waiting.download_run(client, job.name, Path(result.working_dir), settings)
-            except MiTorchError:
-                if completed:
-                    raise  # a failed job may have left no output: its failure is what to report
-            if completed:
-                result.return_value = waiting.final_metrics(Path(result.working_dir))
-            else:
-                result.status = JobStatus.FAILED
-                result.return_value = MiTorchError(f"AzureML job {job.name} ended {ended[job.name]}; "
-                                                   f"its logs: {link}")
-        returns.append(result)
-    return returns
+            run_config.hydra.job.num = initial_job_idx + i
+    return configs
+
+
+def _send(job: Any, client: Any, settings: AzureMLSettings, sweep_dir: Path) -> str:
+    """Submits the job (without a client, a dry run: writes its YAML under the sweep directory)
+    and prints its name with where to follow it: the studio URL, or the YAML file."""
+    if client is None:
+        path = sweep_dir / "azureml" / f"{job.name}.yml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _dump(job, path)
+        link = str(path)
+    else:
+        try:
+            sent = client.jobs.create_or_update(job)
+        except Exception as e:  # noqa: BLE001 - authentication, quota, a bad setting, ...
+            raise MiTorchError(f"cannot submit AzureML job {job.name}: {settings.reason(e)}") from None
+        link = sent.studio_url or settings.studio_url(sent.name)
+    print(f"{job.name} {link}", flush=True)
+    return link
+
+
+def _job_return(job: Any, overrides: Sequence[str], run_config: Any, link: str, ended: str | None, client: Any,
+                settings: AzureMLSettings) -> Any:
+    """The run's JobReturn; for a job that was waited for (`ended`: its final status), its run
+    directory downloaded and its final metrics, or a FAILED status naming where its logs are."""
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf, open_dict
+
+    with open_dict(run_config):
+        run_config.hydra.job.id = job.name
+    hydra_cfg = OmegaConf.create({"hydra": run_config.hydra})
+    with open_dict(run_config):
+        del run_config["hydra"]
+    result = JobReturn(overrides=list(overrides), cfg=run_config, hydra_cfg=hydra_cfg, status=JobStatus.COMPLETED,
+                       task_name=hydra_cfg.hydra.job.name)
+    result.return_value = job.name
+    if ended is None:
+        return result
+    result.working_dir = str(Path(str(hydra_cfg.hydra.sweep.dir)) / str(hydra_cfg.hydra.sweep.subdir))
+    completed = ended.lower() == "completed"
+    try:
+        waiting.download_run(client, job.name, Path(result.working_dir), settings)
+    except MiTorchError:
+        if completed:
+            raise  # a failed job may have left no output: its failure is what to report
+    if completed:
+        result.return_value = waiting.final_metrics(Path(result.working_dir))
+    else:
+        result.status = JobStatus.FAILED
+        result.return_value = MiTorchError(f"AzureML job {job.name} ended {ended}; its logs: {link}")
+    return result
 
 
 def _dump(job: Any, path: Path) -> None:
@@ -221,37 +244,13 @@ def _job(app: list[str], overrides: list[str], index: int, batch: str, settings:
          environment: Any, priority: str | None, task_overrides: int | None = None, job_name: str | None = None) -> Any:
     """The command job of one run, named after the Hydra job (else the app) and the batch;
     overrides[:task_overrides] are the run's own (its display name)."""
-    from azure.ai.ml import Input, Output, PyTorchDistribution, command
+    from azure.ai.ml import Output, PyTorchDistribution, command
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    arguments, inputs = [], {}
     parser = OverridesParser.create()
-    for override in overrides:
-        if "${{" in override:
-            raise ConfigError(f"override {override.partition('=')[0][:80]}: '${{{{' is AzureML's binding syntax and "
-                              "cannot be sent")
-        parsed = parser.parse_overrides([override])[0]  # the overrides come in Hydra's escaped form
-        key, value = parsed.get_key_element(), parsed.value()
-        value = value if isinstance(value, str) else ""
-        sep = parsed.value_type is not None
-        if carries_credential(override):
-            raise ConfigError(f"override {key[:80]} holds a credential (the value is not shown); AzureML shows a job's "
-                              "command to anyone who can read it: use a URL without a token (the compute's identity "
-                              "reads it)")
-        if sep and (value.startswith("azureml://") or _BLOB.match(value)):
-            name = f"input_{len(inputs)}"
-            if value.endswith("/"):
-                inputs[name] = Input(type="uri_folder", path=value)
-                override = f"{key}=${{{{inputs.{name}}}}}"
-            else:  # the file's folder: a text-format file's images and labels lie beside it
-                folder, _, leaf = value.rpartition("/")
-                inputs[name] = Input(type="uri_folder", path=folder + "/")
-                override = f"{key}=${{{{inputs.{name}}}}}/{leaf}"
-        elif sep and "://" not in value and "/" in value and os.path.exists(value):
-            raise ConfigError(f"override {key[:80]}={value[:200]}: an AzureML job cannot read this machine's files; "
-                              "upload them and give an azureml:// or Azure Blob URL")
-        arguments.append(override)
+    inputs: dict[str, Any] = {}
+    arguments = [_argument(parser, override, inputs) for override in overrides]
     wheel = sorted(p.name for p in code.glob("*.whl"))[0]
     install = jobs.install_command(wheel)
     run = " ".join(shlex.quote(word) for word in [*app, *arguments])
@@ -279,3 +278,35 @@ def _job(app: list[str], overrides: list[str], index: int, batch: str, settings:
     )
     job._validate(raise_error=True)
     return job
+
+
+def _argument(parser: Any, override: str, inputs: dict[str, Any]) -> str:
+    """One override as the job's command passes it: an azureml:// or Blob URL becomes a mounted
+    input (added to inputs) that the override names instead; a credential or a path on this
+    machine is refused."""
+    from azure.ai.ml import Input
+
+    if "${{" in override:
+        raise ConfigError(f"override {override.partition('=')[0][:80]}: '${{{{' is AzureML's binding syntax and "
+                          "cannot be sent")
+    parsed = parser.parse_overrides([override])[0]  # the overrides come in Hydra's escaped form
+    key, value = parsed.get_key_element(), parsed.value()
+    value = value if isinstance(value, str) else ""
+    sep = parsed.value_type is not None
+    if carries_credential(override):
+        raise ConfigError(f"override {key[:80]} holds a credential (the value is not shown); AzureML shows a job's "
+                          "command to anyone who can read it: use a URL without a token (the compute's identity "
+                          "reads it)")
+    if sep and (value.startswith("azureml://") or _BLOB.match(value)):
+        name = f"input_{len(inputs)}"
+        if value.endswith("/"):
+            inputs[name] = Input(type="uri_folder", path=value)
+            return f"{key}=${{{{inputs.{name}}}}}"
+        # The file's folder: a text-format file's images and labels lie beside it.
+        folder, _, leaf = value.rpartition("/")
+        inputs[name] = Input(type="uri_folder", path=folder + "/")
+        return f"{key}=${{{{inputs.{name}}}}}/{leaf}"
+    if sep and "://" not in value and "/" in value and os.path.exists(value):
+        raise ConfigError(f"override {key[:80]}={value[:200]}: an AzureML job cannot read this machine's files; "
+                          "upload them and give an azureml:// or Azure Blob URL")
+    return override
