@@ -1,13 +1,11 @@
 """The controller's guarantees one at a time: leases that fence, takeover that honours a cancel or
 a pruning, a tick that survives one training's failing write, settings refused before anything is
-claimed. Real micontrol and mitrain processes on the embedded store where the command line is what
-a user runs; in-process where one mechanism must be shown alone."""
+claimed. The commands run in this process, on the embedded store (their runs are still processes):
+the process boundary is not what these tests are about."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,17 +19,14 @@ from mitorch.store.sqlite import SQLiteStore
 
 
 @pytest.fixture
-def store(tmp_path: Path):
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The embedded store, which the commands run in this process open too."""
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "art"))
+    monkeypatch.setenv("MITORCH_TICK_WAIT_S", "0")
     store = SQLiteStore(tmp_path / "db.sqlite")
     yield store
     store.close()
-
-
-def _command(tmp_path: Path, prog: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}",
-                   "MITORCH_ARTIFACTS_URI": str(tmp_path / "art"), "MITORCH_TICK_WAIT_S": "0", **env}
-    return subprocess.run([str(Path(sys.executable).parent / prog), *args], cwd=tmp_path, env=environment,
-                          capture_output=True, text=True, timeout=120)
 
 
 def _lost_training(store: SQLiteStore, **fields) -> str:
@@ -49,21 +44,19 @@ def test_a_takeover_records_a_cancel_or_pruning_asked_while_the_host_was_down(st
     training_id = _lost_training(store)
     store.update_training(training_id, {request_field: True})  # asked while its host is down
     time.sleep(1.2)
-    result = _command(tmp_path, "micontrol", MITORCH_HEARTBEAT_TIMEOUT_S="1", MITORCH_LOCAL_CAPACITY="1")
-    assert result.returncode == 0, result.stderr
+    actions = _local_tick(store, capacity=1, heartbeat_timeout=timedelta(seconds=1))
     training = store.get_training(training_id)
     # Recorded as asked, not requeued: no retry used, no new attempt, nothing runs it again.
-    assert training["status"] == status and training["attempt"] == 1 and training.get("retries", 0) == 0, result.stdout
+    assert training["status"] == status and training["attempt"] == 1 and training.get("retries", 0) == 0, actions
     assert training["attempts"][0]["outcome"] == status
-    assert f"{status} {training_id}" in result.stdout
+    assert any(line.startswith(f"{status} {training_id}") for line in actions), actions
 
 
 def test_a_training_that_may_be_alive_is_not_taken_over_while_its_executor_ticks(store, tmp_path: Path) -> None:
     training_id = _lost_training(store)
     store.acquire_lease("executor:local:gone-host", "local:gone-host", 60)  # its controller still ticks
     time.sleep(1.2)
-    result = _command(tmp_path, "micontrol", MITORCH_HEARTBEAT_TIMEOUT_S="1", MITORCH_LOCAL_CAPACITY="0")
-    assert result.returncode == 0 and result.stdout == "", result.stdout
+    assert _local_tick(store, capacity=0, heartbeat_timeout=timedelta(seconds=1)) == []
     assert store.get_training(training_id)["status"] == "running"
 
 
@@ -145,20 +138,32 @@ def test_a_lease_lost_once_is_never_taken_back_by_a_renewal(store) -> None:
     assert store.get_lease(JOBS_LEASE) is None
 
 
-def test_an_artifacts_uri_the_executor_cannot_use_is_refused_before_a_claim(store, tmp_path: Path) -> None:
+def test_an_artifacts_uri_the_executor_cannot_use_is_refused_before_a_claim(store, tmp_path: Path, capsys,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.cli import micontrol
+
     training_id = store.add_training({"config": {"max_epochs": 1}})
-    result = _command(tmp_path, "micontrol", MITORCH_ARTIFACTS_URI="s3://bucket/runs")
-    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "MITORCH_ARTIFACTS_URI" in result.stderr and "s3://bucket/runs" in result.stderr
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", "s3://bucket/runs")
+    with pytest.raises(SystemExit) as exited:
+        micontrol.main([])
+    stderr = capsys.readouterr().err
+    assert exited.value.code != 0 and len(stderr.strip().splitlines()) == 1, stderr
+    assert "MITORCH_ARTIFACTS_URI" in stderr and "s3://bucket/runs" in stderr
     training = store.get_training(training_id)
     assert training["status"] == "new" and training.get("attempt", 0) == 0
 
 
-def test_a_heartbeat_setting_that_does_not_parse_stops_mitrain_at_start(store, tmp_path: Path) -> None:
+def test_a_heartbeat_setting_that_does_not_parse_stops_mitrain_at_start(store, capsys,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.cli import mitrain
+
     training_id = store.add_training({"config": {"max_epochs": 1}})
-    result = _command(tmp_path, "mitrain", "--training-id", training_id, MITORCH_HEARTBEAT_S="abc")
-    assert result.returncode != 0 and result.stderr.strip() == \
-        "mitrain: error: MITORCH_HEARTBEAT_S must be a finite number, got 'abc'", result.stderr
+    monkeypatch.setenv("MITORCH_HEARTBEAT_S", "abc")
+    with pytest.raises(SystemExit) as exited:
+        mitrain.main(["--training-id", training_id])
+    stderr = capsys.readouterr().err
+    assert exited.value.code != 0 and stderr.strip() == \
+        "mitrain: error: MITORCH_HEARTBEAT_S must be a finite number, got 'abc'", stderr
     assert store.get_training(training_id)["status"] == "new"
 
 
@@ -173,12 +178,15 @@ def test_a_training_started_by_hand_is_no_controllers_run(store) -> None:
     assert training["attempts"][1]["executor"] == training["executor"]
 
 
-def test_requeue_of_a_sweeps_training_queues_it_again(store, tmp_path: Path) -> None:
+def test_requeue_of_a_sweeps_training_queues_it_again(store, capsys) -> None:
+    from mitorch.cli import micontrol
+
     job_id, (first, _) = store.add_job({"job_type": "sweep", "status": "running"},
                                        [{"config": {"max_epochs": 1}, "trial_number": n} for n in range(2)])
     store.update_training(first, {"status": "failed", "error": "out of memory"})
-    result = _command(tmp_path, "micontrol", "requeue", first)
-    assert result.returncode == 0 and result.stdout.strip() == f"requeued {first}", result.stdout + result.stderr
+    micontrol.main(["requeue", first])  # a failure would exit
+    out, err = capsys.readouterr()
+    assert out.strip() == f"requeued {first}", out + err
     assert store.get_training(first)["status"] == "new"
 
 
