@@ -24,6 +24,8 @@ class LocalExecutor(Executor):
     """Processes on this machine that outlive the controller's tick, one GPU each where GPUs exist.
 
     Its identity is `local:<host>`, so controllers on several machines can share one database.
+    state() says "running" or "gone" for a run of this machine (never "waiting": a process starts
+    at launch) and "unknown" for one of another machine.
 
     Args:
         capacity: trainings at once; default $MITORCH_LOCAL_CAPACITY, else the number of GPUs, else 1.
