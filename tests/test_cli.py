@@ -330,7 +330,7 @@ def test_miquery_off_a_terminal_is_tab_separated_with_nothing_cut(home: dict, ca
 def test_miquery_on_a_terminal_keeps_its_tables(home: dict) -> None:
     import io
 
-    from mitorch.cli.query_views import show
+    from mitorch.cli.views import show
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -81,46 +81,35 @@ def main(argv: list[str] | None = None) -> None:
         _details(datasets[0])
 
 
-# Stored strings reach Rich as Text, never as markup: a name like "x[/y]" is shown as it is.
-
-
-def _shown(value: Any) -> Any:
-    from rich.text import Text
-
-    return Text(redact(str(value)))
-
-
-def _split(split: dict[str, Any]) -> Any:
+def _split(split: dict[str, Any]) -> str:
     extra = len(split.get("support_files", []))
-    return _shown(split["path"] + (f" (+{extra} file{'s' * (extra != 1)})" if extra else ""))
+    return redact(split["path"] + (f" (+{extra} file{'s' * (extra != 1)})" if extra else ""))
 
 
 def _table(datasets: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from mitorch.cli.views import Line, Table, render
 
-    table = Table(title="datasets")
-    for column in ("name", "version", "train", "val", "registered"):
-        table.add_column(column, overflow="fold")
+    if not datasets:
+        render([Line("no datasets registered; add some with midataset register FILE")])
+        return
+    table = Table("datasets", ["name", "version", "train", "val", "registered"])
     for d in datasets:
-        table.add_row(_shown(d["name"]), _shown(d["version"]), _split(d["train"]), _split(d["val"]),
-                      d["registered_at"].strftime("%Y-%m-%d %H:%M"))
-    Console().print(table if datasets else "no datasets registered; add some with midataset register FILE")
+        table.add(redact(str(d["name"])), d["version"], _split(d["train"]), _split(d["val"]),
+                  d["registered_at"].strftime("%Y-%m-%d %H:%M"))
+    render([table])
 
 
 def _details(dataset: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.text import Text
+    from mitorch.cli.views import Line, render
 
-    console = Console(highlight=False)
-    console.print(Text.assemble((redact(str(dataset["name"])), "bold"), f" version {dataset['version']}, registered "
-                                f"{dataset['registered_at']:%Y-%m-%d %H:%M:%S}"))
+    lines = [Line(f"{redact(str(dataset['name']))} version {dataset['version']}, registered "
+                  f"{dataset['registered_at']:%Y-%m-%d %H:%M:%S}")]
     if dataset.get("description"):
-        console.print(_shown(dataset["description"]))
+        lines.append(Line(redact(str(dataset["description"]))))
     for split in ("train", "val"):
-        console.print(Text(f"{split}: ") + _shown(dataset[split]["path"]))
-        for f in dataset[split].get("support_files", []):
-            console.print(Text("  ") + _shown(f))
+        lines.append(Line(f"{split}: {redact(dataset[split]['path'])}"))
+        lines += [Line(f"  {redact(f)}") for f in dataset[split].get("support_files", [])]
+    render(lines)
 
 
 if __name__ == "__main__":

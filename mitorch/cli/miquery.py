@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         print(to_json(view))
     else:
-        from mitorch.cli.query_views import show
+        from mitorch.cli.views import show
 
         show(view)
 

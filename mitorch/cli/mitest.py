@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-import sys
-
 from mitorch.cli._common import CommandParser, fail, parse, training_parser
 from mitorch.cli._parsing import command_line
 from mitorch.errors import MiTorchError

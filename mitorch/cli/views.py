@@ -1,9 +1,9 @@
-"""What miquery shows: each view as tables and lines, rendered as Rich tables on a terminal and
+"""What miquery and midataset show: tables and lines, rendered as Rich tables on a terminal and
 as plain tab-separated text elsewhere (a pipe, a file), where nothing is wrapped or cut.
 
 Plain layout: a table is a `# title` line, one header line, then one line per row, its cells
-separated by tabs (tabs and newlines inside a value become spaces); tables and lines are
-separated by a blank line. No colour.
+separated by tabs (tabs and newlines inside a value become spaces), and a `# caption` line when
+it has one; a blank line comes before and after each table. No colour.
 """
 from __future__ import annotations
 
@@ -41,8 +41,12 @@ Section = Table | Line
 
 def show(view: dict[str, Any], out: TextIO | None = None) -> None:
     """Prints a view of miquery: Rich tables on a terminal, tab-separated text elsewhere."""
+    render(sections(view), out)
+
+
+def render(parts: list[Section], out: TextIO | None = None) -> None:
+    """Prints tables and lines: Rich tables on a terminal, tab-separated text elsewhere."""
     out = sys.stdout if out is None else out
-    parts = sections(view)
     if out.isatty():
         _render_rich(parts, out)
     else:
@@ -186,29 +190,31 @@ def _render_rich(parts: list[Section], out: TextIO) -> None:
     for part in parts:
         if isinstance(part, Line):
             # Stored strings reach Rich as Text, never as markup.
-            console.print(Text.assemble((part.label + " ", "red") if part.label else "", part.text))
+            console.print(Text.assemble((part.label + " ", "red") if part.label else "", part.text), highlight=False)
             continue
         shown = RichTable(title=part.title, caption=part.caption or None)
         for column in part.columns:
-            # Ids are never cut: the id column neither wraps nor shrinks.
+            # Ids are never cut: the id column neither wraps nor shrinks; a long path or value folds.
             shown.add_column(column, no_wrap=column == "id", min_width=24 if column == "id" else None,
-                             justify="right" if part.numbers else "left")
+                             justify="right" if part.numbers else "left", overflow="fold")
         for row in part.rows:
             shown.add_row(*(Text(cell) for cell in row))
         console.print(shown)
 
 
 def _render_plain(parts: list[Section], out: TextIO) -> None:
-    blocks = []
-    for part in parts:
+    blocks: list[list[str]] = []
+    for number, part in enumerate(parts):
         if isinstance(part, Line):
-            blocks.append(_cell(f"{part.label} {part.text}" if part.label else part.text))
+            # Lines that follow each other stay together; a table is a block of its own.
+            if number == 0 or not isinstance(parts[number - 1], Line):
+                blocks.append([])
+            blocks[-1].append(_cell(f"{part.label} {part.text}" if part.label else part.text))
             continue
         lines = [f"# {part.title}", "\t".join(map(_cell, part.columns))]
         lines += ["\t".join(map(_cell, row)) for row in part.rows]
-        lines += [f"# {part.caption}"] if part.caption else []
-        blocks.append("\n".join(lines))
-    out.write("\n\n".join(blocks) + "\n")
+        blocks.append(lines + ([f"# {part.caption}"] if part.caption else []))
+    out.write("\n\n".join("\n".join(block) for block in blocks) + "\n")
 
 
 def _cell(text: str) -> str:
