@@ -10,7 +10,7 @@ import pytest
 
 import mitorch
 from mitorch.engine.progress import PlainProgress, RichProgress
-from tests.conftest import QUICK, make_text_dataset
+from tests.helpers import QUICK, make_text_dataset
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from mitorch import DataError
 from mitorch.data import builtin
 from mitorch.data.dataset import ImageDataset
 from mitorch.data.formats import load_index
-from tests.conftest import image_bytes, make_folder_dataset, make_text_dataset
+from tests.helpers import image_bytes, make_folder_dataset, make_text_dataset
 
 
 def test_text_format_with_zip_members_and_labels_file(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_text_dataset
+from tests.helpers import make_text_dataset
 
 pytestmark = pytest.mark.slow
 

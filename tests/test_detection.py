@@ -20,7 +20,7 @@ from mitorch.data.detection import DetectionDataset, collate, load_detection_ind
 from mitorch.data.presets import DetectionTrainPreset
 from mitorch.engine.tasks import DetectionTask
 from mitorch.errors import ConfigError, DataError
-from tests.conftest import COLOURS, run
+from tests.helpers import COLOURS, run
 
 CLASSES = ["red", "green"]
 

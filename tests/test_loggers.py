@@ -14,7 +14,7 @@ import mitorch
 from mitorch.engine import distributed
 from mitorch.engine.progress import PlainProgress
 from mitorch.errors import ConfigError
-from tests.conftest import QUICK, make_text_dataset
+from tests.helpers import QUICK, make_text_dataset
 
 # 16 images in batches of 8: 2 updates an epoch, 4 in all; validation after epoch 2 only.
 STEPS_PER_EPOCH = 2

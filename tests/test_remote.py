@@ -19,7 +19,7 @@ import pytest
 
 from mitorch.files import credentials, datasets, remote
 from mitorch.store.sqlite import SQLiteStore
-from tests.conftest import make_text_dataset, run
+from tests.helpers import make_text_dataset, run, user_home
 
 # Azurite's documented development account (a public, well-known key that only opens the emulator).
 ACCOUNT = "devstoreaccount1"
@@ -28,12 +28,8 @@ ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A user's own database, credentials file and cache, in-process and for subprocesses."""
-    env = {"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}", "MITORCH_CREDENTIALS": str(tmp_path / "creds.json"),
-           "MITORCH_CACHE_DIR": str(tmp_path / "cache"), "MITORCH_TRANSFER_BACKOFF_S": "0.01"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env
+    """A user's own database, credentials file and cache, with quick retries of failed transfers."""
+    return user_home(tmp_path, monkeypatch, MITORCH_TRANSFER_BACKOFF_S="0.01")
 
 
 # -- midataset ---------------------------------------------------------------------------------

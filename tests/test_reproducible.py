@@ -13,7 +13,7 @@ from mitorch.data.dataset import ImageDataset
 from mitorch.data.formats import load_index
 from mitorch.data.presets import ClassificationTrainPreset
 from mitorch.data.samplers import EpochSampler, SampleKey, sample_seed
-from tests.conftest import make_text_dataset, run
+from tests.helpers import make_text_dataset, run
 
 
 def _dataset(tmp_path: Path) -> ImageDataset:

@@ -18,7 +18,7 @@ from mitorch.config import compose
 from mitorch.errors import ConfigError
 from mitorch.files import credentials
 from mitorch.files.secrets import carries_credential, credential_forms, redact
-from tests.conftest import make_text_dataset, run
+from tests.helpers import make_text_dataset, run
 
 ACCOUNT_URL = "https://acct.blob.core.windows.net"
 

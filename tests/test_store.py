@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -23,23 +22,21 @@ from mitorch.store.base import DB_NOW
 from mitorch.store.mongo import MongoStore
 from mitorch.store.sqlite import SQLiteStore
 from mitorch.testing.store import StoreConformance
+from tests.helpers import mongodb_server_store, mongomock_store, needs_mongodb, sqlite_store
 
 
 class TestSQLiteStore(StoreConformance):
     @pytest.fixture
     def store(self, tmp_path: Path):
-        store = SQLiteStore(tmp_path / "db" / "mitorch.db")
-        yield store
-        store.close()
+        with sqlite_store(tmp_path) as store:
+            yield store
 
 
 class TestMongoStoreOnMongomock(StoreConformance):
     @pytest.fixture
     def store(self):
-        mongomock = pytest.importorskip("mongomock")
-        store = MongoStore(client=mongomock.MongoClient(tz_aware=True))
-        yield store
-        store.close()
+        with mongomock_store() as store:
+            yield store
 
     # mongomock's collections are not thread-safe. The skips are new functions of this class
     # alone: marking the inherited function would skip it on every backend.
@@ -278,18 +275,13 @@ def test_open_store_uses_the_database_the_uri_names(monkeypatch) -> None:
         open_store("mongodb://db.example.net/my%20runs")
 
 
-@pytest.mark.skipif(not os.environ.get("MITORCH_TEST_MONGODB_URI"), reason="set MITORCH_TEST_MONGODB_URI")
+@pytest.mark.mongodb
+@needs_mongodb
 class TestMongoStoreOnServer(StoreConformance):
     @pytest.fixture
     def store(self):
-        import pymongo
-
-        uri = os.environ["MITORCH_TEST_MONGODB_URI"]
-        name = f"mitorch_test_{secrets.token_hex(4)}"
-        store = MongoStore(uri, database=name)
-        yield store
-        pymongo.MongoClient(uri).drop_database(name)
-        store.close()
+        with mongodb_server_store() as store:
+            yield store
 
 
 def _claim_in_process(path: str, rounds: int, start, queue) -> None:

@@ -9,7 +9,7 @@ import torch
 import mitorch
 from mitorch import build
 from mitorch.engine.optim import param_groups
-from tests.conftest import make_text_dataset, run
+from tests.helpers import make_text_dataset, run
 
 
 def test_any_timm_architecture_by_name_with_its_head_sized_to_the_data() -> None:
