@@ -99,9 +99,9 @@ def _observed(store: JobStore, trainings: list[dict[str, Any]],
             for t in trainings}
 
 
-def _open_study(store: JobStore, job: dict[str, Any], lease: Lease | None) -> tuple[Any, Any]:
-    """The job's kept journal storage, every append fenced by the lease, and its study on it
-    (created at the job's first step)."""
+def _open_study(store: JobStore, job: dict[str, Any], lease: Lease | None) -> tuple[Any, Any, int]:
+    """The job's kept journal storage, every append fenced by the lease, its study on it
+    (created at the job's first step) and the study's id in the storage."""
     import optuna
 
     from mitorch.service.search.journal import kept_study_storage
@@ -109,14 +109,16 @@ def _open_study(store: JobStore, job: dict[str, Any], lease: Lease | None) -> tu
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = kept_study_storage(store, job["id"])
     storage.journal.lease = lease and lease.fence
-    # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
-    exists = any(study.study_name == job["id"] for study in storage.get_all_studies())
-    open_study = optuna.load_study if exists else optuna.create_study
-    direction = {} if exists else {"direction": job["objective"]["direction"]}
     # The sampler that asks is set before each ask (make_sampler); following trials needs none.
-    study = open_study(study_name=job["id"], storage=storage, sampler=optuna.samplers.RandomSampler(),
-                       pruner=make_pruner(job["pruner"]), **direction)
-    return storage, study
+    options = {"study_name": job["id"], "storage": storage, "sampler": optuna.samplers.RandomSampler(),
+               "pruner": make_pruner(job["pruner"])}
+    # create_study(load_if_exists=True) would append a log at every tick: load when it exists.
+    try:
+        study_id = storage.get_study_id_from_name(job["id"])
+    except KeyError:
+        study = optuna.create_study(direction=job["objective"]["direction"], **options)
+        return storage, study, storage.get_study_id_from_name(job["id"])
+    return storage, optuna.load_study(**options), study_id
 
 
 class _Search:
@@ -132,7 +134,7 @@ class _Search:
         self.results_read: dict[str, int] = {}  # training id -> the results _report reported from
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
-        self.storage, self.study = _open_study(store, job, lease)
+        self.storage, self.study, self.study_id = _open_study(store, job, lease)
 
     def run(self) -> None:
         """Settles the running trials, asks for more, then records the job or ends it."""
@@ -270,8 +272,7 @@ class _Search:
             return
         # A trial of an earlier step has no live Trial to report through: its storage is told by
         # the trial's id, and the pruner judges the trial as the storage now holds it.
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
-            self.storage.get_study_id_from_name(self.job["id"]), trial.number)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
         for epoch, value in new:
             self.storage.set_trial_intermediate_value(trial_id, epoch, float(value))
             if self.study.pruner.prune(self.study, self.storage.get_trial(trial_id)):
