@@ -121,3 +121,7 @@ def keep_only(store: JobStore, journals: Iterable[str]) -> None:
         storages = _kept.get(store, {})
         for journal in [j for j in storages if j not in wanted]:
             del storages[journal]
+
+
+__all__ = ["StoreJournalBackend", "StudyStorage", "forget_study_storage", "keep_only", "kept_study_storage",
+           "study_storage"]
