@@ -6,7 +6,7 @@ with the same optimizer settings and a per-update cosine schedule, then run one 
 pass. Runs alternate between the two to share the machine's conditions. On a shared or
 virtual machine one run can take 20% longer than the next for the same work, so the headline
 ratio compares each side's fastest run (the least disturbed, as timeit advises); the ratio
-of medians is printed beside it. Target: at most 1.05 on CPU.
+of medians is printed beside it. Target: at most 1.01 on CPU.
 
     python benchmarks/train_overhead.py [--images 320] [--epochs 2] [--repeats 8]
 """
@@ -49,8 +49,11 @@ def run_engine(cfg, train, val, epochs: int) -> float:
     model = build.build_model(cfg, num_classes=5)
     optimizer = build.build_optimizer(cfg, model)
     scheduler = build.build_scheduler(cfg, optimizer, len(train_loader), epochs)
-    trainer = Trainer(model, ClassificationTask(False, 5), optimizer, scheduler, torch.device("cpu"),
-                      TrainerOptions(max_epochs=epochs), PlainProgress(stream=open(os.devnull, "w"), interval_s=1e9))
+    # One validation pass at the end, as the hand-written loop does: by default the trainer
+    # validates after every epoch, which is more work, not overhead.
+    options = TrainerOptions(max_epochs=epochs, val_every_n_epochs=epochs)
+    trainer = Trainer(model, ClassificationTask(False, 5), optimizer, scheduler, torch.device("cpu"), options,
+                      PlainProgress(stream=open(os.devnull, "w"), interval_s=1e9))
     start = time.perf_counter()
     trainer.fit(train_loader, val_loader)
     return time.perf_counter() - start
@@ -109,7 +112,7 @@ def main() -> None:
     for name, best, median in (("hand-written", hand, hand_median), ("mitorch", engine, engine_median)):
         print(f"{name:13s} best {best:7.2f} s ({images / best:6.1f} img/s)  median {median:7.2f} s  runs: "
               + ", ".join(f"{t:.2f}" for t in times[name]))
-    print(f"ratio mitorch / hand-written: {engine / hand:.3f} best-of-{args.repeats} (target <= 1.05), "
+    print(f"ratio mitorch / hand-written: {engine / hand:.3f} best-of-{args.repeats} (target <= 1.01), "
           f"{engine_median / hand_median:.3f} of medians")
 
 

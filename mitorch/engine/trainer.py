@@ -58,8 +58,10 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 def _no_sync(model: nn.Module, skip: bool):
     """DDP's no_sync() when skip (also through torch.compile's wrapper), else nothing."""
+    if not skip:  # every batch of a run without accumulation: nothing to look up
+        return contextlib.nullcontext()
     ddp = getattr(model, "_orig_mod", model)
-    return ddp.no_sync() if skip and hasattr(ddp, "no_sync") else contextlib.nullcontext()
+    return ddp.no_sync() if hasattr(ddp, "no_sync") else contextlib.nullcontext()
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
