@@ -19,7 +19,7 @@ import pytest
 
 from mitorch.files import credentials, datasets, remote
 from mitorch.store.sqlite import SQLiteStore
-from tests.helpers import make_text_dataset, run, user_home
+from tests.helpers import make_text_dataset, run, run_in_process, user_home
 
 # Azurite's documented development account (a public, well-known key that only opens the emulator).
 ACCOUNT = "devstoreaccount1"
@@ -47,16 +47,16 @@ def test_register_list_show_and_upsert(tmp_path: Path, home: dict) -> None:
     file = tmp_path / "datasets.json"
     file.write_text(json.dumps([_entry("shapes", 1, "data/train.txt", blob, ["data/labels.txt"]),
                                 _entry("shapes", 2, str(data.train), str(data.val))]))
-    registered = run("midataset", "register", file, cwd=tmp_path, env=home)
+    registered = run_in_process("midataset", "register", file, cwd=tmp_path, env=home)
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout.split("\n")[:2] == ["registered shapes:1", "registered shapes:2"]
 
-    shown = run("midataset", "show", "shapes", "--version", "1", "--json", cwd=tmp_path, env=home)
+    shown = run_in_process("midataset", "show", "shapes", "--version", "1", "--json", cwd=tmp_path, env=home)
     record = json.loads(shown.stdout)
     assert record["train"]["path"] == str(data.train)  # relative to the file, made absolute
     assert record["val"]["path"] == "https://acct.blob.core.windows.net/sets/shapes/val.txt"
-    assert json.loads(run("midataset", "show", "shapes", "--json", cwd=tmp_path, env=home).stdout)["version"] == 2
-    table = run("midataset", "list", cwd=tmp_path, env={**home, "COLUMNS": "250"}).stdout
+    assert json.loads(run_in_process("midataset", "show", "shapes", "--json", cwd=tmp_path, env=home).stdout)["version"] == 2
+    table = run_in_process("midataset", "list", cwd=tmp_path, env={**home, "COLUMNS": "250"}).stdout
     assert "shapes" in table and "acct.blob.core.windows.net" in table
     # The token went to the owner-only credentials file, and is found again for the blob.
     assert credentials.sas_for(record["val"]["path"]) == sas
@@ -64,8 +64,8 @@ def test_register_list_show_and_upsert(tmp_path: Path, home: dict) -> None:
     assert "c2VjcmV0" not in Path(home["MITORCH_DB_URI"].removeprefix("sqlite:///")).read_bytes().decode("latin-1")
 
     file.write_text(json.dumps([_entry("shapes", 1, str(data.val), str(data.val))]))
-    assert run("midataset", "register", file, cwd=tmp_path, env=home).returncode == 0
-    versions = json.loads(run("midataset", "list", "--json", cwd=tmp_path, env=home).stdout)
+    assert run_in_process("midataset", "register", file, cwd=tmp_path, env=home).returncode == 0
+    versions = json.loads(run_in_process("midataset", "list", "--json", cwd=tmp_path, env=home).stdout)
     assert [(d["version"], d["train"]["path"]) for d in versions] == [(1, str(data.val)), (2, str(data.train))]
 
 
@@ -85,7 +85,7 @@ def test_a_bad_entry_registers_nothing(tmp_path: Path, home: dict, entry: dict, 
     good = _entry("good", 1, "https://acct.blob.core.windows.net/c/t.txt?sv=1&sig=abc", "https://h/v.txt")
     file = tmp_path / "datasets.json"
     file.write_text(json.dumps([good, entry]))
-    result = run("midataset", "register", file, cwd=tmp_path, env=home)
+    result = run_in_process("midataset", "register", file, cwd=tmp_path, env=home)
     assert result.returncode == 1
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert SQLiteStore(tmp_path / "db.sqlite").list_datasets() == []
@@ -96,25 +96,25 @@ def test_misubmit_dataset_is_checked_and_pinned(tmp_path: Path, home: dict) -> N
     data = make_text_dataset(tmp_path / "data")
     file = tmp_path / "datasets.json"
     file.write_text(json.dumps([_entry("shapes", v, str(data.train), str(data.val)) for v in (1, 2)]))
-    assert run("midataset", "register", file, cwd=tmp_path, env=home).returncode == 0
+    assert run_in_process("midataset", "register", file, cwd=tmp_path, env=home).returncode == 0
     store = SQLiteStore(tmp_path / "db.sqlite")
 
-    missing = run("misubmit", "--dataset", "nope", cwd=tmp_path, env=home)
+    missing = run_in_process("misubmit", "--dataset", "nope", cwd=tmp_path, env=home)
     assert missing.returncode == 1 and "dataset nope is not registered" in missing.stderr
-    both = run("misubmit", "--dataset", "shapes", f"data.train={data.train}", f"data.val={data.val}",
+    both = run_in_process("misubmit", "--dataset", "shapes", f"data.train={data.train}", f"data.val={data.val}",
                cwd=tmp_path, env=home)
     assert both.returncode == 1 and "do not set them as well" in both.stderr
-    url = run("misubmit", "data.train='https://h/t.txt?sig=x'", "data.val=https://h/v.txt", cwd=tmp_path, env=home)
+    url = run_in_process("misubmit", "data.train='https://h/t.txt?sig=x'", "data.val=https://h/v.txt", cwd=tmp_path, env=home)
     assert url.returncode == 1 and "--dataset" in url.stderr and "sig=x" not in url.stderr
-    unquoted = run("misubmit", "data.train=https://h/t.txt?sig=x", cwd=tmp_path, env=home)
+    unquoted = run_in_process("misubmit", "data.train=https://h/t.txt?sig=x", cwd=tmp_path, env=home)
     assert "quote a value" in unquoted.stderr and "sig=x" not in unquoted.stderr
     assert store.list_trainings() == []
 
-    latest = run("misubmit", "--dataset", "shapes", cwd=tmp_path, env=home).stdout.strip()
-    pinned = run("misubmit", "--dataset=shapes:1", cwd=tmp_path, env=home).stdout.strip()
+    latest = run_in_process("misubmit", "--dataset", "shapes", cwd=tmp_path, env=home).stdout.strip()
+    pinned = run_in_process("misubmit", "--dataset=shapes:1", cwd=tmp_path, env=home).stdout.strip()
     assert store.get_training(latest)["dataset"] == {"name": "shapes", "version": 2}
     assert store.get_training(pinned)["dataset"] == {"name": "shapes", "version": 1}
-    sweep = run("misubmit", "--dataset", "shapes:1", "-m", "optimizer.lr=0.1,0.01", cwd=tmp_path, env=home)
+    sweep = run_in_process("misubmit", "--dataset", "shapes:1", "-m", "optimizer.lr=0.1,0.01", cwd=tmp_path, env=home)
     assert sweep.returncode == 0, sweep.stderr
     job_id = sweep.stdout.split()[1]
     assert [t["dataset"]["version"] for t in store.list_trainings(job_id=job_id)] == [1, 1]
@@ -127,17 +127,17 @@ def test_the_original_mitorch_dataset_file_registers_from_version_0(tmp_path: Pa
                  "train": {"path": "data/train.txt", "support_files": ["data/train.zip"]},
                  "val": {"path": "data/val.txt", "support_files": ["data/val.zip"]}}]
     (tmp_path / "datasets.json").write_text(json.dumps(original))
-    registered = run("midataset", "register", "datasets.json", cwd=tmp_path, env=home)
+    registered = run_in_process("midataset", "register", "datasets.json", cwd=tmp_path, env=home)
     assert registered.returncode == 0, registered.stderr
     assert registered.stdout == "registered dataset_name:0\n"
-    shown = run("midataset", "show", "dataset_name", "--version", "0", "--json", cwd=tmp_path, env=home)
+    shown = run_in_process("midataset", "show", "dataset_name", "--version", "0", "--json", cwd=tmp_path, env=home)
     assert json.loads(shown.stdout)["version"] == 0
 
     store = SQLiteStore(tmp_path / "db.sqlite")
-    pinned = run("misubmit", "--dataset", "dataset_name:0", cwd=tmp_path, env=home)
+    pinned = run_in_process("misubmit", "--dataset", "dataset_name:0", cwd=tmp_path, env=home)
     assert pinned.returncode == 0, pinned.stderr
     assert store.get_training(pinned.stdout.strip())["dataset"] == {"name": "dataset_name", "version": 0}
-    sweep = run("misubmit", "--dataset", "dataset_name:0", "-m", "optimizer.lr=0.1,0.01", cwd=tmp_path, env=home)
+    sweep = run_in_process("misubmit", "--dataset", "dataset_name:0", "-m", "optimizer.lr=0.1,0.01", cwd=tmp_path, env=home)
     assert sweep.returncode == 0, sweep.stderr
     assert [t["dataset"]["version"] for t in store.list_trainings(job_id=sweep.stdout.split()[1])] == [0, 0]
 
@@ -208,7 +208,7 @@ def test_a_presigned_url_keeps_its_signature_out_of_the_store(tmp_path: Path, ho
     signed = "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=5EC7E7"
     entry = _entry("signed", 0, str(data.train), f"{url}/val.txt?{signed}")
     (tmp_path / "datasets.json").write_text(json.dumps([entry]))
-    assert run("midataset", "register", "datasets.json", cwd=tmp_path, env=home).returncode == 0
+    assert run_in_process("midataset", "register", "datasets.json", cwd=tmp_path, env=home).returncode == 0
 
     record = SQLiteStore(tmp_path / "db.sqlite").get_dataset("signed", 0)
     assert record["val"]["path"] == f"{url}/val.txt"

@@ -18,7 +18,7 @@ from mitorch.config import compose
 from mitorch.errors import ConfigError
 from mitorch.files import credentials
 from mitorch.files.secrets import carries_credential, credential_forms, redact
-from tests.helpers import make_text_dataset, run
+from tests.helpers import make_text_dataset, run, run_in_process
 
 ACCOUNT_URL = "https://acct.blob.core.windows.net"
 
@@ -252,12 +252,12 @@ def test_markup_in_stored_strings_is_shown_as_text(tmp_path: Path, home: dict) -
                 "train": {"path": str(data.train)}, "val": {"path": str(data.val)}}
                for name in ("x[/y]", "[bold]b[/bold]")]
     (tmp_path / "datasets.json").write_text(json.dumps(entries))
-    assert run("midataset", "register", "datasets.json", cwd=tmp_path, env=home).returncode == 0
+    assert run_in_process("midataset", "register", "datasets.json", cwd=tmp_path, env=home).returncode == 0
 
-    listed = run("midataset", "list", cwd=tmp_path, env={**home, "COLUMNS": "250"})
+    listed = run_in_process("midataset", "list", cwd=tmp_path, env={**home, "COLUMNS": "250"})
     assert listed.returncode == 0, listed.stderr
     assert "x[/y]" in listed.stdout and "[bold]b[/bold]" in listed.stdout
-    shown = run("midataset", "show", "x[/y]", cwd=tmp_path, env={**home, "COLUMNS": "250"})
+    shown = run_in_process("midataset", "show", "x[/y]", cwd=tmp_path, env={**home, "COLUMNS": "250"})
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("x[/y] version 0") and "[/] [bold]not bold[/bold] [red" in shown.stdout
 
@@ -266,6 +266,6 @@ def test_a_password_outside_the_query_is_not_registered(tmp_path: Path, home: di
     data = make_text_dataset(tmp_path / "data")
     entry = {"name": "x", "version": 0, "train": {"path": "https://u:S3CR3T@h/t.txt"}, "val": {"path": str(data.val)}}
     (tmp_path / "datasets.json").write_text(json.dumps([entry]))
-    result = run("midataset", "register", "datasets.json", cwd=tmp_path, env=home)
+    result = run_in_process("midataset", "register", "datasets.json", cwd=tmp_path, env=home)
     assert result.returncode == 1 and "carries a credential outside its query (:***@)" in result.stderr
     assert "S3CR3T" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
