@@ -277,13 +277,15 @@ def test_the_job_and_step_modules_import_neither_optuna_nor_torch() -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_a_trials_state_is_shown_without_loading_configs_or_optuna() -> None:
+def test_showing_trials_and_taking_the_jobs_lease_load_neither_configs_nor_optuna() -> None:
     import subprocess
     import sys
 
-    # miquery JOB_ID shows each trial's state: that must not cost the import of the config system.
+    # miquery JOB_ID shows each trial's state, micontrol cancel takes the jobs lease: neither must
+    # cost the import of the config system.
     code = ("import sys\n"
             "from mitorch.service.search.trials import trial_state\n"
+            "from mitorch.service.search.lease import jobs_lease\n"
             "assert trial_state({'status': 'running', 'prune_requested': True}) == 'pruned'\n"
             "print(sorted(m for m in ('omegaconf', 'hydra', 'optuna', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

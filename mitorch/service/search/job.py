@@ -1,5 +1,5 @@
 """A search job: its file, its checked settings, the sampler and pruner it names, the record
-misubmit stores, and the changes made to a stored job under the jobs lease (more trials).
+misubmit stores, and more trials for a stored job (under the jobs lease, lease.py).
 
 Its space (the distributions, the grid, the points checked, the overrides of a point) is in
 space.py, re-exported here. Optuna is imported inside the functions that build its objects:
@@ -7,14 +7,14 @@ misubmit and micontrol import this module.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 from mitorch.config.overrides import format_value
 from mitorch.config.screen import shorten
 from mitorch.errors import ConfigError, first_line
-from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+# jobs_lease is re-exported: micontrol's cancel imports it from here.
+from mitorch.service.search.lease import jobs_lease
 from mitorch.service.search.space import (MAX_CHOICES, MAX_GRID_POINTS, check_points, distributions, grid_size,
                                           param_overrides, sampler_grid)
 from mitorch.store import JobStore, StoreError
@@ -346,30 +346,6 @@ def _priority(priority: Any) -> int:
         return parse_priority(priority, "priority")
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-
-@contextmanager
-def jobs_lease(store: JobStore, who: str, wait_s: float = 60.0, ttl_s: float = 120.0) -> Iterator[Lease]:
-    """Holds the lease of the controller's search step while the caller changes a search job.
-
-    Args:
-        store: the job store.
-        who: what takes it, as shown to whoever waits for it (misubmit, micontrol).
-        wait_s: how long to wait for a tick that holds it.
-        ttl_s: how long the lease lasts unless renewed.
-
-    Raises:
-        StoreError: a controller tick held it for all of wait_s.
-    """
-    lease = Lease(store, JOBS_LEASE, new_holder(who), ttl_s)
-    if not lease.take(wait_s):
-        holder = (store.get_lease(JOBS_LEASE) or {}).get("holder", "unknown")
-        raise StoreError(f"a controller tick ({holder}) has been working on the search jobs for {wait_s:.0f} s; "
-                         "try again in a few minutes")
-    try:
-        yield lease
-    finally:
-        lease.release()
 
 
 def add_trials(store: JobStore, job_id: str, count: int) -> tuple[int, int]:

@@ -36,8 +36,8 @@ from typing import Any
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import Lease
 # add_trials and jobs_lease change a stored job, trial_state and IMPORTANCE_MIN_TRIALS show one,
-# none is a step: they live in job.py and trials.py, and are re-exported here, where the
-# commands and the viewer have imported them from.
+# none is a step: they live in job.py, lease.py and trials.py, and are re-exported here, where
+# the commands and the viewer have imported them from.
 from mitorch.service.search.job import (add_trials, distributions, jobs_lease, make_pruner, make_sampler,
                                         param_overrides)
 from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, trial_state
