@@ -59,6 +59,17 @@ def run_engine(cfg, train, val, epochs: int) -> float:
     return time.perf_counter() - start
 
 
+def hand_written_epoch(model, optimizer, scheduler, loader) -> None:
+    """One epoch of the plain PyTorch loop that MiTorch's trainer is measured against."""
+    model.train()
+    for inputs, targets in loader:
+        loss = F.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+
 def run_hand_written(cfg, train, val, epochs: int) -> float:
     torch.manual_seed(0)
     train_loader, val_loader = _loaders(train, val, cfg.batch_size, 0)
@@ -68,13 +79,7 @@ def run_hand_written(cfg, train, val, epochs: int) -> float:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=len(train_loader) * epochs)
     start = time.perf_counter()
     for _ in range(epochs):
-        model.train()
-        for inputs, targets in train_loader:
-            loss = F.cross_entropy(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+        hand_written_epoch(model, optimizer, scheduler, train_loader)
     model.eval()
     correct = 0
     with torch.no_grad():
