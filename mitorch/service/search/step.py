@@ -38,14 +38,12 @@ from mitorch.service.leases import Lease
 # add_trials and jobs_lease change a stored job, trial_state and IMPORTANCE_MIN_TRIALS show one,
 # none is a step: they live in job.py, lease.py and trials.py, and are re-exported here, where
 # the commands and the viewer have imported them from.
-from mitorch.service.search.job import (add_trials, distributions, jobs_lease, make_pruner, make_sampler,
-                                        param_overrides)
+from mitorch.service.search.job import add_trials, distributions, make_pruner, make_sampler, param_overrides
+from mitorch.service.search.lease import jobs_lease
 from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, trial_state
 from mitorch.service.transitions import cancel_trainings, request_prune
-from mitorch.store import DuplicateError, JobStore, LeaseLost
+from mitorch.store import ACTIVE, DuplicateError, JobStore, LeaseLost
 from mitorch.task_types import is_better
-
-_ACTIVE = ("new", "queued", "running")
 
 
 def step(store: JobStore, act: Callable[[str], None], lease: Lease | None = None) -> None:
@@ -140,7 +138,7 @@ class _Search:
         """Settles the running trials, asks for more, then records the job or ends it."""
         cancelling = self.wrote = bool(self.job.get("cancel_requested"))
         if cancelling:
-            cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
+            cancel_trainings(self.store, self.store.list_trainings(ACTIVE, job_id=self.job["id"]))
         listed = self._trainings()
         self._settle(listed, cancelling)
         if not cancelling and not self._fill(self._counted()):
@@ -153,7 +151,7 @@ class _Search:
         # Ended once no trial runs and no training of the job is active: a pruned trial's training
         # still finishing its epoch (or a cancelled one still stopping) keeps the job running.
         over = not any(t.state == self.states.RUNNING for t in trials) and \
-            not any(t["status"] in _ACTIVE for t in listed)
+            not any(t["status"] in ACTIVE for t in listed)
         if (cancelling or len(trials) >= self.job["n_trials"]) and over:
             self._end(summary, cancelling)
         else:
@@ -316,7 +314,7 @@ class _Search:
 
     def _fail(self, reason: str) -> None:
         self._keep()
-        cancel_trainings(self.store, self.store.list_trainings(_ACTIVE, job_id=self.job["id"]))
+        cancel_trainings(self.store, self.store.list_trainings(ACTIVE, job_id=self.job["id"]))
         self._update_job({**self._summary(self._counted(), self._trainings()),
                           "status": "failed", "error": reason, "completed_at": self.store.clock()})
         self._forget()
@@ -362,7 +360,7 @@ class _Search:
         # Also the trainings that are still active though their trial ended (a pruned trial's
         # training finishing its epoch): the job ends once they stop.
         running = [training for training in trainings
-                   if training.get("trial_number") in numbers or training["status"] in _ACTIVE]
+                   if training.get("trial_number") in numbers or training["status"] in ACTIVE]
         # The counts _report reported from: a result recorded since must look new to the next tick.
         watched = _observed(self.store, running, self.results_read)
         if len({t.get("trial_number") for t in running} & numbers) < len(numbers):
