@@ -1,0 +1,422 @@
+"""The Slurm executor on a real (private, single-node) Slurm cluster: the executor conformance suite,
+what only Slurm does (its requeue, its signals, its settings), and the service end to end: a queued
+training -> a controller tick with the Slurm executor -> sbatch -> mitrain on the cluster -> the store.
+
+In the conformance suite a shell script stands in for `mitrain --training-id ID --attempt N` (as
+for the local executor), and every job is submitted held (--hold), so the harness decides when
+Slurm starts it. The end-to-end tests run real trainings, tiny ones."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mitorch.errors import ConfigError
+from mitorch.files.artifacts import attempt_dir
+from mitorch.service import transitions
+from mitorch.service.controller import Settings, tick
+from mitorch.service.executors.slurm import SlurmExecutor, job_name
+from mitorch.service.executors.slurm_settings import SlurmSettings
+from mitorch.store.sqlite import SQLiteStore
+from mitorch.testing.executors import ExecutorConformance, ExecutorHarness
+from tests.conftest import BIN, make_text_dataset
+from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (the fixture)
+
+# Called as `RUN -m mitorch.cli.mitrain --training-id ID --attempt N` (the batch script execs it):
+# notes its start and any SIGTERM in its marker, and runs until its end file appears (on SIGTERM it
+# exits, after 3 s when the file `linger` exists).
+_RUN = """#!/bin/sh
+trap 'echo TERM >> "{ends}/$4-$6.marker"; [ -e "{ends}/linger" ] && sleep 3; exit 143' TERM
+echo "started $SLURM_JOB_ID" >> "{ends}/$4-$6.marker"
+while [ ! -e "{ends}/$4-$6" ]; do sleep 0.05; done
+"""
+_CLIENT_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SINFO_", "SCONTROL_")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+def job_of(training: dict[str, Any]) -> str:
+    return training["run_id"].rsplit(":", 1)[1]
+
+
+def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
+    """`scontrol show job` as a dict; {} once Slurm no longer knows the job."""
+    done = cluster.run("scontrol", "show", "job", job, check=False)
+    return dict(item.split("=", 1) for item in done.stdout.split() if "=" in item) if done.returncode == 0 else {}
+
+
+def use_cluster(cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Points this process's Slurm clients (the executor's) at the test cluster."""
+    for key in [key for key in os.environ if key.startswith(_CLIENT_PREFIXES)]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
+
+
+class SlurmHarness(ExecutorHarness):
+    def __init__(self, cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cluster = cluster
+        self.ends = tmp_path / "ends"
+        self.ends.mkdir()
+        run = tmp_path / "run.sh"
+        run.write_text(_RUN.format(ends=self.ends))
+        run.chmod(run.stat().st_mode | stat.S_IXUSR)
+        use_cluster(cluster, monkeypatch)
+        monkeypatch.setenv("MITORCH_SLURM_PYTHON", str(run))
+        monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "art"))
+        self.settings = replace(SlurmSettings.from_env(), extra_args=["--hold"])
+        self.store = SQLiteStore(tmp_path / "db.sqlite")
+        self.executor = SlurmExecutor(self.settings)
+
+    def marker(self, training: dict[str, Any]) -> list[str]:
+        path = self.ends / f"{training['id']}-{training['attempt']}.marker"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def held(self, training: dict[str, Any]) -> bool:
+        return True  # every job is sent with --hold
+
+    def start(self, training: dict[str, Any]) -> None:
+        self.cluster.run("scontrol", "release", job_of(training))
+        wait_for(lambda: self.marker(training), 30, f"job {job_of(training)} to start")
+
+    def end(self, training: dict[str, Any], killed: bool = False) -> None:
+        if job_fields(self.cluster, job_of(training)).get("JobState") == "PENDING":
+            self.start(training)
+        if killed:  # every process of the job dies at once, as on a lost node or an out-of-memory kill
+            self.cluster.run("scancel", "--full", "--signal=KILL", job_of(training))
+        else:
+            (self.ends / f"{training['id']}-{training['attempt']}").touch()
+
+    def out_of_sight(self, training: dict[str, Any]) -> dict[str, Any]:
+        return {**training, "run_id": "slurm:another-cluster:4242"}
+
+    @contextmanager
+    def failing_launch(self) -> Iterator[None]:
+        executor = self.executor
+        self.executor = SlurmExecutor(replace(self.settings, partition="no-such-partition"))
+        try:
+            yield
+        finally:
+            self.executor = executor
+
+
+@pytest.fixture
+def harness(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SlurmHarness]:
+    harness = SlurmHarness(slurm_cluster, tmp_path, monkeypatch)
+    yield harness
+    for training in harness.store.list_trainings():  # no job outlives its test
+        if training.get("run_id"):
+            slurm_cluster.run("scancel", job_of(training), check=False)
+    harness.store.close()
+
+
+@pytest.mark.slow
+class TestSlurmExecutor(ExecutorConformance):
+    """The conformance suite; then what only Slurm does."""
+
+    def test_cancel_sends_term_to_mitrain_alone_and_stops_a_running_job(self, harness: SlurmHarness) -> None:
+        training = _launched(harness)
+        harness.start(training)
+        assert harness.executor.cancel(training) is True
+        wait_for(lambda: harness.executor.state(training) == "gone", 30, "the cancelled job to end")
+        assert harness.marker(training)[-1] == "TERM"  # it got SIGTERM and ended on its own (its trap)
+        assert job_fields(harness.cluster, job_of(training)).get("JobState") in ("FAILED", "")  # exit 143, not killed
+        assert "ended FAILED" in (harness.executor.gone_reason(training) or "")
+
+    def test_slurm_never_requeues_a_job_by_default(self, harness: SlurmHarness) -> None:
+        training = _launched(harness)
+        harness.start(training)
+        refused = harness.cluster.run("scontrol", "requeue", job_of(training), check=False)
+        assert refused.returncode != 0 and "disabled" in refused.stderr
+        fields = job_fields(harness.cluster, job_of(training))
+        assert fields["Requeue"] == "0" and fields["Restarts"] == "0" and fields["JobState"] == "RUNNING"
+        harness.end(training)
+
+    def test_a_job_on_a_node_set_down_ends_and_is_gone(self, harness: SlurmHarness) -> None:
+        training = _launched(harness)
+        harness.start(training)
+        cluster = harness.cluster
+        try:
+            cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=down", "reason=test-down")
+            wait_for(lambda: harness.executor.state(training) == "gone", 30, "the job to be gone")
+        finally:
+            cluster.run("scontrol", "update", f"nodename={cluster.node}", "state=resume")
+        assert harness.executor.gone_reason(training).startswith(f"Slurm job {job_of(training)} ended NODE_FAIL")
+        assert job_fields(cluster, job_of(training)).get("Restarts") in ("0", None)  # not requeued by Slurm
+        cluster.wait_node("idle", timeout=30)
+
+    def test_a_job_slurm_requeued_is_gone_and_cancelled(self, harness: SlurmHarness) -> None:
+        harness.executor = SlurmExecutor(replace(harness.settings, extra_args=["--hold", "--requeue"]))
+        training = _launched(harness)
+        harness.start(training)
+        (harness.ends / "linger").touch()  # its first run takes 3 s to end: the job is COMPLETING meanwhile
+        harness.cluster.run("scontrol", "requeue", job_of(training))
+        wait_for(lambda: job_fields(harness.cluster, job_of(training)).get("JobState") == "COMPLETING", 30,
+                 "the requeue")
+        assert harness.executor.state(training) == "running"  # its first run is still ending
+        wait_for(lambda: job_fields(harness.cluster, job_of(training)).get("JobState") == "PENDING", 30,
+                 "the requeued job to wait for its rerun")
+        assert harness.executor.state(training) == "gone"
+        assert re.fullmatch(rf"Slurm requeued job {job_of(training)} \(restart 1, .*\): attempt 1 runs once; "
+                            r"cancelled", harness.executor.gone_reason(training))
+        assert job_fields(harness.cluster, job_of(training)).get("JobState") in ("CANCELLED", "")
+        assert [line for line in harness.marker(training) if line.startswith("started")] == [
+            f"started {job_of(training)}"]  # its rerun never started
+
+    def test_a_launch_sends_the_settings_and_the_training_s_processes(self, harness: SlurmHarness) -> None:
+        harness.executor = SlurmExecutor(replace(harness.settings, partition="main", time="7", cpus=1, mem="64M",
+                                                 term_before_s=90, extra_args=["--hold", "--comment=from-settings"]))
+        harness.store.add_training({"config": {"max_epochs": 1, "num_processes": 2}})
+        training = transitions.claim(harness.store, harness.executor.name)
+        job = job_of({"run_id": harness.executor.launch(training).run_id})
+        fields = job_fields(harness.cluster, job)
+        assert fields["JobName"] == job_name(training["id"], 1) == f"mitorch-{training['id']}-1"
+        assert (fields["Partition"], fields["TimeLimit"], fields["CPUs/Task"], fields["NumTasks"]) == (
+            "main", "00:07:00", "1", "2")
+        assert (fields["MinMemoryNode"], fields["Comment"], fields["Requeue"]) == ("64M", "from-settings", "0")
+        assert fields["StdOut"] == str(attempt_dir(training["id"], 1) / "train.log")
+        script = harness.cluster.run("scontrol", "write", "batch_script", job, "-").stdout
+        assert script.splitlines()[-1] == (f"exec {harness.settings.python} -m mitorch.cli.mitrain --training-id "
+                                           f"{training['id']} --attempt 1")
+        harness.cluster.run("scancel", job)
+
+    def test_identity_is_the_cluster_s_name_unless_set(self, harness: SlurmHarness,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+        assert harness.executor.name == "slurm:mitorchtest"  # ClusterName of the test cluster's slurm.conf
+        monkeypatch.setenv("MITORCH_SLURM_CLUSTER_NAME", "gpu-west")
+        monkeypatch.setenv("MITORCH_SLURM_CAPACITY", "9")
+        assert (SlurmExecutor().name, SlurmExecutor().capacity) == ("slurm:gpu-west", 9)
+
+    def test_a_slurmctld_that_does_not_answer_is_unknown_never_gone(self, harness: SlurmHarness, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        training = _launched(harness)
+        # The same cluster as seen by a client whose slurmctld does not answer (a port nobody listens on).
+        conf = re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=9", harness.cluster.conf.read_text())
+        (tmp_path / "down.conf").write_text(conf + "MessageTimeout=1\n")
+        monkeypatch.setenv("SLURM_CONF", str(tmp_path / "down.conf"))
+        assert harness.executor.state(training) == "unknown"
+        assert harness.executor.cancel(training) is False
+        assert harness.executor.cancel(training, force=True) is False
+        monkeypatch.setenv("SLURM_CONF", str(harness.cluster.conf))
+        assert harness.executor.state(training) == "waiting"
+
+
+def _launched(harness: SlurmHarness) -> dict[str, Any]:
+    training = harness.training()
+    transitions.record_launch(harness.store, training, harness.executor.launch(training), None)
+    return harness.store.get_training(training["id"])
+
+
+# Settings and readiness, without a cluster ---------------------------------------------------------
+
+
+def test_settings_become_sbatch_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"PARTITION": "gpu", "ACCOUNT": "vision", "QOS": "high", "TIME": "1-00:00:00", "CPUS": "8",
+                        "MEM": "64G", "GPUS": "4", "CONSTRAINT": "a100|h100", "TERM_BEFORE_S": "300",
+                        "SBATCH_ARGS": "--exclusive --comment='two words'"}.items():
+        monkeypatch.setenv(f"MITORCH_SLURM_{name}", value)
+    options = SlurmSettings.from_env().resources({"config": {"num_processes": 4}})
+    assert options == ["--nodes=1", "--ntasks-per-node=4", "--partition=gpu", "--account=vision", "--qos=high",
+                       "--time=1-00:00:00", "--cpus-per-task=8", "--mem=64G", "--gpus-per-node=4",
+                       "--constraint=a100|h100", "--signal=B:TERM@300", "--exclusive", "--comment=two words"]
+    assert SlurmSettings().resources({"config": {}}) == ["--nodes=1", "--ntasks-per-node=1", "--signal=B:TERM@120"]
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("MITORCH_SLURM_NODES", "2", "MITORCH_SLURM_NODES must be 1 for now, got 2"),
+    ("MITORCH_SLURM_CAPACITY", "0", "MITORCH_SLURM_CAPACITY must be 1 or more, got 0"),
+    ("MITORCH_SLURM_CPUS", "many", "MITORCH_SLURM_CPUS must be a whole number, got 'many'"),
+    ("MITORCH_SLURM_SBATCH_ARGS", "--comment='open", "MITORCH_SLURM_SBATCH_ARGS must split as shell words"),
+])
+def test_a_wrong_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as raised:
+        SlurmSettings.from_env()
+    assert str(raised.value).startswith(says) and "\n" not in str(raised.value)
+
+
+def test_check_ready_names_missing_clients_and_an_unwritable_folder(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    clients = tmp_path / "bin"
+    clients.mkdir()
+    for name in ("sbatch", "squeue"):  # scancel is missing
+        (clients / name).write_text("#!/bin/sh\n")
+        (clients / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(clients))
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "art"))
+    executor = SlurmExecutor(SlurmSettings(cluster_name="here"))
+    with pytest.raises(ConfigError, match=r"^the Slurm executor needs sbatch, squeue, scancel on PATH; missing: "
+                                          r"scancel \(run micontrol on a Slurm login node\)$"):
+        executor.check_ready()
+    (clients / "scancel").write_text("#!/bin/sh\n")
+    (clients / "scancel").chmod(0o755)
+    executor.check_ready()
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "a-file" / "art"))  # unwritable, even for root
+    with pytest.raises(ConfigError, match=r"^the Slurm executor cannot write the trainings' folder .*a-file/art "
+                                          r"\(Not a directory\); set MITORCH_ARTIFACTS_URI to a folder the login"):
+        executor.check_ready()
+
+
+# End to end: real trainings on the cluster ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def queued_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A training config as misubmit stores it (tiny data, image_size=32), submitted once per module;
+    each test queues copies of it."""
+    root = tmp_path_factory.mktemp("submitted")
+    tiny = make_text_dataset(root / "tiny", num_train=16, num_val=8)
+    env = {**os.environ, "MITORCH_DB_URI": f"sqlite:///{root / 'db.sqlite'}"}
+    done = subprocess.run([str(BIN / "misubmit"), f"data.train={tiny.train}", f"data.val={tiny.val}", "image_size=32",
+                           "batch_size=8", "data.num_workers=0", "max_epochs=1"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    store = SQLiteStore(root / "db.sqlite")
+    config = store.get_training(done.stdout.strip())["config"]
+    store.close()
+    slow = make_text_dataset(root / "slow", num_train=400, num_val=8)
+    return {**config, "slow_data": {"train": str(slow.train), "val": str(slow.val)}}
+
+
+class Service:
+    """A store, the Slurm executor and the controller's tick, in this process; trainings run on the cluster."""
+
+    def __init__(self, cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                 config: dict[str, Any], **settings: Any) -> None:
+        use_cluster(cluster, monkeypatch)
+        for name, value in {"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}", "MITORCH_HEARTBEAT_S": "1",
+                            "MITORCH_ARTIFACTS_URI": str(tmp_path / "art"), "MITORCH_SLURM_PYTHON": sys.executable,
+                            "OMP_NUM_THREADS": "1"}.items():
+            monkeypatch.setenv(name, value)  # the jobs get this process's environment (--export=ALL)
+        self.cluster, self.config = cluster, config
+        self.store = SQLiteStore(tmp_path / "db.sqlite")
+        self.executor = SlurmExecutor(replace(SlurmSettings.from_env(), **settings))
+        self.actions: list[str] = []
+
+    def queue(self, slow: bool = False, **config: Any) -> str:
+        stored = {key: value for key, value in self.config.items() if key != "slow_data"}
+        if slow:  # epochs long enough to be stopped in (a progress line after every step)
+            stored["data"] = {**stored["data"], **self.config["slow_data"]}
+            stored.update(max_epochs=3, log_every_n_steps=1)
+        return self.store.add_training({"config": {**stored, **config}})
+
+    def tick(self) -> list[str]:
+        lines: list[str] = []
+        tick(self.store, self.executor, say=lines.append, settings=Settings())
+        self.actions += lines
+        return lines
+
+    def training(self, training_id: str) -> dict[str, Any]:
+        return self.store.get_training(training_id)
+
+    def log(self, training_id: str) -> str:
+        path = attempt_dir(training_id, 1) / "train.log"
+        return path.read_text() if path.exists() else ""
+
+    def wait_training_steps(self, training_id: str) -> None:
+        """Waits until the training's job is in its epoch loop (SIGTERM now makes it checkpoint)."""
+        self.wait(lambda: "epoch 1/3 batch " in self.log(training_id), "the first training step")
+
+    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
+        try:
+            return wait_for(predicate, timeout, what)
+        except AssertionError:
+            logs = sorted(Path(os.environ["MITORCH_ARTIFACTS_URI"]).glob("*/attempt-*/train.log"))
+            print("\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs))
+            raise
+
+
+@pytest.fixture
+def service(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            queued_config: dict[str, Any]) -> Iterator[Callable[..., Service]]:
+    made: list[Service] = []
+
+    def make(**settings: Any) -> Service:
+        made.append(Service(slurm_cluster, tmp_path, monkeypatch, queued_config, **settings))
+        return made[-1]
+
+    yield make
+    for service in made:
+        for training in service.store.list_trainings():
+            if training.get("run_id"):
+                slurm_cluster.run("scancel", job_of(training), check=False)
+        service.store.close()
+
+
+@pytest.mark.slow
+def test_a_queued_training_runs_on_the_cluster_to_completed(service: Callable[..., Service]) -> None:
+    svc = service()
+    training_id = svc.queue()
+    began = time.monotonic()
+    dispatched = svc.tick()
+    assert len(dispatched) == 1 and dispatched[0].startswith(f"dispatched {training_id} to slurm:mitorchtest:")
+    svc.wait(lambda: svc.store.list_results(training_id), "the first epoch's result")
+    first_epoch = time.monotonic() - began
+    svc.wait(lambda: svc.training(training_id)["status"] == "completed", "the training to complete")
+    training = svc.training(training_id)
+    svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")
+    assert training["executor"] == "slurm:mitorchtest" and training["slurm_job"] == job_of(training)
+    assert [r["epoch"] for r in svc.store.list_results(training_id)] == [1]
+    assert set(training["metrics"]) >= {"top1_accuracy", "loss"} and Path(training["weights"]).is_file()
+    log = svc.log(training_id)  # the job's output, in the attempt's folder
+    assert f"training {training_id} attempt 1 started on" in log and json.loads(log.strip().splitlines()[-1])
+    assert svc.executor.gone_reason(training) in (f"Slurm job {job_of(training)} ended COMPLETED",
+                                                  f"Slurm no longer knows job {job_of(training)} (it ended longer "
+                                                  "ago than MinJobAge)")
+    assert svc.tick() == []  # nothing left to do
+    print(f"\ntick -> first epoch's result in the store: {first_epoch:.1f} s")
+
+
+@pytest.mark.slow
+def test_cancel_of_a_running_training_stops_its_job_with_sigterm(service: Callable[..., Service]) -> None:
+    svc = service()
+    training_id = svc.queue(slow=True)
+    svc.tick()
+    svc.wait_training_steps(training_id)
+    assert transitions.cancel(svc.store, training_id) == "requested"
+    assert svc.tick() == [f"stopping {training_id} (cancelled)"]  # the controller cancels its job
+    svc.wait(lambda: svc.training(training_id)["status"] == "cancelled", "the training to record itself cancelled")
+    training = svc.training(training_id)
+    # Stopped by the SIGTERM of the job's cancel, mid-epoch, not at an epoch end by its own check.
+    assert training["error"] == "cancelled (micontrol cancel)" and svc.store.list_results(training_id) == []
+    svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")
+
+
+@pytest.mark.slow
+def test_the_rerun_of_a_job_slurm_requeued_is_fenced_off(service: Callable[..., Service]) -> None:
+    """With --requeue (not the default) and nothing else acting, Slurm's rerun of attempt 1 finds
+    the attempt no longer current: its first write is refused and it exits having written nothing."""
+    svc = service(extra_args=["--requeue"])
+    training_id = svc.queue(slow=True)
+    svc.tick()
+    svc.wait_training_steps(training_id)
+    job = job_of(svc.training(training_id))
+    svc.cluster.run("scontrol", "requeue", job)  # TERM to the first run, which requeues its training itself
+    svc.wait(lambda: svc.training(training_id)["status"] == "new", "the first run to record its preemption")
+    before = svc.training(training_id)
+    assert before["attempts"][0]["outcome"] == "preempted"
+    ended = svc.wait(lambda: (fields := job_fields(svc.cluster, job)).get("Restarts") == "1"
+                     and fields["JobState"] in ("FAILED", "COMPLETED") and fields, "the rerun to end")
+    assert ended["ExitCode"] == "75:0"  # REPLACED_EXIT: it stopped on purpose
+    after = svc.training(training_id)
+    assert {k: v for k, v in after.items() if k != "updated_at"} == {k: v for k, v in before.items()
+                                                                      if k != "updated_at"}
+    log = svc.log(training_id)
+    assert re.search(rf"training {training_id} attempt 1: start refused, it is new .*this process stops", log)
