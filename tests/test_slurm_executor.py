@@ -203,6 +203,14 @@ class TestSlurmExecutor(ExecutorConformance):
         monkeypatch.setenv("MITORCH_SLURM_CAPACITY", "9")
         assert (SlurmExecutor().name, SlurmExecutor().capacity) == ("slurm:gpu-west", 9)
 
+    def test_a_job_slurm_does_not_know_is_gone(self, harness: SlurmHarness) -> None:
+        # As a job Slurm purged MinJobAge seconds after it ended: squeue says "Invalid job id specified".
+        training = {**_launched(harness), "run_id": "slurm:mitorchtest:999999"}
+        assert harness.executor.state(training) == "gone"
+        assert harness.executor.gone_reason(training) == ("Slurm no longer knows job 999999 (it ended longer ago "
+                                                          "than MinJobAge)")
+        assert harness.executor.cancel(training) is True and harness.executor.cancel(training, force=True) is True
+
     def test_a_slurmctld_that_does_not_answer_is_unknown_never_gone(self, harness: SlurmHarness, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
         training = _launched(harness)
@@ -418,5 +426,6 @@ def test_the_rerun_of_a_job_slurm_requeued_is_fenced_off(service: Callable[..., 
     after = svc.training(training_id)
     assert {k: v for k, v in after.items() if k != "updated_at"} == {k: v for k, v in before.items()
                                                                       if k != "updated_at"}
-    log = svc.log(training_id)
+    log = svc.log(training_id)  # both runs' output: the job appends to the attempt's log
+    assert f"training {training_id} attempt 1 started on" in log
     assert re.search(rf"training {training_id} attempt 1: start refused, it is new .*this process stops", log)
