@@ -84,7 +84,7 @@ def _overview(store, recent: int, limit: int) -> dict[str, Any]:
 
 def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A search job's trials from its trainings (miquery reads the store, never Optuna), best first."""
-    from mitorch.service.search.step import trial_state
+    from mitorch.service.search.trials import trial_state
     from mitorch.task_types import direction
 
     metric = job["objective"]["metric"]

@@ -178,7 +178,7 @@ def _add_trials(args: argparse.Namespace) -> None:
     count = _whole_number(args.add_trials, "--add-trials")
     if count > MAX_TRIALS:
         raise UsageError(f"--add-trials adds at most {MAX_TRIALS} trials at once, got {count}")
-    from mitorch.service.search.step import add_trials
+    from mitorch.service.search.job import add_trials
     from mitorch.store import open_store
 
     before, after = add_trials(open_store(), job_id, count)
