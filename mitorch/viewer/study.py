@@ -51,7 +51,7 @@ def _trials(loaded: Any, trainings: Sequence[dict[str, Any]],
     """The study's trials by number, each with the state, value and epochs of its training."""
     from optuna.trial import TrialState
 
-    from mitorch.service.search.step import trial_state
+    from mitorch.service.search.trials import trial_state
 
     by_number = {t["trial_number"]: t for t in trainings if t.get("trial_number") is not None}
     trials = []
@@ -91,7 +91,7 @@ def _importances(job: dict[str, Any]) -> tuple[dict[str, float] | None, str | No
     if recorded.get("params"):
         return dict(recorded["params"]), f"from {recorded.get('trials')} complete trials"
     try:
-        from mitorch.service.search.step import IMPORTANCE_MIN_TRIALS
+        from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS
 
         return None, f"the controller computes them from {IMPORTANCE_MIN_TRIALS} complete trials on"
     except ImportError:
