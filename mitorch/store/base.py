@@ -228,8 +228,9 @@ class JobStore(ABC):
         """
 
     @abstractmethod
-    def list_results(self, training_id: str) -> list[dict[str, Any]]:
-        """A training's per-epoch results, by epoch."""
+    def list_results(self, training_id: str, after: int | None = None) -> list[dict[str, Any]]:
+        """A training's per-epoch results, by epoch; after: only those of later epochs (what a
+        live page has not shown yet), read by the database's index, not filtered here."""
 
     # -- jobs -----------------------------------------------------------------------------
 

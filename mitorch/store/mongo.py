@@ -299,8 +299,11 @@ class MongoStore(JobStore):
                    record, upsert=True)
         return True
 
-    def list_results(self, training_id: str) -> list[dict[str, Any]]:
-        cursor = self._db.training_results.find({"training_id": training_id}, {"_id": 0},
+    def list_results(self, training_id: str, after: int | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"training_id": training_id}
+        if after is not None:
+            query["epoch"] = {"$gt": after}
+        cursor = self._db.training_results.find(query, {"_id": 0},
                                                 sort=[("training_id", 1), ("epoch", 1)])
         return [_utc(d) for d in self._call(list, cursor)]
 

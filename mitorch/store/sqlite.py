@@ -232,8 +232,11 @@ class SQLiteStore(JobStore):
                        (training_id, int(result["epoch"]), _encode(record)))
         return True
 
-    def list_results(self, training_id: str) -> list[dict[str, Any]]:
-        return self._rows("SELECT data FROM training_results WHERE training_id = ? ORDER BY epoch", (training_id,))
+    def list_results(self, training_id: str, after: int | None = None) -> list[dict[str, Any]]:
+        if after is None:
+            return self._rows("SELECT data FROM training_results WHERE training_id = ? ORDER BY epoch", (training_id,))
+        return self._rows("SELECT data FROM training_results WHERE training_id = ? AND epoch > ? ORDER BY epoch",
+                          (training_id, after))
 
     # -- jobs -----------------------------------------------------------------------------
 

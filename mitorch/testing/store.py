@@ -94,6 +94,9 @@ class StoreConformance:
         assert results[1]["train_loss"] == 0.25 and results[1]["val"] == {"loss": 0.3}
         assert results[0]["training_id"] == training_id
         assert store.list_results("0" * 24) == []
+        assert [r["epoch"] for r in store.list_results(training_id, after=1)] == [2, 3]
+        assert store.list_results(training_id, after=3) == []
+        assert [r["epoch"] for r in store.list_results(training_id, after=0)] == [1, 2, 3]
 
     def test_jobs(self, store) -> None:
         first, none = store.add_job({"job_type": "sweep", "overrides": ["optimizer.lr=0.1,0.01"]})

@@ -92,7 +92,7 @@ def training_update(store: JobStore, training_id: str, after: int, log_lines: in
     record = store.get_training(training_id)
     if record is None:
         raise NotFound(f"no training {training_id}")
-    results = [r for r in store.list_results(training_id) if r["epoch"] > after]
+    results = store.list_results(training_id, after=after)
     metrics = metric_names(results, record.get("metrics"))
     live = record["status"] in ACTIVE
     update = {"training": {key: record.get(key) for key in _LIVE_FIELDS}, "live": live, "after": after,
