@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from mitorch.errors import ConfigError
+from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files.artifacts import attempt_dir
 from mitorch.service import transitions
 from mitorch.service.controller import Settings, tick
@@ -218,6 +218,9 @@ class TestSlurmExecutor(ExecutorConformance):
         conf = re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=9", harness.cluster.conf.read_text())
         (tmp_path / "down.conf").write_text(conf + "MessageTimeout=1\n")
         monkeypatch.setenv("SLURM_CONF", str(tmp_path / "down.conf"))
+        with pytest.raises(MiTorchError, match=r"^slurmctld of Slurm cluster mitorchtest does not answer "
+                                               r"\(Slurmctld\(primary\) at .* is DOWN\); no training is claimed"):
+            harness.executor.check_ready()
         assert harness.executor.state(training) == "unknown"
         assert harness.executor.cancel(training) is False
         assert harness.executor.cancel(training, force=True) is False
@@ -263,13 +266,13 @@ def test_check_ready_names_missing_clients_and_an_unwritable_folder(tmp_path: Pa
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     clients = tmp_path / "bin"
     clients.mkdir()
-    for name in ("sbatch", "squeue"):  # scancel is missing
+    for name in ("sbatch", "squeue", "scontrol"):  # scancel is missing; scontrol ping answers
         (clients / name).write_text("#!/bin/sh\n")
         (clients / name).chmod(0o755)
     monkeypatch.setenv("PATH", str(clients))
     monkeypatch.setenv("MITORCH_ARTIFACTS_URI", str(tmp_path / "art"))
     executor = SlurmExecutor(SlurmSettings(cluster_name="here"))
-    with pytest.raises(ConfigError, match=r"^the Slurm executor needs sbatch, squeue, scancel on PATH; missing: "
+    with pytest.raises(ConfigError, match=r"^the Slurm executor needs sbatch, squeue, scancel, scontrol on PATH; missing: "
                                           r"scancel \(run micontrol on a Slurm login node\)$"):
         executor.check_ready()
     (clients / "scancel").write_text("#!/bin/sh\n")
@@ -299,7 +302,7 @@ def queued_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store = SQLiteStore(root / "db.sqlite")
     config = store.get_training(done.stdout.strip())["config"]
     store.close()
-    slow = make_text_dataset(root / "slow", num_train=400, num_val=8)
+    slow = make_text_dataset(root / "slow", num_train=160, num_val=8)
     return {**config, "slow_data": {"train": str(slow.train), "val": str(slow.val)}}
 
 
@@ -320,9 +323,9 @@ class Service:
 
     def queue(self, slow: bool = False, **config: Any) -> str:
         stored = {key: value for key, value in self.config.items() if key != "slow_data"}
-        if slow:  # epochs long enough to be stopped in (a progress line after every step)
+        if slow:  # epochs long enough (a few seconds) to be stopped in
             stored["data"] = {**stored["data"], **self.config["slow_data"]}
-            stored.update(max_epochs=3, log_every_n_steps=1)
+            stored["max_epochs"] = 3
         return self.store.add_training({"config": {**stored, **config}})
 
     def tick(self) -> list[str]:
@@ -338,9 +341,10 @@ class Service:
         path = attempt_dir(training_id, 1) / "train.log"
         return path.read_text() if path.exists() else ""
 
-    def wait_training_steps(self, training_id: str) -> None:
-        """Waits until the training's job is in its epoch loop (SIGTERM now makes it checkpoint)."""
-        self.wait(lambda: "epoch 1/3 batch " in self.log(training_id), "the first training step")
+    def wait_second_epoch(self, training_id: str) -> None:
+        """Waits until the training's job is in its second epoch (SIGTERM now makes it checkpoint)."""
+        self.wait(lambda: self.store.list_results(training_id), "the first epoch's result")
+        time.sleep(1)  # past the first epoch's end, where the run reads its cancel request itself
 
     def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
         try:
@@ -397,13 +401,13 @@ def test_cancel_of_a_running_training_stops_its_job_with_sigterm(service: Callab
     svc = service()
     training_id = svc.queue(slow=True)
     svc.tick()
-    svc.wait_training_steps(training_id)
+    svc.wait_second_epoch(training_id)
     assert transitions.cancel(svc.store, training_id) == "requested"
     assert svc.tick() == [f"stopping {training_id} (cancelled)"]  # the controller cancels its job
     svc.wait(lambda: svc.training(training_id)["status"] == "cancelled", "the training to record itself cancelled")
     training = svc.training(training_id)
     # Stopped by the SIGTERM of the job's cancel, mid-epoch, not at an epoch end by its own check.
-    assert training["error"] == "cancelled (micontrol cancel)" and svc.store.list_results(training_id) == []
+    assert training["error"] == "cancelled (micontrol cancel)" and len(svc.store.list_results(training_id)) == 1
     svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")
 
 
@@ -414,7 +418,7 @@ def test_the_rerun_of_a_job_slurm_requeued_is_fenced_off(service: Callable[..., 
     svc = service(extra_args=["--requeue"])
     training_id = svc.queue(slow=True)
     svc.tick()
-    svc.wait_training_steps(training_id)
+    svc.wait_second_epoch(training_id)
     job = job_of(svc.training(training_id))
     svc.cluster.run("scontrol", "requeue", job)  # TERM to the first run, which requeues its training itself
     svc.wait(lambda: svc.training(training_id)["status"] == "new", "the first run to record its preemption")

@@ -43,7 +43,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from mitorch.errors import ConfigError
+from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files import artifacts
 from mitorch.files.artifacts import attempt_dir
 from mitorch.service.executors.base import Executor, LaunchError, Launched, RunState
@@ -56,7 +56,7 @@ WAITING = {"PENDING", "CONFIGURING", "SUSPENDED", "STOPPED", "REQUEUED", "REQUEU
 RUNNING = {"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT"}
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE",
          "OUT_OF_MEMORY", "REVOKED"}
-CLIENTS = ("sbatch", "squeue", "scancel")
+CLIENTS = ("sbatch", "squeue", "scancel", "scontrol")
 _TIMEOUT_S = 60.0
 _UNKNOWN_JOB = "Invalid job id specified"
 # One squeue per state(): a job's answer is never older than the call.
@@ -159,11 +159,12 @@ class SlurmExecutor(Executor):
         return self._scancel("--state=PENDING", job_id) and self._scancel("--batch", "--signal=TERM", job_id)
 
     def check_ready(self) -> None:
-        """Checks that sbatch, squeue and scancel are on PATH and that the folder of the
-        trainings' attempts can be written (the jobs write there from the compute nodes).
+        """Checks that the Slurm clients are on PATH, that the folder of the trainings' attempts
+        can be written (the jobs write there from the compute nodes), and that slurmctld answers
+        (else a tick would count each launch as a failed one).
 
         Raises:
-            MiTorchError: one line naming what is missing or cannot be written.
+            MiTorchError: one line naming what is missing, cannot be written or does not answer.
         """
         missing = [client for client in CLIENTS if shutil.which(client) is None]
         if missing:
@@ -178,6 +179,10 @@ class SlurmExecutor(Executor):
         except OSError as e:
             raise ConfigError(f"the Slurm executor cannot write the trainings' folder {root} ({e.strerror or e}); "
                               "set MITORCH_ARTIFACTS_URI to a folder the login and compute nodes share") from None
+        ping = self._slurm("scontrol", "ping")
+        if ping.returncode != 0:
+            raise MiTorchError(f"slurmctld of Slurm cluster {self.cluster} does not answer ({_first_line(ping)}); "
+                               "no training is claimed until it does")
 
     # Helpers -----------------------------------------------------------------------------------
 
@@ -233,7 +238,7 @@ def _ended(job_id: str, job: _Job) -> str:
 
 def _first_line(done: subprocess.CompletedProcess) -> str:
     lines = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-    return re.sub(r"^sbatch: error: ", "", lines[0]) if lines else ""
+    return re.sub(r"^\w+: error: ", "", lines[0]) if lines else ""
 
 
 def _cluster_name() -> str:
