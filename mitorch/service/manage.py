@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mitorch.service import transitions
-from mitorch.service.search.job import jobs_lease
+from mitorch.service.search.lease import jobs_lease
 from mitorch.store import ACTIVE, FINISHED, JobStore, StoreError
 
 
