@@ -10,6 +10,11 @@ import pytest
 from tests.helpers import (BIN, COLOURS, QUICK, MONGODB_URI_VARIABLE, Result, TextDataset,  # noqa: F401
                            image_bytes, make_folder_dataset, make_text_dataset, run, run_in_process, user_home)
 
+# One CPU thread per test process and per training it starts (unless the caller set it): the
+# models here are tiny, and many tests run several processes at once (DDP ranks, a controller
+# and its trainings), which oversubscribe the cores when each one starts a thread per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Test files whose every test drives a real browser.
 _BROWSER_FILES = {"test_viewer_browser.py"}
 

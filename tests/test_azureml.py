@@ -135,13 +135,13 @@ def aml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     store = SQLiteStore(str(tmp_path / "db.sqlite"))
     now = [float(int(time.time()))]  # whole seconds: AzureML's timestamps keep microseconds
     client = FakeMLClient(clock=lambda: now[0])
-    executor = AzureMLExecutor(client=lambda: client, store=store, clock=lambda: now[0])
+    executor = AzureMLExecutor(client=lambda: client, clock=lambda: now[0])
     return SimpleNamespace(store=store, client=client, executor=executor, tmp=tmp_path, now=now)
 
 
 def _next_process(aml: SimpleNamespace) -> AzureMLExecutor:
     """A new executor, as the next micontrol process makes: it shares only the disk and AzureML."""
-    aml.executor = AzureMLExecutor(client=lambda: aml.client, store=aml.store, clock=lambda: aml.now[0])
+    aml.executor = AzureMLExecutor(client=lambda: aml.client, clock=lambda: aml.now[0])
     return aml.executor
 
 
@@ -268,7 +268,7 @@ def test_mitorchs_own_environment_and_multi_node_jobs(aml: SimpleNamespace, monk
     # The wheel lives in the cache, never in the user's working directory.
     assert Path(sent[0].code).is_relative_to(os.environ["MITORCH_CACHE_DIR"])
     # The nodes are the executor's; a training's config may ask for its own processes per node.
-    aml.executor = AzureMLExecutor(client=lambda: aml.client, store=aml.store)
+    aml.executor = AzureMLExecutor(client=lambda: aml.client)
     assert aml.executor.capacity == 4 // 2
     ids = [aml.store.add_training({"config": {"num_processes": n}}) for n in (1, 8)]
     _tick(aml)
@@ -310,7 +310,7 @@ def test_without_the_azure_extra_the_executor_is_a_one_line_error(aml: SimpleNam
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "azure.ai.ml" else real(name))
     expected = r"^MiTorch's AzureML jobs need azure\.ai\.ml: pip install 'mitorch\[azure\]'$"
     with pytest.raises(ConfigError, match=expected):
-        AzureMLExecutor(client=lambda: aml.client, store=aml.store)
+        AzureMLExecutor(client=lambda: aml.client)
 
 
 def test_local_artifacts_are_a_one_line_error_at_the_first_tick(tmp_path: Path) -> None:
@@ -527,7 +527,7 @@ def test_cancel_says_whether_azureml_took_the_request(aml: SimpleNamespace) -> N
 
 def test_capacity_is_the_clusters_max_instances_less_the_running_jobs(aml: SimpleNamespace) -> None:
     aml.client = FakeMLClient(max_instances=2)
-    aml.executor = AzureMLExecutor(client=lambda: aml.client, store=aml.store)
+    aml.executor = AzureMLExecutor(client=lambda: aml.client)
     ids = [aml.store.add_training({"config": {}}) for _ in range(3)]
     assert len(_tick(aml)) == 2 and len(aml.client.jobs.sent) == 2 and aml.executor.capacity == 2
     assert _tick(aml) == []  # both instances in use

@@ -249,6 +249,15 @@ def test_settings_become_sbatch_options(monkeypatch: pytest.MonkeyPatch) -> None
     assert SlurmSettings().resources({"config": {}}) == ["--nodes=1", "--ntasks-per-node=1", "--signal=B:TERM@120"]
 
 
+def test_micontrol_chooses_the_slurm_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.cli.micontrol import _executor
+
+    monkeypatch.setenv("MITORCH_SLURM_CLUSTER_NAME", "lab")
+    assert _executor("slurm").name == "slurm:lab"
+    monkeypatch.setenv("MITORCH_EXECUTOR", "slurm")
+    assert isinstance(_executor(None), SlurmExecutor)
+
+
 @pytest.mark.parametrize(("name", "value", "says"), [
     ("MITORCH_SLURM_NODES", "2", "MITORCH_SLURM_NODES must be 1 for now, got 2"),
     ("MITORCH_SLURM_CAPACITY", "0", "MITORCH_SLURM_CAPACITY must be 1 or more, got 0"),

@@ -44,7 +44,7 @@ def run_tick(say: Callable[[str], None]) -> list[str]:
     try:
         store = open_store()
         try:
-            return tick(store, AzureMLExecutor(store=store), say=say)
+            return tick(store, AzureMLExecutor(), say=say)
         finally:
             store.close()
     except MiTorchError as e:

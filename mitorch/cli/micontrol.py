@@ -1,6 +1,6 @@
 """micontrol: one controller tick (a systemd timer runs it), or manage queued trainings.
 
-    micontrol [--executor local|azureml] [--loop [--interval S]]
+    micontrol [--executor local|azureml|slurm] [--loop [--interval S]]
     micontrol cancel ID...  |  requeue ID...  |  set-priority ID N      (cancel takes job ids too)
     micontrol gc [--older-than DAYS] [--dry-run]
 """
@@ -17,10 +17,11 @@ from mitorch.errors import MiTorchError, UsageError
 from mitorch.service.retention import GC_DAYS_DEFAULT, GC_DAYS_VARIABLE
 
 PROG = "micontrol"
-EXECUTORS = ("local", "azureml")
+EXECUTORS = ("local", "azureml", "slurm")
 EPILOG = """\
 Without a command: one controller tick. It reconciles running trainings, then dispatches queued
-ones to this host's executor (local processes, or AzureML jobs); each action prints one line.
+ones to this host's executor (local processes, AzureML jobs or Slurm batch jobs); each action
+prints one line.
 A systemd timer runs it (deploy/systemd); --loop ticks in the foreground instead.
 """
 
@@ -28,8 +29,8 @@ A systemd timer runs it (deploy/systemd); --loop ticks in the foreground instead
 def _parser() -> CommandParser:
     parser = CommandParser(PROG, "Run one controller tick, or manage queued trainings.", epilog=EPILOG)
     parser.add_argument("--executor", choices=EXECUTORS, default=None,
-                        help="where trainings run: local processes on this host, or AzureML jobs "
-                             "(default $MITORCH_EXECUTOR, else local)")
+                        help="where trainings run: local processes on this host, AzureML jobs or Slurm "
+                             "batch jobs (default $MITORCH_EXECUTOR, else local)")
     parser.add_argument("--loop", action="store_true", help="tick again and again (foreground use)")
     parser.add_argument("--interval", type=float, default=60.0, metavar="S",
                         help="seconds between ticks with --loop (60)")
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             from mitorch.service.controller import tick
 
-            tick(store, _executor(args.executor, store))
+            tick(store, _executor(args.executor))
     except MiTorchError as e:
         fail(PROG, e)
     except KeyboardInterrupt:
@@ -116,14 +117,18 @@ def _collect_checkpoints(store, days: float | None, dry_run: bool) -> None:
     print(retention.summary(collected, dry_run))
 
 
-def _executor(choice: str | None, store):
+def _executor(choice: str | None):
     """The executor of --executor, else $MITORCH_EXECUTOR, else local; azure.ai.ml is imported
     only for AzureML."""
     choice = choice or os.environ.get("MITORCH_EXECUTOR", "").strip() or "local"
     if choice == "azureml":
         from mitorch.service.executors.azureml import AzureMLExecutor
 
-        return AzureMLExecutor(store=store)
+        return AzureMLExecutor()
+    if choice == "slurm":
+        from mitorch.service.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor()
     if choice != "local":
         raise MiTorchError(f"MITORCH_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {choice[:40]!r}")
     from mitorch.service.executors import LocalExecutor
@@ -139,7 +144,7 @@ def _loop(store, interval: float, executor_choice: str | None) -> None:
     while True:
         started = time.monotonic()
         try:
-            executor = executor or _executor(executor_choice, store)
+            executor = executor or _executor(executor_choice)
             tick(store, executor)
         except MiTorchError as e:
             print(f"{PROG}: tick failed: {' '.join(str(e).split())}", file=sys.stderr, flush=True)

@@ -36,7 +36,6 @@ from mitorch.errors import ConfigError, MiTorchError
 from mitorch.paths import data_dir
 from mitorch.files import artifacts
 from mitorch.service.executors.base import Executor, LaunchError, Launched, RunState
-from mitorch.store.base import JobStore
 from mitorch.files.secrets import redact
 
 __all__ = ["AzureMLExecutor", "state_of", "status_value"]
@@ -48,7 +47,6 @@ class AzureMLExecutor(Executor):
     Args:
         settings: default AzureMLSettings.from_env().
         client: makes the MLClient (default settings.ml_client); called once, on first use.
-        store: unused (the controller records what launch returns); accepted for existing callers.
         clock: seconds since the epoch (default time.time), on which the waiting and stuck
             limits are judged.
 
@@ -58,7 +56,7 @@ class AzureMLExecutor(Executor):
     """
 
     def __init__(self, settings: AzureMLSettings | None = None, client: Callable[[], Any] | None = None,
-                 store: JobStore | None = None, clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         require_sdk()
         self.settings = settings or AzureMLSettings.from_env()
         self.name = f"azureml:{self.settings.workspace}/{self.settings.compute}"
