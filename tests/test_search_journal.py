@@ -3,16 +3,14 @@ and on mongomock (and on a real server when MITORCH_TEST_MONGODB_URI is set)."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import secrets
 from pathlib import Path
 
 import pytest
 from optuna.testing.pytest_storages import StorageTestCase
 
 from mitorch.service.search.journal import forget_study_storage, kept_study_storage, study_storage
-from mitorch.store.mongo import MongoStore
 from mitorch.store.sqlite import SQLiteStore
+from tests.helpers import mongodb_server_store, mongomock_store, needs_mongodb
 
 
 class TestJournalOnSQLite(StorageTestCase):
@@ -26,10 +24,8 @@ class TestJournalOnSQLite(StorageTestCase):
 class TestJournalOnMongomock(StorageTestCase):
     @pytest.fixture
     def storage(self):
-        mongomock = pytest.importorskip("mongomock")
-        store = MongoStore(client=mongomock.MongoClient(tz_aware=True))
-        yield study_storage(store, "job")
-        store.close()
+        with mongomock_store() as store:
+            yield study_storage(store, "job")
 
     # A mongomock client cannot be reopened from a URI in another process. A new function of
     # this class alone: marking the inherited one would skip it on every backend.
@@ -38,18 +34,12 @@ class TestJournalOnMongomock(StorageTestCase):
         pass
 
 
-@pytest.mark.skipif(not os.environ.get("MITORCH_TEST_MONGODB_URI"), reason="set MITORCH_TEST_MONGODB_URI")
+@needs_mongodb
 class TestJournalOnServer(StorageTestCase):
     @pytest.fixture
     def storage(self):
-        import pymongo
-
-        uri = os.environ["MITORCH_TEST_MONGODB_URI"]
-        name = f"mitorch_test_{secrets.token_hex(4)}"
-        store = MongoStore(uri, database=name)
-        yield study_storage(store, "job")
-        pymongo.MongoClient(uri).drop_database(name)
-        store.close()
+        with mongodb_server_store() as store:
+            yield study_storage(store, "job")
 
     @pytest.mark.skip(reason="open_store always opens the database `mitorch`, not this test's own")
     def test_pickle_storage(self, storage) -> None:

@@ -3,15 +3,12 @@ results_of, count_results) on every backend: SQLite, MongoDB over mongomock, and
 MITORCH_TEST_MONGODB_URI is set. The plain implementations in JobStore are the reference."""
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import pytest
 
 from mitorch.store.base import JobStore
-from mitorch.store.mongo import MongoStore
-from mitorch.store.sqlite import SQLiteStore
+from tests.helpers import mongodb_server_store, mongomock_store, needs_mongodb, sqlite_store
 
 
 class QueriesConformance:
@@ -66,29 +63,20 @@ class QueriesConformance:
 class TestSQLiteQueries(QueriesConformance):
     @pytest.fixture
     def store(self, tmp_path: Path):
-        store = SQLiteStore(tmp_path / "db" / "mitorch.db")
-        yield store
-        store.close()
+        with sqlite_store(tmp_path) as store:
+            yield store
 
 
 class TestMongoQueriesOnMongomock(QueriesConformance):
     @pytest.fixture
     def store(self):
-        mongomock = pytest.importorskip("mongomock")
-        store = MongoStore(client=mongomock.MongoClient(tz_aware=True))
-        yield store
-        store.close()
+        with mongomock_store() as store:
+            yield store
 
 
-@pytest.mark.skipif(not os.environ.get("MITORCH_TEST_MONGODB_URI"), reason="set MITORCH_TEST_MONGODB_URI")
+@needs_mongodb
 class TestMongoQueriesOnServer(QueriesConformance):
     @pytest.fixture
     def store(self):
-        import pymongo
-
-        uri = os.environ["MITORCH_TEST_MONGODB_URI"]
-        name = f"mitorch_test_{secrets.token_hex(4)}"
-        store = MongoStore(uri, database=name)
-        yield store
-        pymongo.MongoClient(uri).drop_database(name)
-        store.close()
+        with mongodb_server_store() as store:
+            yield store
