@@ -177,7 +177,7 @@ def test_drain_lets_the_running_job_finish(slurm_cluster: SlurmCluster, tmp_path
         assert wait_state(slurm_cluster, job, "COMPLETED", "CANCELLED", "FAILED", "PENDING") == "COMPLETED"
         assert lines(marker)[-1] == "finished" and job_field(slurm_cluster, job, "Restarts") == "0"
         slurm_cluster.wait_node("drained", timeout=10)
-        blocked = slurm_cluster.sbatch("--wrap", "true")
+        blocked = slurm_cluster.sbatch(f"--output={tmp_path}/%j.out", "--wrap", "true")
         time.sleep(3)
         assert job_state(slurm_cluster, blocked) == "PENDING"
     finally:
