@@ -202,13 +202,13 @@ def test_max_concurrent_has_an_upper_bound() -> None:
 
 def test_add_trials_keeps_a_job_within_the_trials_cap(store, tmp_path: Path) -> None:
     from mitorch.errors import ConfigError
-    from mitorch.service.search.job import MAX_TRIALS
+    from mitorch.service.search.job import MAX_TRIALS, add_trials
     from tests.test_search_faults import _job
 
     job_id = _job(store, tmp_path, n_trials=MAX_TRIALS - 1)
-    assert search.add_trials(store, job_id, 1) == (MAX_TRIALS - 1, MAX_TRIALS)
+    assert add_trials(store, job_id, 1) == (MAX_TRIALS - 1, MAX_TRIALS)
     with pytest.raises(ConfigError, match=f"would hold {MAX_TRIALS + 1} trials, more than {MAX_TRIALS}"):
-        search.add_trials(store, job_id, 1)
+        add_trials(store, job_id, 1)
     assert store.get_job(job_id)["n_trials"] == MAX_TRIALS
 
 

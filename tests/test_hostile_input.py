@@ -169,7 +169,7 @@ def _peak_bytes(work) -> int:
 def test_a_range_is_counted_from_its_bounds_not_listed() -> None:
     from optuna.distributions import IntDistribution
 
-    from mitorch.service.search.job import check_points, distributions
+    from mitorch.service.search.space import check_points, distributions
 
     space: dict = {}
     # Listed, 4 million values would take well over 100 MB; counted, a few kB.
@@ -192,7 +192,7 @@ def test_a_range_is_counted_from_its_bounds_not_listed() -> None:
     ("range(0.25, 1)", [0.25]),
 ])
 def test_a_float_range_holds_the_decimals_written_short_of_its_end(text: str, values: list[float]) -> None:
-    from mitorch.service.search.job import distributions, sampler_grid
+    from mitorch.service.search.space import distributions, sampler_grid
 
     space = distributions({"x": text})
     assert (space["x"].low, space["x"].high) == (values[0], values[-1])
@@ -213,7 +213,7 @@ def test_a_float_range_holds_the_decimals_written_short_of_its_end(text: str, va
     ({"x": "a," + "b" * 5000}, "search_space.x holds a value of 5002 characters, more than 4096"),
 ])
 def test_a_space_that_costs_more_than_it_says_is_refused(space: dict, message: str) -> None:
-    from mitorch.service.search.job import distributions
+    from mitorch.service.search.space import distributions
 
     with pytest.raises(ConfigError) as error:
         distributions(space)
@@ -221,7 +221,8 @@ def test_a_space_that_costs_more_than_it_says_is_refused(space: dict, message: s
 
 
 def test_a_grid_is_capped_before_it_is_listed() -> None:
-    from mitorch.service.search.job import MAX_GRID_POINTS, distributions, sampler_grid, settings
+    from mitorch.service.search.job import settings
+    from mitorch.service.search.space import MAX_GRID_POINTS, distributions, sampler_grid
 
     huge = distributions({"seed": "range(0, 4000000000000)", "model": "resnet,mobilenet_v3"})
     with pytest.raises(ConfigError, match=f"grid holds more than {MAX_GRID_POINTS} points"):
@@ -420,7 +421,8 @@ def test_a_space_composes_at_submit_exactly_as_at_the_tick(tmp_path: Path) -> No
     from omegaconf import OmegaConf
 
     from mitorch.config import compose, compose_with_values, merge
-    from mitorch.service.search.job import check_points, distributions, param_overrides, prepare
+    from mitorch.service.search.job import prepare
+    from mitorch.service.search.space import check_points, distributions, param_overrides
     from mitorch.store.sqlite import SQLiteStore
 
     store = SQLiteStore(tmp_path / "db.sqlite")

@@ -11,8 +11,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from mitorch.errors import ConfigError
 from mitorch.service.search import step as search
 from mitorch.service.search.journal import study_storage
-from mitorch.service.search.job import (distributions, make_pruner, make_sampler, param_overrides, prepare,
-                                        read_job_file, settings)
+from mitorch.service.search.job import make_pruner, make_sampler, prepare, read_job_file, settings
+from mitorch.service.search.space import distributions, param_overrides
+from mitorch.service.search.trials import trial_state
 from mitorch.store.sqlite import SQLiteStore
 
 
@@ -170,7 +171,7 @@ def test_a_threshold_pruner_stops_a_hopeless_trial_and_its_slot_is_reused(store,
     trials = _trials(store, job_id)
     assert trials[0].state.name == "PRUNED" and trials[0].intermediate_values == {1: 0.5, 2: 3.0}
     assert [t["trial_number"] for t in store.list_trainings(job_id=job_id)] == [0, 1]  # its slot, reused
-    assert search.trial_state(store.get_training(training["id"])) == "pruned"
+    assert trial_state(store.get_training(training["id"])) == "pruned"
 
 
 def test_a_trial_asked_for_by_a_tick_that_died_gets_its_training_once(store, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 misubmit stores, and more trials for a stored job (under the jobs lease, lease.py).
 
 Its space (the distributions, the grid, the points checked, the overrides of a point) is in
-space.py, re-exported here. Optuna is imported inside the functions that build its objects:
+space.py. Optuna is imported inside the functions that build its objects:
 misubmit and micontrol import this module.
 """
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Any
 from mitorch.config.overrides import format_value
 from mitorch.config.screen import shorten
 from mitorch.errors import ConfigError, first_line
-# jobs_lease is re-exported: micontrol's cancel imports it from here.
 from mitorch.service.search.lease import jobs_lease
-from mitorch.service.search.space import (MAX_CHOICES, MAX_GRID_POINTS, check_points, distributions, grid_size,
+from mitorch.service.search.space import (MAX_GRID_POINTS, check_points, distributions, grid_size,
                                           param_overrides, sampler_grid)
 from mitorch.store import JobStore, StoreError
 from mitorch.task_types import METRICS, direction, main_metric
@@ -398,6 +397,5 @@ def _extendable_job(store: JobStore, job_id: str) -> dict[str, Any]:
     return job
 
 
-__all__ = ["MAX_CHOICES", "MAX_CONCURRENT", "MAX_GRID_POINTS", "MAX_NAME_CHARS", "MAX_TRIALS", "PRUNERS", "SAMPLERS",
-           "add_trials", "check_points", "distributions", "grid_size", "jobs_lease", "make_pruner", "make_sampler",
-           "param_overrides", "prepare", "read_job_file", "sampler_grid", "settings"]
+__all__ = ["MAX_CONCURRENT", "MAX_NAME_CHARS", "MAX_TRIALS", "PRUNERS", "SAMPLERS", "add_trials", "make_pruner",
+           "make_sampler", "prepare", "read_job_file", "settings"]

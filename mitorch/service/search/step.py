@@ -35,12 +35,9 @@ from typing import Any
 
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import Lease
-# add_trials and jobs_lease change a stored job, trial_state and IMPORTANCE_MIN_TRIALS show one,
-# none is a step: they live in job.py, lease.py and trials.py, and are re-exported here, where
-# the commands and the viewer have imported them from.
-from mitorch.service.search.job import add_trials, distributions, make_pruner, make_sampler, param_overrides
-from mitorch.service.search.lease import jobs_lease
-from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, trial_state
+from mitorch.service.search.job import make_pruner, make_sampler
+from mitorch.service.search.space import distributions, param_overrides
+from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS
 from mitorch.service.transitions import cancel_trainings, request_prune
 from mitorch.store import ACTIVE, DuplicateError, JobStore, LeaseLost
 from mitorch.task_types import is_better
@@ -405,4 +402,4 @@ class _Search:
         return {"counts": counts, "trials_created": len(trials), "best": best}
 
 
-__all__ = ["IMPORTANCE_MIN_TRIALS", "add_trials", "jobs_lease", "step", "trial_state"]
+__all__ = ["step"]
