@@ -136,6 +136,11 @@ class Executor(ABC):
         """
 
 
+def attempt_command(python: str, training: dict[str, Any]) -> list[str]:
+    """The command that runs the training's current attempt, as every executor starts it."""
+    return [python, "-m", "mitorch.cli.mitrain", "--training-id", training["id"], "--attempt", str(training["attempt"])]
+
+
 def launched(result: str | Launched) -> Launched:
     """A launch's result as a Launched (a bare run id records nothing more)."""
     return result if isinstance(result, Launched) else Launched(run_id=result)

@@ -12,7 +12,7 @@ from typing import Any
 
 from mitorch.envvars import env_int
 from mitorch.files.artifacts import attempt_dir, remote_root
-from mitorch.service.executors.base import Executor, LaunchError, RunState
+from mitorch.service.executors.base import Executor, LaunchError, RunState, attempt_command
 
 
 def local_host() -> str:
@@ -44,8 +44,7 @@ class LocalExecutor(Executor):
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         python = os.environ.get("MITORCH_LOCAL_PYTHON", "").strip() or sys.executable
-        command = [python, "-m", "mitorch.cli.mitrain", "--training-id", training["id"],
-                   "--attempt", str(training["attempt"])]
+        command = attempt_command(python, training)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / "train.log", "ab") as log:

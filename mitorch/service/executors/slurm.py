@@ -46,7 +46,7 @@ from typing import Any
 from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files import artifacts
 from mitorch.files.artifacts import attempt_dir
-from mitorch.service.executors.base import Executor, LaunchError, Launched, RunState
+from mitorch.service.executors.base import Executor, LaunchError, Launched, RunState, attempt_command
 from mitorch.service.executors.slurm_settings import SlurmSettings
 
 __all__ = ["SlurmExecutor", "job_name"]
@@ -100,8 +100,7 @@ class SlurmExecutor(Executor):
         """
         name = job_name(training["id"], training["attempt"])
         folder = attempt_dir(training["id"], training["attempt"])
-        command = [self.settings.python, "-m", "mitorch.cli.mitrain", "--training-id", training["id"],
-                   "--attempt", str(training["attempt"])]
+        command = attempt_command(self.settings.python, training)
         script = f"#!/bin/bash\n# {name}, sent by MiTorch's Slurm executor\nexec {shlex.join(command)}\n"
         output = str(folder / "train.log").replace("%", "%%")  # sbatch reads %j, %x... in the name
         options = [f"--job-name={name}", f"--output={output}", "--open-mode=append", "--export=ALL",
