@@ -40,16 +40,22 @@ def parse(parser: CommandParser, argv: Sequence[str] | None, intermixed: bool = 
         intermixed: positionals may come between options (key=value overrides in any order).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    prog = (parser.prog or "").split()[0]
     try:
-        if not intermixed:
-            return parser.parse_args(argv)
-        args, unknown = parser.parse_known_intermixed_args(argv)
-        if unknown:
-            raise UsageError(f"unknown option {unknown[0]}; see {prog} --help")
-        return args
+        return _parse_intermixed(parser, argv) if intermixed else parser.parse_args(argv)
     except UsageError as e:
-        fail(prog, e)
+        fail(_prog(parser), e)
+
+
+def _prog(parser: argparse.ArgumentParser) -> str:
+    return (parser.prog or "").split()[0]
+
+
+def _parse_intermixed(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """Options and positionals in any order; an option the parser does not know is a usage error."""
+    args, unknown = parser.parse_known_intermixed_args(argv)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]}; see {_prog(parser)} --help")
+    return args
 
 
 # Hydra's own flags, passed through unchanged: long name -> (short names, nargs, choices, help).
@@ -172,7 +178,4 @@ def parse_command_line(argv: list[str], prog: str) -> CommandLine:
         ConfigError: the CONFIG file is missing or does not parse.
     """
     parser = training_parser(prog, f"{prog}: compose a training config", usage=f"{prog} [CONFIG [TRAIN VAL]] ...")
-    args, unknown = parser.parse_known_intermixed_args(argv)
-    if unknown:
-        raise UsageError(f"unknown option {unknown[0]}; see {prog} --help")
-    return command_line(args)
+    return command_line(_parse_intermixed(parser, argv))
