@@ -1,5 +1,6 @@
 """What a job runs with: a wheel of this MiTorch in a small staged folder (the job's code), and
-MiTorch's environment (a curated PyTorch image plus MiTorch's requirements).
+MiTorch's environment (a curated PyTorch image plus MiTorch's requirements). The wheel is built
+from MiTorch's source tree when it runs from one, else re-packed from its installed files.
 
 Both are folders named by a hash of their content under the cache: building again is skipped,
 and AzureML, which also names uploads and anonymous environments by content, reuses them rather
@@ -31,19 +32,13 @@ _SOURCE_PARTS = ("mitorch", "conf", "hydra_plugins", "setup.cfg", "pyproject.tom
 _SOURCE_SUFFIXES = (".py", ".yaml", ".yml", ".cfg", ".toml", ".md", ".txt", ".json", ".html", ".css", ".js", "")
 
 
-def source_root() -> Path:
-    """The MiTorch source tree this MiTorch runs from (an editable or source install).
-
-    Raises:
-        ConfigError: MiTorch runs from an installed wheel; MITORCH_AML_WHEEL must name one.
-    """
+def source_root() -> Path | None:
+    """The MiTorch source tree this MiTorch runs from (an editable or source install), or None
+    when it runs from an installed wheel."""
     import mitorch
 
     root = Path(mitorch.__file__).resolve().parent.parent
-    if not (root / "setup.cfg").is_file():
-        raise ConfigError(f"MiTorch is installed without its source ({root}); set MITORCH_AML_WHEEL to a wheel "
-                          "of this MiTorch for AzureML jobs to install")
-    return root
+    return root if (root / "setup.cfg").is_file() else None
 
 
 def _source_files(root: Path) -> list[Path]:
@@ -66,11 +61,13 @@ def _digest(entries: list[tuple[str, bytes]]) -> str:
 
 
 def staged_code() -> Path:
-    """A folder holding only a wheel of this MiTorch, built with `pip wheel --no-deps` from a copy
-    of its source (or MITORCH_AML_WHEEL), cached by content.
+    """A folder holding only a wheel of this MiTorch, cached by content: MITORCH_AML_WHEEL when
+    set; else, from a source tree (an editable install), `pip wheel --no-deps` of a copy of it;
+    else the installed distribution's own files re-packed into a wheel (see repack).
 
     Raises:
-        ConfigError: the wheel cannot be built (the message has pip's last lines).
+        ConfigError: the wheel cannot be built (the message has pip's last lines), or the
+            installed MiTorch does not list its files.
     """
     given = os.environ.get("MITORCH_AML_WHEEL", "").strip()
     if given:
@@ -79,6 +76,8 @@ def staged_code() -> Path:
             raise ConfigError(f"MITORCH_AML_WHEEL must name a .whl file, got {given[:200]}")
         return _stage([wheel], _digest([(wheel.name, wheel.read_bytes())]))
     root = source_root()
+    if root is None:
+        return _repacked()
     files = _source_files(root)
     key = _digest([(str(f.relative_to(root)), f.read_bytes()) for f in files])
     folder = cache_dir() / "azureml" / "code" / key
@@ -99,6 +98,20 @@ def staged_code() -> Path:
             tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
             raise ConfigError(f"could not build a MiTorch wheel for AzureML jobs: {tail or 'no wheel'}")
         return _stage(wheels, key)
+
+
+def _repacked() -> Path:
+    """The staged wheel of a MiTorch installed without its source: its installed files re-packed."""
+    from mitorch.azureml import repack
+
+    dist = repack.installed_distribution()
+    files = repack.wheel_files(dist)
+    key = _digest(files)
+    folder = cache_dir() / "azureml" / "code" / key
+    if any(folder.glob("*.whl")):
+        return folder
+    with tempfile.TemporaryDirectory(prefix="mitorch-wheel-") as scratch:
+        return _stage([repack.write_wheel(dist, files, Path(scratch))], key)
 
 
 def _stage(wheels: list[Path], key: str) -> Path:
