@@ -26,7 +26,7 @@ from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files.artifacts import attempt_dir
 from mitorch.service import transitions
 from mitorch.service.controller import Settings, tick
-from mitorch.service.executors.slurm import SlurmExecutor, job_name
+from mitorch.service.executors.slurm import SlurmExecutor, batch_script, job_name
 from mitorch.service.executors.slurm_settings import SlurmSettings
 from mitorch.store.sqlite import SQLiteStore
 from mitorch.testing.executors import ExecutorConformance, ExecutorHarness
@@ -192,8 +192,9 @@ class TestSlurmExecutor(ExecutorConformance):
         assert (fields["MinMemoryNode"], fields["Comment"], fields["Requeue"]) == ("64M", "from-settings", "0")
         assert fields["StdOut"] == str(attempt_dir(training["id"], 1) / "train.log")
         script = harness.cluster.run("scontrol", "write", "batch_script", job, "-").stdout
-        assert script.splitlines()[-1] == (f"exec {harness.settings.python} -m mitorch.cli.mitrain --training-id "
-                                           f"{training['id']} --attempt 1")
+        assert script.splitlines()[-1].startswith("exec srun ")  # one srun task per training process
+        assert script.splitlines()[-1].endswith(f" {harness.settings.python} -m mitorch.cli.mitrain --training-id "
+                                                f"{training['id']} --attempt 1")
         harness.cluster.run("scancel", job)
 
     def test_identity_is_the_cluster_s_name_unless_set(self, harness: SlurmHarness,
@@ -239,14 +240,23 @@ def _launched(harness: SlurmHarness) -> dict[str, Any]:
 
 def test_settings_become_sbatch_options(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in {"PARTITION": "gpu", "ACCOUNT": "vision", "QOS": "high", "TIME": "1-00:00:00", "CPUS": "8",
-                        "MEM": "64G", "GPUS": "4", "CONSTRAINT": "a100|h100", "TERM_BEFORE_S": "300",
+                        "MEM": "64G", "GPUS": "4", "CONSTRAINT": "a100|h100", "TERM_BEFORE_S": "300", "NODES": "2",
                         "SBATCH_ARGS": "--exclusive --comment='two words'"}.items():
         monkeypatch.setenv(f"MITORCH_SLURM_{name}", value)
     options = SlurmSettings.from_env().resources({"config": {"num_processes": 4}})
-    assert options == ["--nodes=1", "--ntasks-per-node=4", "--partition=gpu", "--account=vision", "--qos=high",
+    assert options == ["--nodes=2", "--ntasks-per-node=4", "--partition=gpu", "--account=vision", "--qos=high",
                        "--time=1-00:00:00", "--cpus-per-task=8", "--mem=64G", "--gpus-per-node=4",
                        "--constraint=a100|h100", "--signal=B:TERM@300", "--exclusive", "--comment=two words"]
     assert SlurmSettings().resources({"config": {}}) == ["--nodes=1", "--ntasks-per-node=1", "--signal=B:TERM@120"]
+
+
+def test_one_process_is_the_batch_shell_and_several_are_srun_tasks() -> None:
+    command = ["/py", "-m", "mitorch.cli.mitrain", "--training-id", "t1", "--attempt", "2"]
+    assert batch_script("mitorch-t1-2", command, 1).splitlines()[-1] == "exec " + " ".join(command)
+    script = batch_script("mitorch-t1-2", command, 8)
+    assert script.splitlines()[-1].startswith("exec srun --kill-on-bad-exit=1 ")
+    assert script.splitlines()[-1].endswith(" mitorch-t1-2 " + " ".join(command))
+    assert 'RANK="$SLURM_PROCID" WORLD_SIZE="$SLURM_NTASKS" LOCAL_RANK="$SLURM_LOCALID"' in script
 
 
 def test_micontrol_chooses_the_slurm_executor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,7 +269,7 @@ def test_micontrol_chooses_the_slurm_executor(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.parametrize(("name", "value", "says"), [
-    ("MITORCH_SLURM_NODES", "2", "MITORCH_SLURM_NODES must be 1 for now, got 2"),
+    ("MITORCH_SLURM_NODES", "0", "MITORCH_SLURM_NODES must be 1 or more, got 0"),
     ("MITORCH_SLURM_CAPACITY", "0", "MITORCH_SLURM_CAPACITY must be 1 or more, got 0"),
     ("MITORCH_SLURM_CPUS", "many", "MITORCH_SLURM_CPUS must be a whole number, got 'many'"),
     ("MITORCH_SLURM_SBATCH_ARGS", "--comment='open", "MITORCH_SLURM_SBATCH_ARGS must split as shell words"),
@@ -407,8 +417,10 @@ def test_a_queued_training_runs_on_the_cluster_to_completed(service: Callable[..
 
 @pytest.mark.slow
 def test_cancel_of_a_running_training_stops_its_job_with_sigterm(service: Callable[..., Service]) -> None:
+    """Of a training in two DDP processes, each an srun task: srun, the job's batch shell, passes the
+    SIGTERM on to both ranks, which stop together; rank 0 records the training cancelled."""
     svc = service()
-    training_id = svc.queue(slow=True)
+    training_id = svc.queue(slow=True, num_processes=2)
     svc.tick()
     svc.wait_second_epoch(training_id)
     assert transitions.cancel(svc.store, training_id) == "requested"
@@ -418,6 +430,12 @@ def test_cancel_of_a_running_training_stops_its_job_with_sigterm(service: Callab
     # Stopped by the SIGTERM of the job's cancel, mid-epoch, not at an epoch end by its own check.
     assert training["error"] == "cancelled (micontrol cancel)" and len(svc.store.list_results(training_id)) == 1
     svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")
+    assert svc.executor.gone_reason(training) in (f"Slurm job {job_of(training)} ended FAILED (NonZeroExitCode)",
+                                                  f"Slurm no longer knows job {job_of(training)} (it ended longer "
+                                                  "ago than MinJobAge)")
+    log = svc.log(training_id)
+    assert f"training {training_id} attempt 1: rank 1 trains beside rank 0, which records it" in log
+    assert re.search(f"training {training_id} attempt 1: rank 1 stopped with rank 0 .*SIGTERM", log), log[-3000:]
 
 
 @pytest.mark.slow

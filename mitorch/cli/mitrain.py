@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from mitorch.cli._common import CommandParser, check_overrides, fail, parse, training_parser
 from mitorch.cli._parsing import command_line
 from mitorch.errors import MiTorchError, UsageError
+from mitorch.files.secrets import redact
 
 PROG = "mitrain"
 USAGE = """\
@@ -30,6 +31,10 @@ Precedence: group defaults < CONFIG < command-line overrides.
 The last line on stdout is a JSON object of the final validation metrics.
 """
 _QUEUED_USAGE = "--training-id takes one id and, from a controller, --attempt N: mitrain --training-id ID [--attempt N]"
+# The process that read the command line. A launcher may run a sweep's runs in other processes
+# (hydra/launcher=submitit_slurm: Slurm jobs), where _train hands an error back instead of exiting.
+_COMMAND_PROCESS: list[int] = []
+_SUBMITIT_PLUGIN = "hydra_plugins.hydra_submitit_launcher"
 
 
 def _parser() -> CommandParser:
@@ -56,11 +61,13 @@ def _groups() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(_parser(), argv, intermixed=True)
+    _COMMAND_PROCESS[:] = [os.getpid()]
     if args.training_id is not None or args.attempt is not None:
         _run_queued(args)
         return
     try:
         command = command_line(args)
+        _check_launcher(command.overrides)
         if command.multirun:
             _register_launchers()
         if not command.informational:
@@ -77,10 +84,16 @@ def main(argv: list[str] | None = None) -> None:
         # Under torchrun only rank 0 keeps a run directory; the others write nothing there.
         overrides = [*overrides, "hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=disabled"]
     sys.argv = [PROG, *command.hydra_flags, *overrides]
+    if command.multirun:
+        # A run's error that a launcher brings back from another process reaches this process as
+        # an exception: Hydra passes it on (instead of printing a traceback) and it ends as one line.
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         run()
     except KeyboardInterrupt:
         fail(PROG, MiTorchError("interrupted"), code=130)
+    except MiTorchError as e:
+        fail(PROG, e)
 
 
 def _register_launchers() -> None:
@@ -96,6 +109,20 @@ def _register_launchers() -> None:
         Plugins.instance().register(launcher)
 
 
+def _check_launcher(overrides: list[str]) -> None:
+    """Refuses hydra/launcher=submitit_* without Hydra's submitit plugin, which the slurm extra brings."""
+    from mitorch.config.overrides import override_key
+
+    chosen = [o.split("=", 1)[1].strip() for o in overrides if override_key(o) == "hydra/launcher" and "=" in o]
+    if not any(choice.startswith("submitit_") for choice in chosen):
+        return
+    try:
+        __import__(_SUBMITIT_PLUGIN)
+    except ImportError:
+        raise UsageError(f"hydra/launcher={chosen[-1]} needs Hydra's submitit launcher: "
+                         "pip install 'mitorch[slurm]'") from None
+
+
 def _run_queued(args: argparse.Namespace) -> None:
     """mitrain --training-id ID [--attempt N]: run a training that misubmit queued."""
     if args.training_id is None or args.words or args.hydra_flags or args.weights or args.output \
@@ -108,10 +135,13 @@ def _run_queued(args: argparse.Namespace) -> None:
         metrics = run_training(args.training_id, args.attempt)
     except MiTorchError as e:
         fail(PROG, e)
-    api.print_metrics(metrics)
+    if metrics:  # another rank than 0 of a stopped distributed attempt has none
+        api.print_metrics(metrics)
 
 
-def _train(cfg: DictConfig) -> None:
+def _train(cfg: DictConfig) -> dict | None:
+    """One run; its metrics are also its return value, which a launcher that runs it in another
+    process (submitit) hands back to Hydra."""
     from hydra.core.hydra_config import HydraConfig
 
     from mitorch import api
@@ -119,9 +149,17 @@ def _train(cfg: DictConfig) -> None:
     try:
         metrics = api.train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
     except MiTorchError as e:
-        fail(PROG, e)
+        if os.getpid() in _COMMAND_PROCESS:
+            fail(PROG, e)
+        # A launcher ran this run in its own process (submitit: a Slurm job). Exiting would leave
+        # it no result to read, and without Slurm accounting it would wait for one forever: the
+        # error goes back as the run's outcome, and as one line in the run's log.
+        message = redact(" ".join(str(e).split()) or type(e).__name__)
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        raise MiTorchError(message) from None
     if os.environ.get("RANK", "0") == "0":
         api.print_metrics(metrics)
+    return metrics
 
 
 if __name__ == "__main__":

@@ -188,7 +188,14 @@ def _train_beside_rank_0(store: JobStore, training: dict[str, Any], attempt: int
         # rank 0 (they all join the process group, after this, before reading it).
         artifacts.restore_checkpoint(training_id, attempt, folder, training.get("resume_from_attempt", 1))
     _say(f"training {training_id} attempt {attempt}: rank {rank} trains beside rank 0, which records it")
-    return mitorch.train(cfg, run_dir=folder / "run")
+    try:
+        return mitorch.train(cfg, run_dir=folder / "run")
+    except Interrupted as e:
+        # SIGTERM reached every rank and they stopped together; rank 0 records how the attempt
+        # ended. This one exits cleanly: under `srun --kill-on-bad-exit` (the Slurm executor's
+        # multi-process jobs) a failing status would kill rank 0 in the middle of that record.
+        _say(f"training {training_id} attempt {attempt}: rank {rank} stopped with rank 0 ({e})")
+        return {}
 
 
 def _start_by_hand(store: JobStore, training: dict[str, Any]) -> int:

@@ -9,6 +9,12 @@ and appends its output to the attempt's train.log (mitorch.files.artifacts.attem
 filesystem the login node and the compute nodes share. Resources come from the MITORCH_SLURM_*
 settings (mitorch.service.executors.slurm_settings).
 
+Several processes. A training of `num_processes` P on MITORCH_SLURM_NODES N is one job of N nodes
+with P tasks on each: the batch script runs `srun`, which starts one mitrain per task, and each is
+one rank of the DDP run (RANK, WORLD_SIZE and LOCAL_RANK from SLURM_PROCID, SLURM_NTASKS and
+SLURM_LOCALID; MASTER_ADDR the job's first node). Rank 0 alone records the attempt, as under
+torchrun or AzureML. srun is the batch shell then, and passes the signals below on to every rank.
+
 What state() reports, from `squeue -t all` (which sees an ended job for MinJobAge seconds):
     PENDING, CONFIGURING, SUSPENDED, held or requeue states: "waiting".
     RUNNING, COMPLETING, SIGNALING, STAGE_OUT: "running".
@@ -17,12 +23,14 @@ What state() reports, from `squeue -t all` (which sees an ended job for MinJobAg
     squeue failing (slurmctld does not answer), a run of another cluster: "unknown".
 
 Signals. cancel() sends SIGTERM to the batch shell alone (`scancel --batch --signal=TERM`), which
-is mitrain itself: it checkpoints, forwards the signal to its own DDP processes and records itself
-cancelled, as under the local executor; its data-loading workers are not signalled (a worker killed
-under it would fail the training). A job still pending is cancelled outright. cancel(force=True) is
-a plain `scancel`. Jobs are submitted with `--signal=B:TERM@MITORCH_SLURM_TERM_BEFORE_S`, so before
-its time limit (or a preemption's grace time) the training gets SIGTERM and goes back to the queue,
-resuming from its checkpoint in a new attempt.
+is mitrain itself: it checkpoints and records itself cancelled, as under the local executor; its
+data-loading workers are not signalled. In a job of srun tasks the SIGTERM goes to the job's steps
+instead (`scancel --signal=TERM`): every rank, and their workers, which ignore it (they run the
+rank's own handler, which only asks for a stop); never to srun, which answers SIGTERM by killing
+its tasks. A job still pending is cancelled outright. cancel(force=True) is a plain `scancel`. Jobs
+are submitted with `--signal=B:TERM@MITORCH_SLURM_TERM_BEFORE_S` (`--signal=TERM@...` with srun
+tasks), so before its time limit (or a preemption's grace time) the training gets SIGTERM and goes
+back to the queue, resuming from its checkpoint in a new attempt.
 
 Slurm's own requeue. One job is one attempt: jobs are sent with --no-requeue, so Slurm ends the job
 of a failed node (NODE_FAIL) instead of running it again, and `scontrol requeue` is refused; the
@@ -47,9 +55,9 @@ from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files import artifacts
 from mitorch.files.artifacts import attempt_dir
 from mitorch.service.executors.base import Executor, LaunchError, Launched, RunState, attempt_command
-from mitorch.service.executors.slurm_settings import SlurmSettings
+from mitorch.service.executors.slurm_settings import SlurmSettings, processes
 
-__all__ = ["SlurmExecutor", "job_name"]
+__all__ = ["SlurmExecutor", "batch_script", "job_name"]
 
 WAITING = {"PENDING", "CONFIGURING", "SUSPENDED", "STOPPED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
            "RESV_DEL_HOLD", "SPECIAL_EXIT", "RESIZING"}
@@ -100,11 +108,11 @@ class SlurmExecutor(Executor):
         """
         name = job_name(training["id"], training["attempt"])
         folder = attempt_dir(training["id"], training["attempt"])
-        command = attempt_command(self.settings.python, training)
-        script = f"#!/bin/bash\n# {name}, sent by MiTorch's Slurm executor\nexec {shlex.join(command)}\n"
+        tasks = self.settings.nodes * processes(training)
+        script = batch_script(name, attempt_command(self.settings.python, training), tasks)
         output = str(folder / "train.log").replace("%", "%%")  # sbatch reads %j, %x... in the name
         options = [f"--job-name={name}", f"--output={output}", "--open-mode=append", "--export=ALL",
-                   "--no-requeue", *self.settings.resources(training)]
+                   "--no-requeue", *self.settings.resources(training, tasks)]
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -114,7 +122,7 @@ class SlurmExecutor(Executor):
         if done.returncode != 0 or not job.isdigit():
             raise LaunchError(f"sbatch refused job {name}: {_first_line(done) or 'no job id in its answer'}")
         self._gone.pop(job, None)
-        return Launched(run_id=f"{self.name}:{job}", details={"slurm_job": job})
+        return Launched(run_id=f"{self.name}:{job}", details={"slurm_job": job, "slurm_tasks": str(tasks)})
 
     def state(self, training: dict[str, Any]) -> RunState:
         job_id = self._job_id(training)
@@ -154,8 +162,11 @@ class SlurmExecutor(Executor):
             return False  # not a job of this cluster
         if force:
             return self._scancel(job_id)
-        # --state=PENDING cancels the job only while it is pending; a running one is left to the signal.
-        return self._scancel("--state=PENDING", job_id) and self._scancel("--batch", "--signal=TERM", job_id)
+        # --state=PENDING cancels the job only while it is pending; a running one is left to the
+        # signal: to the batch shell of a one-process job (mitrain itself), to the job's steps in
+        # another (the srun tasks, one per rank), never to srun, which answers SIGTERM with SIGKILL.
+        to_batch = ["--batch"] if int(training.get("slurm_tasks") or 1) == 1 else []
+        return self._scancel("--state=PENDING", job_id) and self._scancel(*to_batch, "--signal=TERM", job_id)
 
     def check_ready(self) -> None:
         """Checks that the Slurm clients are on PATH, that the folder of the trainings' attempts
@@ -217,6 +228,25 @@ class SlurmExecutor(Executor):
         except (OSError, subprocess.TimeoutExpired) as e:
             why = f"no answer in {_TIMEOUT_S:g} s" if isinstance(e, subprocess.TimeoutExpired) else (e.strerror or e)
             return subprocess.CompletedProcess(list(argv), 1, "", f"cannot run {argv[0]}: {why}")
+
+
+def batch_script(name: str, command: list[str], tasks: int) -> str:
+    """The batch script of a job: one training process execs `command`; several are one srun
+    task each, every task one rank of the DDP run, its place read from Slurm's variables."""
+    lines = ["#!/bin/bash", f"# {name}, sent by MiTorch's Slurm executor"]
+    if tasks == 1:
+        return "\n".join([*lines, f"exec {shlex.join(command)}", ""])
+    # The ranks meet at the first node of the job, on a port of the job's own. srun runs
+    # --ntasks-per-node tasks on each of --nodes nodes, each with its CPUs (srun 22.05 does not
+    # take --cpus-per-task from the batch job by itself), and ends the job when a task fails.
+    rank = 'export RANK="$SLURM_PROCID" WORLD_SIZE="$SLURM_NTASKS" LOCAL_RANK="$SLURM_LOCALID"; exec "$@"'
+    return "\n".join([
+        *lines,
+        'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
+        'export MASTER_PORT="$((20000 + SLURM_JOB_ID % 20000))"',
+        'exec srun --kill-on-bad-exit=1 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} '
+        f"bash -c {shlex.quote(rank)} {shlex.join([name, *command])}",
+        ""])
 
 
 def _parse_jobs(listing: str) -> dict[str, _Job]:

@@ -8,7 +8,7 @@
     MITORCH_SLURM_CPUS          --cpus-per-task, per training process (default: Slurm's, 1)
     MITORCH_SLURM_MEM           --mem, per node: 16G, 64000M... (default: the partition's)
     MITORCH_SLURM_GPUS          --gpus-per-node (default: none)
-    MITORCH_SLURM_NODES         --nodes; only 1 for now: multi-node DDP needs srun (default 1)
+    MITORCH_SLURM_NODES         --nodes, each running the training's num_processes (default 1)
     MITORCH_SLURM_CONSTRAINT    --constraint, node features: "a100|h100" (default: none)
     MITORCH_SLURM_SBATCH_ARGS   further sbatch options, split as a shell would; they come last,
                                 so they override MiTorch's own (default: none)
@@ -22,7 +22,7 @@
                                 (default: ClusterName of `scontrol show config`)
 
 A training's own `num_processes` (its DDP processes on one machine) becomes --ntasks-per-node:
-mitrain starts that many processes itself, and the allocation holds a task's CPUs for each.
+with more than one task in the job, srun starts each as one rank (mitorch.service.executors.slurm).
 """
 from __future__ import annotations
 
@@ -74,23 +74,20 @@ class SlurmSettings:
         """The settings of the MITORCH_SLURM_* variables.
 
         Raises:
-            ConfigError: a number that is not one, or a multi-node setting; the message names the variable.
+            ConfigError: a number that is not one; the message names the variable.
         """
         cpus = env_int("MITORCH_SLURM_CPUS", 0, minimum=1) or None
         gpus = env_int("MITORCH_SLURM_GPUS", 0, minimum=0) or None
         nodes = env_int("MITORCH_SLURM_NODES", 1, minimum=1)
-        if nodes > 1:
-            raise ConfigError(f"MITORCH_SLURM_NODES must be 1 for now, got {nodes}: a training on several nodes "
-                              "needs one srun task per node, which the Slurm executor does not start yet")
         return cls(partition=_text("PARTITION"), account=_text("ACCOUNT"), qos=_text("QOS"), time=_text("TIME"),
                    cpus=cpus, mem=_text("MEM"), gpus=gpus, nodes=nodes, constraint=_text("CONSTRAINT"),
                    extra_args=_extra_args(), capacity=env_int("MITORCH_SLURM_CAPACITY", 4, minimum=1),
                    term_before_s=env_int("MITORCH_SLURM_TERM_BEFORE_S", 120, minimum=0),
                    python=_text("PYTHON") or sys.executable, cluster_name=_text("CLUSTER_NAME"))
 
-    def resources(self, training: dict[str, Any]) -> list[str]:
-        """The sbatch options of a training's job: where it runs and what it holds, then the
-        extra ones (last, so they win)."""
+    def resources(self, training: dict[str, Any], tasks: int = 1) -> list[str]:
+        """The sbatch options of a training's job (of `tasks` srun tasks in all, or 1: mitrain is
+        the batch shell): where it runs and what it holds, then the extra ones (last, so they win)."""
         options = [f"--nodes={self.nodes}", f"--ntasks-per-node={processes(training)}"]
         named = (("partition", self.partition), ("account", self.account), ("qos", self.qos), ("time", self.time),
                  ("cpus-per-task", self.cpus), ("mem", self.mem), ("gpus-per-node", self.gpus),
@@ -98,8 +95,9 @@ class SlurmSettings:
         options += [f"--{option}={value}" for option, value in named if value is not None]
         if self.term_before_s:
             # B: to the batch shell alone, which is mitrain (the script execs it): it checkpoints and
-            # forwards the signal to its own training processes, as on SIGTERM anywhere.
-            options.append(f"--signal=B:TERM@{self.term_before_s}")
+            # forwards the signal to its own training processes, as on SIGTERM anywhere. With srun
+            # tasks, to the tasks (every rank), not to srun, which would kill them.
+            options.append(f"--signal={'B:' if tasks == 1 else ''}TERM@{self.term_before_s}")
         return options + self.extra_args
 
 
