@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -206,6 +206,28 @@ class SlurmCluster:
         for pid in strays:
             _kill(pid)
         return strays
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """predicate()'s first true value, asked every 0.1 s; an AssertionError naming `what` after timeout s."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
+    """`scontrol show job` as a dict; {} once Slurm no longer knows the job."""
+    done = cluster.run("scontrol", "show", "job", job, check=False)
+    return dict(item.split("=", 1) for item in done.stdout.split() if "=" in item) if done.returncode == 0 else {}
+
+
+def use_cluster(cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Points this process's Slurm clients (an executor's) at the cluster."""
+    for key in [key for key in os.environ if key.startswith(_CLIENT_PREFIXES)]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
 
 
 def _wait_until(predicate, timeout: float) -> bool:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
-from tests.slurm_cluster import KILL_WAIT, MIN_JOB_AGE, SlurmCluster, slurm_cluster  # noqa: F401 (the fixture)
+from tests.slurm_cluster import KILL_WAIT, MIN_JOB_AGE, SlurmCluster, slurm_cluster, wait_for  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +26,6 @@ echo "output of run ${SLURM_RESTART_COUNT:-0}"
 for i in $(seq 1 ${2:-600}); do sleep 0.1; done
 echo "finished" >> "$marker"
 """
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 def job_state(cluster: SlurmCluster, job: str) -> str:

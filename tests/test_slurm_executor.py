@@ -31,7 +31,7 @@ from mitorch.service.executors.slurm_settings import SlurmSettings
 from mitorch.store.sqlite import SQLiteStore
 from mitorch.testing.executors import ExecutorConformance, ExecutorHarness
 from tests.conftest import BIN, make_text_dataset
-from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (the fixture)
+from tests.slurm_cluster import SlurmCluster, job_fields, slurm_cluster, use_cluster, wait_for  # noqa: F401
 
 # Called as `RUN -m mitorch.cli.mitrain --training-id ID --attempt N` (the batch script execs it):
 # notes its start and any SIGTERM in its marker, and runs until its end file appears (on SIGTERM it
@@ -41,32 +41,10 @@ trap 'echo TERM >> "{ends}/$4-$6.marker"; [ -e "{ends}/linger" ] && sleep 3; exi
 echo "started $SLURM_JOB_ID" >> "{ends}/$4-$6.marker"
 while [ ! -e "{ends}/$4-$6" ]; do sleep 0.05; done
 """
-_CLIENT_PREFIXES = ("SLURM_", "SBATCH_", "SALLOC_", "SRUN_", "SQUEUE_", "SINFO_", "SCONTROL_")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.1)
-    return value
 
 
 def job_of(training: dict[str, Any]) -> str:
     return training["run_id"].rsplit(":", 1)[1]
-
-
-def job_fields(cluster: SlurmCluster, job: str) -> dict[str, str]:
-    """`scontrol show job` as a dict; {} once Slurm no longer knows the job."""
-    done = cluster.run("scontrol", "show", "job", job, check=False)
-    return dict(item.split("=", 1) for item in done.stdout.split() if "=" in item) if done.returncode == 0 else {}
-
-
-def use_cluster(cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Points this process's Slurm clients (the executor's) at the test cluster."""
-    for key in [key for key in os.environ if key.startswith(_CLIENT_PREFIXES)]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
 
 
 class SlurmHarness(ExecutorHarness):
@@ -302,161 +280,3 @@ def test_check_ready_names_missing_clients_and_an_unwritable_folder(tmp_path: Pa
     with pytest.raises(ConfigError, match=r"^the Slurm executor cannot write the trainings' folder .*a-file/art "
                                           r"\(Not a directory\); set MITORCH_ARTIFACTS_URI to a folder the login"):
         executor.check_ready()
-
-
-# End to end: real trainings on the cluster ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def queued_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A training config as misubmit stores it (tiny data, image_size=32), submitted once per module;
-    each test queues copies of it."""
-    root = tmp_path_factory.mktemp("submitted")
-    tiny = make_text_dataset(root / "tiny", num_train=16, num_val=8)
-    env = {**os.environ, "MITORCH_DB_URI": f"sqlite:///{root / 'db.sqlite'}"}
-    done = subprocess.run([str(BIN / "misubmit"), f"data.train={tiny.train}", f"data.val={tiny.val}", "image_size=32",
-                           "batch_size=8", "data.num_workers=0", "max_epochs=1"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    store = SQLiteStore(root / "db.sqlite")
-    config = store.get_training(done.stdout.strip())["config"]
-    store.close()
-    slow = make_text_dataset(root / "slow", num_train=160, num_val=8)
-    return {**config, "slow_data": {"train": str(slow.train), "val": str(slow.val)}}
-
-
-class Service:
-    """A store, the Slurm executor and the controller's tick, in this process; trainings run on the cluster."""
-
-    def __init__(self, cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                 config: dict[str, Any], **settings: Any) -> None:
-        use_cluster(cluster, monkeypatch)
-        for name, value in {"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}", "MITORCH_HEARTBEAT_S": "1",
-                            "MITORCH_ARTIFACTS_URI": str(tmp_path / "art"), "MITORCH_SLURM_PYTHON": sys.executable,
-                            "OMP_NUM_THREADS": "1"}.items():
-            monkeypatch.setenv(name, value)  # the jobs get this process's environment (--export=ALL)
-        self.cluster, self.config = cluster, config
-        self.store = SQLiteStore(tmp_path / "db.sqlite")
-        self.executor = SlurmExecutor(replace(SlurmSettings.from_env(), **settings))
-        self.actions: list[str] = []
-
-    def queue(self, slow: bool = False, **config: Any) -> str:
-        stored = {key: value for key, value in self.config.items() if key != "slow_data"}
-        if slow:  # epochs long enough (a few seconds) to be stopped in
-            stored["data"] = {**stored["data"], **self.config["slow_data"]}
-            stored["max_epochs"] = 3
-        return self.store.add_training({"config": {**stored, **config}})
-
-    def tick(self) -> list[str]:
-        lines: list[str] = []
-        tick(self.store, self.executor, say=lines.append, settings=Settings())
-        self.actions += lines
-        return lines
-
-    def training(self, training_id: str) -> dict[str, Any]:
-        return self.store.get_training(training_id)
-
-    def log(self, training_id: str) -> str:
-        path = attempt_dir(training_id, 1) / "train.log"
-        return path.read_text() if path.exists() else ""
-
-    def wait_second_epoch(self, training_id: str) -> None:
-        """Waits until the training's job is in its second epoch (SIGTERM now makes it checkpoint)."""
-        self.wait(lambda: self.store.list_results(training_id), "the first epoch's result")
-        time.sleep(1)  # past the first epoch's end, where the run reads its cancel request itself
-
-    def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 120) -> Any:
-        try:
-            return wait_for(predicate, timeout, what)
-        except AssertionError:
-            logs = sorted(Path(os.environ["MITORCH_ARTIFACTS_URI"]).glob("*/attempt-*/train.log"))
-            print("\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs))
-            raise
-
-
-@pytest.fixture
-def service(slurm_cluster: SlurmCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-            queued_config: dict[str, Any]) -> Iterator[Callable[..., Service]]:
-    made: list[Service] = []
-
-    def make(**settings: Any) -> Service:
-        made.append(Service(slurm_cluster, tmp_path, monkeypatch, queued_config, **settings))
-        return made[-1]
-
-    yield make
-    for service in made:
-        for training in service.store.list_trainings():
-            if training.get("run_id"):
-                slurm_cluster.run("scancel", job_of(training), check=False)
-        service.store.close()
-
-
-@pytest.mark.slow
-def test_a_queued_training_runs_on_the_cluster_to_completed(service: Callable[..., Service]) -> None:
-    svc = service()
-    training_id = svc.queue()
-    began = time.monotonic()
-    dispatched = svc.tick()
-    assert len(dispatched) == 1 and dispatched[0].startswith(f"dispatched {training_id} to slurm:mitorchtest:")
-    svc.wait(lambda: svc.store.list_results(training_id), "the first epoch's result")
-    first_epoch = time.monotonic() - began
-    svc.wait(lambda: svc.training(training_id)["status"] == "completed", "the training to complete")
-    training = svc.training(training_id)
-    svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")
-    assert training["executor"] == "slurm:mitorchtest" and training["slurm_job"] == job_of(training)
-    assert [r["epoch"] for r in svc.store.list_results(training_id)] == [1]
-    assert set(training["metrics"]) >= {"top1_accuracy", "loss"} and Path(training["weights"]).is_file()
-    log = svc.log(training_id)  # the job's output, in the attempt's folder
-    assert f"training {training_id} attempt 1 started on" in log and json.loads(log.strip().splitlines()[-1])
-    assert svc.executor.gone_reason(training) in (f"Slurm job {job_of(training)} ended COMPLETED",
-                                                  f"Slurm no longer knows job {job_of(training)} (it ended longer "
-                                                  "ago than MinJobAge)")
-    assert svc.tick() == []  # nothing left to do
-    print(f"\ntick -> first epoch's result in the store: {first_epoch:.1f} s")
-
-
-@pytest.mark.slow
-def test_cancel_of_a_running_training_stops_its_job_with_sigterm(service: Callable[..., Service]) -> None:
-    """Of a training in two DDP processes, each an srun task: srun, the job's batch shell, passes the
-    SIGTERM on to both ranks, which stop together; rank 0 records the training cancelled."""
-    svc = service()
-    training_id = svc.queue(slow=True, num_processes=2)
-    svc.tick()
-    svc.wait_second_epoch(training_id)
-    assert transitions.cancel(svc.store, training_id) == "requested"
-    assert svc.tick() == [f"stopping {training_id} (cancelled)"]  # the controller cancels its job
-    svc.wait(lambda: svc.training(training_id)["status"] == "cancelled", "the training to record itself cancelled")
-    training = svc.training(training_id)
-    # Stopped by the SIGTERM of the job's cancel, mid-epoch, not at an epoch end by its own check.
-    assert training["error"] == "cancelled (micontrol cancel)" and len(svc.store.list_results(training_id)) == 1
-    svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")
-    assert svc.executor.gone_reason(training) in (f"Slurm job {job_of(training)} ended FAILED (NonZeroExitCode)",
-                                                  f"Slurm no longer knows job {job_of(training)} (it ended longer "
-                                                  "ago than MinJobAge)")
-    log = svc.log(training_id)
-    assert f"training {training_id} attempt 1: rank 1 trains beside rank 0, which records it" in log
-    assert re.search(f"training {training_id} attempt 1: rank 1 stopped with rank 0 .*SIGTERM", log), log[-3000:]
-
-
-@pytest.mark.slow
-def test_the_rerun_of_a_job_slurm_requeued_is_fenced_off(service: Callable[..., Service]) -> None:
-    """With --requeue (not the default) and nothing else acting, Slurm's rerun of attempt 1 finds
-    the attempt no longer current: its first write is refused and it exits having written nothing."""
-    svc = service(extra_args=["--requeue"])
-    training_id = svc.queue(slow=True)
-    svc.tick()
-    svc.wait_second_epoch(training_id)
-    job = job_of(svc.training(training_id))
-    svc.cluster.run("scontrol", "requeue", job)  # TERM to the first run, which requeues its training itself
-    svc.wait(lambda: svc.training(training_id)["status"] == "new", "the first run to record its preemption")
-    before = svc.training(training_id)
-    assert before["attempts"][0]["outcome"] == "preempted"
-    ended = svc.wait(lambda: (fields := job_fields(svc.cluster, job)).get("Restarts") == "1"
-                     and fields["JobState"] in ("FAILED", "COMPLETED") and fields, "the rerun to end")
-    assert ended["ExitCode"] == "75:0"  # REPLACED_EXIT: it stopped on purpose
-    after = svc.training(training_id)
-    assert {k: v for k, v in after.items() if k != "updated_at"} == {k: v for k, v in before.items()
-                                                                      if k != "updated_at"}
-    log = svc.log(training_id)  # both runs' output: the job appends to the attempt's log
-    assert f"training {training_id} attempt 1 started on" in log
-    assert re.search(rf"training {training_id} attempt 1: start refused, it is new .*this process stops", log)
