@@ -33,7 +33,7 @@ The last line on stdout is a JSON object of the final validation metrics.
 _QUEUED_USAGE = "--training-id takes one id and, from a controller, --attempt N: mitrain --training-id ID [--attempt N]"
 # The process that read the command line. A launcher may run a sweep's runs in other processes
 # (hydra/launcher=submitit_slurm: Slurm jobs), where _train hands an error back instead of exiting.
-_COMMAND_PROCESS: list[int] = []
+_command_process: int | None = None
 _SUBMITIT_PLUGIN = "hydra_plugins.hydra_submitit_launcher"
 
 
@@ -60,8 +60,9 @@ def _groups() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _command_process
     args = parse(_parser(), argv, intermixed=True)
-    _COMMAND_PROCESS[:] = [os.getpid()]
+    _command_process = os.getpid()
     if args.training_id is not None or args.attempt is not None:
         _run_queued(args)
         return
@@ -149,7 +150,7 @@ def _train(cfg: DictConfig) -> dict | None:
     try:
         metrics = api.train(cfg, run_dir=HydraConfig.get().runtime.output_dir)
     except MiTorchError as e:
-        if os.getpid() in _COMMAND_PROCESS:
+        if os.getpid() == _command_process:
             fail(PROG, e)
         # A launcher ran this run in its own process (submitit: a Slurm job). Exiting would leave
         # it no result to read, and without Slurm accounting it would wait for one forever: the
