@@ -66,10 +66,11 @@ class Service:
         self.executor = SlurmExecutor(replace(SlurmSettings.from_env(), **settings))
         self.actions: list[str] = []
 
-    def queue(self, slow: bool = False, **config: Any) -> str:
+    def queue(self, slow: bool = False, workers: int = 0, **config: Any) -> str:
         stored = {key: value for key, value in self.config.items() if key != "slow_data"}
+        stored["data"] = {**stored["data"], "num_workers": workers}
         if slow:  # epochs long enough (a few seconds) to be stopped in
-            stored["data"] = {**stored["data"], **self.config["slow_data"]}
+            stored["data"].update(self.config["slow_data"])
             stored["max_epochs"] = 3
         return self.store.add_training({"config": {**stored, **config}})
 
@@ -148,16 +149,18 @@ def test_a_queued_training_runs_on_the_cluster_to_completed(service: Callable[..
 
 
 def test_cancel_of_a_running_training_stops_its_job_with_sigterm(service: Callable[..., Service]) -> None:
-    """Of a training in two DDP processes, each an srun task: srun, the job's batch shell, passes the
-    SIGTERM on to both ranks, which stop together; rank 0 records the training cancelled."""
+    """Of a training in two DDP processes, each an srun task: the SIGTERM goes to the job's steps,
+    so to both ranks, which stop together (rank 0 records the training cancelled), and to their
+    data-loading workers, which keep serving until their rank shuts them down."""
     svc = service()
-    training_id = svc.queue(slow=True, num_processes=2)
+    training_id = svc.queue(slow=True, workers=2, num_processes=2)
     svc.tick()
     svc.wait_second_epoch(training_id)
     assert transitions.cancel(svc.store, training_id) == "requested"
     assert svc.tick() == [f"stopping {training_id} (cancelled)"]  # the controller cancels its job
-    svc.wait(lambda: svc.training(training_id)["status"] == "cancelled", "the training to record itself cancelled")
+    svc.wait(lambda: svc.training(training_id)["status"] != "running", "the training to record how it ended")
     training = svc.training(training_id)
+    assert training["status"] == "cancelled", training.get("error")
     # Stopped by the SIGTERM of the job's cancel, mid-epoch, not at an epoch end by its own check.
     assert training["error"] == "cancelled (micontrol cancel)" and len(svc.store.list_results(training_id)) == 1
     svc.wait(lambda: svc.executor.state(training) == "gone", "the job to end")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import signal
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,12 +52,22 @@ def make_dataset(cfg: DictConfig, index: DatasetIndex | DetectionIndex, transfor
     return ImageDataset(index, is_multilabel(cfg), transform)
 
 
-def _seed_worker(worker_id: int) -> None:
+def _start_worker(worker_id: int) -> None:
     # torch seeds each worker from the loader's generator; numpy and random follow it. (Training
     # augmentations draw from each image's own seed instead: see samplers.augmentation_random.)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    signal.signal(signal.SIGTERM, _first_sigterm)
+
+
+def _first_sigterm(signum: int, frame: Any) -> None:
+    # SIGTERM is the training process's to act on: it checkpoints, stops and then shuts its
+    # workers down. A worker it reaches as well (Slurm signals every process of a job on
+    # preemption, at its time limit, and on cancel of a multi-process job) keeps serving until
+    # then, or the training would fail on a killed worker. A second SIGTERM, as the loader's own
+    # shutdown sends a worker that does not stop, ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_loader(dataset: torch.utils.data.Dataset, cfg: DictConfig, train: bool, device: torch.device, seed: int = 0,
@@ -74,7 +86,7 @@ def make_loader(dataset: torch.utils.data.Dataset, cfg: DictConfig, train: bool,
         drop_last=train and len(dataset) // world_size > cfg.batch_size,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        worker_init_fn=_seed_worker,
+        worker_init_fn=_start_worker,
         # Its own generator (the trainer reseeds it per epoch): starting an epoch's iterator
         # must not draw from the global generator, or a resumed epoch would drift.
         generator=torch.Generator().manual_seed(seed),
