@@ -25,9 +25,8 @@ What state() reports, from `squeue -t all` (which sees an ended job for MinJobAg
 Signals. cancel() sends SIGTERM to the batch shell alone (`scancel --batch --signal=TERM`), which
 is mitrain itself: it checkpoints and records itself cancelled, as under the local executor; its
 data-loading workers are not signalled. In a job of srun tasks the SIGTERM goes to the job's steps
-instead (`scancel --signal=TERM`): every rank, and their workers, which ignore it (they run the
-rank's own handler, which only asks for a stop); never to srun, which answers SIGTERM by killing
-its tasks. A job still pending is cancelled outright. cancel(force=True) is a plain `scancel`. Jobs
+instead (`scancel --signal=TERM`): every rank, and their workers, which ride out a first SIGTERM
+(mitorch.data.loaders); never to srun, which answers SIGTERM by killing its tasks. A job still pending is cancelled outright. cancel(force=True) is a plain `scancel`. Jobs
 are submitted with `--signal=B:TERM@MITORCH_SLURM_TERM_BEFORE_S` (`--signal=TERM@...` with srun
 tasks), so before its time limit (or a preemption's grace time) the training gets SIGTERM and goes
 back to the queue, resuming from its checkpoint in a new attempt.
