@@ -2,7 +2,8 @@
 
     micontrol [--executor local|azureml|slurm] [--loop [--interval S]]
     micontrol cancel ID...  |  requeue ID...  |  set-priority ID N      (cancel takes job ids too)
-    micontrol gc [--older-than DAYS] [--dry-run]
+    micontrol tag ID NAME...  |  untag ID NAME...  |  note ID TEXT    ("" clears a note)
+    micontrol gc [--older-than DAYS] [--keep-best N] [--dry-run]
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _parser() -> CommandParser:
     parser.add_argument("--loop", action="store_true", help="tick again and again (foreground use)")
     parser.add_argument("--interval", type=float, default=60.0, metavar="S",
                         help="seconds between ticks with --loop (60)")
-    commands = parser.add_subparsers(dest="command", metavar="{cancel,requeue,set-priority,gc}")
+    commands = parser.add_subparsers(dest="command", metavar="{cancel,requeue,set-priority,tag,untag,note,gc}")
     cancel = _command(commands, "cancel", "Cancel trainings, or jobs with their trainings (running ones are stopped, "
                       "with a checkpoint).")
     cancel.add_argument("ids", nargs="+", metavar="ID", help="a training or job id")
@@ -43,6 +44,13 @@ def _parser() -> CommandParser:
     priority = _command(commands, "set-priority", "Change a training's priority (lower runs first).")
     priority.add_argument("id", metavar="ID", help="a training id")
     priority.add_argument("priority", type=_priority, metavar="N", help="the new priority")
+    for name, verb in (("tag", "Add tags to"), ("untag", "Take tags off")):
+        tagging = _command(commands, name, f"{verb} a training (tags: one word each, e.g. baseline).")
+        tagging.add_argument("id", metavar="ID", help="a training id")
+        tagging.add_argument("tags", nargs="+", metavar="NAME", help="a tag")
+    note = _command(commands, "note", "Set a training's note, one line of text shown by miquery and miviewer.")
+    note.add_argument("id", metavar="ID", help="a training id")
+    note.add_argument("text", metavar="TEXT", help='the note ("" clears it)')
     gc = _command(commands, "gc", "Remove the checkpoints (last.pt) of trainings that ended failed, cancelled or "
                   "pruned more than DAYS ago; weights and logs stay.")
     gc.add_argument("--older-than", type=_days, default=None, metavar="DAYS",
@@ -94,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
             manage.requeue(store, args.ids, print)
         elif args.command == "set-priority":
             manage.set_priority(store, args.id, args.priority, print)
+        elif args.command in ("tag", "untag"):
+            manage.tag(store, args.id, args.tags, print, remove=args.command == "untag")
+        elif args.command == "note":
+            manage.note(store, args.id, args.text, print)
         elif args.command == "gc":
             _collect_checkpoints(store, args.older_than, args.dry_run)
         elif args.loop:

@@ -1,7 +1,9 @@
 """miquery: where trainings stand, as Rich tables or JSON.
 
     miquery [--json] [--limit N]   running, queue (dispatch order, first N), recent results, counts
-    miquery ID [--json]            one training (config, history, attempts, epochs, result) or one job
+    miquery ID [--json]            one training (config, history, attempts, epochs, result, lineage, tags,
+                                   note) or one job
+    miquery --tag NAME [--json]    the trainings with a tag, newest first
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import functools
 from typing import Any
 
 from mitorch.cli._common import CommandParser, check_id, fail, parse, to_json
-from mitorch.errors import MiTorchError
+from mitorch.errors import MiTorchError, UsageError
 
 PROG = "miquery"
 EPILOG = """\
@@ -24,6 +26,7 @@ def _parser() -> CommandParser:
     parser = CommandParser(PROG, "Show trainings and jobs in the job store ($MITORCH_DB_URI).", epilog=EPILOG)
     parser.add_argument("id", nargs="?", metavar="ID", help="a training or job id (none: the overview)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--tag", metavar="NAME", help="list the trainings with this tag (micontrol tag adds one)")
     parser.add_argument("--recent", type=_count, default=10, metavar="N",
                         help="how many finished trainings to list (10)")
     parser.add_argument("--limit", type=_count, default=20, metavar="N", help="how many queued trainings to list (20)")
@@ -35,6 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.id is not None:
             check_id(args.id, "ID")  # before the store is asked: a long id costs a query its length
+        if args.tag is not None:
+            if args.id is not None:
+                raise UsageError("--tag lists the trainings with a tag; give it without an ID")
+            from mitorch.service.manage import check_tag
+
+            check_tag(args.tag, "--tag")
         view = _view(args)
     except MiTorchError as e:
         fail(PROG, e)
@@ -50,10 +59,12 @@ def _view(args: argparse.Namespace) -> dict[str, Any]:
     from mitorch.store import StoreError, open_store
 
     store = open_store()
+    if args.tag is not None:
+        return _tagged(store, args.tag)
     if args.id is None:
         return _overview(store, args.recent, args.limit)
     if (training := store.get_training(args.id)) is not None:
-        return {"training": training, "results": store.list_results(args.id)}
+        return {"training": training, "results": store.list_results(args.id), "children": _children(store, args.id)}
     if (job := store.get_job(args.id)) is None:
         raise StoreError(f"no training or job {args.id}")
     job.pop("watch", None)  # the controller's own bookkeeping
@@ -80,6 +91,22 @@ def _overview(store, recent: int, limit: int) -> dict[str, Any]:
                 for job in store.list_jobs(["running"]) if job.get("job_type") == "search"]
     return {"counts": counts, "running": store.list_trainings(["queued", "running"]), "queue": queue,
             "queue_more": max(counts["new"] - len(queue), 0), "recent": finished, "searches": searches}
+
+
+# What a listing of trainings by tag or by parent reads of each: never whole configs.
+_LISTED = ["status", "created_at", "completed_at", "metrics", "tags", "note", "parent", "name"]
+
+
+def _tagged(store, tag: str) -> dict[str, Any]:
+    """The trainings with a tag, newest first."""
+    found = [t for t in store.list_trainings(order="recent", fields=_LISTED) if tag in (t.get("tags") or [])]
+    return {"tag": tag, "tagged": found}
+
+
+def _children(store, training_id: str) -> list[dict[str, Any]]:
+    """The trainings whose parent is training_id (cloned from it, or started from its weights)."""
+    return [{key: t.get(key) for key in ("id", "status", "metrics", "tags")}
+            for t in store.list_trainings(order="recent", fields=_LISTED) if t.get("parent") == training_id]
 
 
 def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:

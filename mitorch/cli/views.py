@@ -58,6 +58,8 @@ def sections(view: dict[str, Any]) -> list[Section]:
     job, or a training)."""
     if "counts" in view:
         return _overview(view)
+    if "tagged" in view:
+        return [_listing(f"trainings tagged {view['tag']}", view["tagged"])]
     if "trials" in view:
         return _search_job(view)
     if "job" in view:
@@ -97,6 +99,17 @@ def _searches(jobs: list[dict[str, Any]]) -> Table:
                      + (" cancelling" if job.get("cancel_requested") else ""),
                      f"{job['objective']['metric']} {best['value']:.6g} (trial {best['number']})" if best else "")
     return searches
+
+
+def _listing(title: str, trainings: list[dict[str, Any]]) -> Table:
+    """Trainings as rows of id, status, result, tags and note (a listing by tag, or children)."""
+    listed = Table(title, ["id", "status", "result", "tags", "note"])
+    for t in trainings:
+        listed.add(t["id"], t["status"], _main_metric(t.get("metrics")), " ".join(t.get("tags") or []),
+                   t.get("note") or "")
+    if not trainings:
+        listed.caption = "none"
+    return listed
 
 
 def _search_job(view: dict[str, Any]) -> list[Section]:
@@ -153,7 +166,24 @@ def _training(view: dict[str, Any]) -> list[Section]:
         shown.append(attempts)
     if view["results"]:
         shown.append(_epochs(view["results"]))
-    return shown + _training_lines(t)
+    if view.get("children"):
+        shown.append(_listing("children (cloned from it or started from its weights)", view["children"]))
+    return shown + _lineage_lines(t) + _training_lines(t)
+
+
+def _lineage_lines(t: dict[str, Any]) -> list[Section]:
+    """Where a training came from and how it is labelled: what it records of these, and nothing
+    for a training from before they were recorded."""
+    lines: list[Section] = []
+    if t.get("fingerprint"):
+        lines.append(Line(f"fingerprint: {t['fingerprint']}"))
+    if t.get("parent"):
+        lines.append(Line(f"parent: {t['parent']}"))
+    if t.get("tags"):
+        lines.append(Line("tags: " + " ".join(map(str, t["tags"]))))
+    if t.get("note"):
+        lines.append(Line(f"note: {t['note']}"))
+    return lines
 
 
 def _epochs(results: list[dict[str, Any]]) -> Table:

@@ -1,12 +1,15 @@
-"""What `micontrol cancel|requeue|set-priority` (and miviewer's actions) do to stored
-trainings and jobs; each outcome is one line given to `say`.
+"""What `micontrol cancel|requeue|set-priority|tag|untag|note` (and miviewer's actions) do to
+stored trainings and jobs; each outcome is one line given to `say`.
 
 Ids the store does not have are reported together at the end, after the others were handled.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
+from mitorch.errors import ConfigError
+from mitorch.files.secrets import credential_forms
 from mitorch.service import transitions
 from mitorch.service.search.lease import jobs_lease
 from mitorch.store import ACTIVE, FINISHED, JobStore, StoreError
@@ -114,3 +117,86 @@ def set_priority(store: JobStore, training_id: str, priority: int, say: Callable
     if not transitions.set_priority(store, training_id, priority):
         raise StoreError(f"no training {training_id}; see miquery for the ids")
     say(f"priority {training_id} {priority}")
+
+
+# A tag is one word, so it reads the same in a URL (?tag=NAME), a shell and a table cell.
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+MAX_TAG_CHARS = 64
+MAX_NOTE_CHARS = 1000
+
+
+def check_tag(tag: str, what: str = "a tag") -> str:
+    """A tag as given, when it is one: 1 to MAX_TAG_CHARS letters, digits, '.', '_', '-' or ':',
+    starting with a letter or digit, carrying no credential.
+
+    Raises:
+        ConfigError: naming the rule, never echoing more than the tag's start.
+    """
+    if not isinstance(tag, str) or len(tag) > MAX_TAG_CHARS or not _TAG.fullmatch(tag):
+        shown = f"a string of {len(tag)} characters" if isinstance(tag, str) and len(tag) > 40 else repr(tag)
+        raise ConfigError(f"{what} is one word of 1 to {MAX_TAG_CHARS} letters, digits, '.', '_', '-' or ':' "
+                          f"(e.g. baseline or paper:v2), got {shown}")
+    _refuse_credential(tag, what)
+    return tag
+
+
+def check_note(note: str) -> str:
+    """A note as given (stripped), when it is one line of printable text of at most
+    MAX_NOTE_CHARS characters without a credential; "" clears a note.
+
+    Raises:
+        ConfigError: naming the rule.
+    """
+    note = note.strip()
+    if not note.isprintable():
+        raise ConfigError("a note is one line of printable text; it holds a line break or a control character")
+    if len(note) > MAX_NOTE_CHARS:
+        raise ConfigError(f"a note has at most {MAX_NOTE_CHARS} characters, got {len(note)}; keep it to one line")
+    _refuse_credential(note, "a note")
+    return note
+
+
+def _refuse_credential(text: str, what: str) -> None:
+    forms = credential_forms(text)
+    if forms:
+        raise ConfigError(f"{what} carries a credential of the form {', '.join(forms)}; tags and notes are stored and shown, "
+                          "so they take no secrets")
+
+
+def tag(store: JobStore, training_id: str, tags: list[str], say: Callable[[str], None], remove: bool = False) -> None:
+    """Adds tags to a training (or with remove, takes them off); each outcome is one line.
+
+    Raises:
+        ConfigError: a tag is not one.
+        StoreError: no such training.
+    """
+    for name in tags:
+        check_tag(name)
+    training = _training(store, training_id)
+    kept = [str(t) for t in training.get("tags") or []]
+    changed = [t for t in kept if t not in tags] if remove else kept + [t for t in dict.fromkeys(tags) if t not in kept]
+    if changed != kept:
+        store.update_training(training_id, {"tags": changed})
+    verb = "untagged" if remove else "tagged"
+    say(f"{verb} {training_id} {' '.join(tags)}; its tags: {' '.join(changed) or '(none)'}"
+        if changed != kept else f"unchanged {training_id} (its tags: {' '.join(kept) or '(none)'})")
+
+
+def note(store: JobStore, training_id: str, text: str, say: Callable[[str], None]) -> None:
+    """Sets a training's note (an empty text clears it).
+
+    Raises:
+        ConfigError: the note is not one line of text, or carries a credential.
+        StoreError: no such training.
+    """
+    text = check_note(text)
+    _training(store, training_id)
+    store.update_training(training_id, {"note": text or None})
+    say(f"noted {training_id}" if text else f"cleared the note of {training_id}")
+
+
+def _training(store: JobStore, training_id: str) -> dict:
+    training = store.get_training(training_id)
+    if training is None:
+        raise StoreError(f"no training {training_id}; see miquery for the ids")
+    return training

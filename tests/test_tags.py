@@ -1,0 +1,112 @@
+"""Tags and notes on trainings (micontrol tag/untag/note), and what miquery shows of a training's
+lineage: fingerprint, parent, children, tags and note; miquery --tag lists the tagged ones."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+
+from mitorch.store import open_store
+
+CONFIG = {"max_epochs": 1, "optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}}
+
+
+def command(prog: str, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """A command's main() in this process: (exit status, stdout, stderr)."""
+    code = 0
+    try:
+        importlib.import_module(f"mitorch.cli.{prog}").main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tables(out: str) -> dict[str, list[list[str]]]:
+    """miquery's plain layout read back: {title: [header, *rows]}."""
+    found = {}
+    for block in out.strip("\n").split("\n\n"):
+        lines = block.split("\n")
+        if lines[0].startswith("# "):
+            found[lines[0][2:]] = [line.split("\t") for line in lines[1:] if not line.startswith("# ")]
+    return found
+
+
+def test_tag_untag_and_note_change_only_that_training(home: dict, capsys: pytest.CaptureFixture) -> None:
+    store = open_store()
+    first, second = (store.add_training({"config": CONFIG}) for _ in range(2))
+    assert command("micontrol", ["tag", first, "baseline", "paper:v2", "baseline"], capsys)[0] == 0
+    assert store.get_training(first)["tags"] == ["baseline", "paper:v2"]
+    code, out, _ = command("micontrol", ["tag", first, "baseline"], capsys)
+    assert code == 0 and out.startswith(f"unchanged {first}")
+    assert command("micontrol", ["untag", first, "baseline"], capsys)[0] == 0
+    assert store.get_training(first)["tags"] == ["paper:v2"]
+    assert command("micontrol", ["note", first, "  lr too high, see run 7  "], capsys)[0] == 0
+    assert store.get_training(first)["note"] == "lr too high, see run 7"
+    assert "tags" not in store.get_training(second) and "note" not in store.get_training(second)
+    assert command("micontrol", ["note", first, ""], capsys)[0] == 0
+    assert store.get_training(first)["note"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tag", "{id}", "two words"], "a tag is one word"),
+    (["tag", "{id}", "<b>x</b>"], "a tag is one word"),
+    (["tag", "{id}", "x" * 65], "got a string of 65 characters"),
+    (["note", "{id}", "see https://acct.blob.core.windows.net/c?sv=1&sig=SECRETSIG"], "carries a credential of the form sig=***;"),
+    (["note", "{id}", "mongodb://me:hunter2@db/x"], "carries a credential of the form :***@;"),
+    (["note", "{id}", "two\nlines"], "one line of printable text"),
+    (["note", "{id}", "n" * 1001], "at most 1000 characters, got 1001"),
+    (["tag", "0123456789abcdef01234567", "baseline"], "no training 0123456789abcdef01234567; see miquery"),
+])
+def test_bad_tags_and_notes_are_one_line_errors_and_store_nothing(home: dict, capsys: pytest.CaptureFixture,
+                                                                    argv: list[str], message: str) -> None:
+    store = open_store()
+    training_id = store.add_training({"config": CONFIG})
+    code, out, err = command("micontrol", [a.replace("{id}", training_id) for a in argv], capsys)
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "SECRETSIG" not in err and "hunter2" not in err
+    record = store.get_training(training_id)
+    assert "tags" not in record and "note" not in record
+
+
+def test_miquery_shows_fingerprint_parent_children_tags_and_note(home: dict, capsys: pytest.CaptureFixture) -> None:
+    store = open_store()
+    parent = store.add_training({"config": CONFIG, "fingerprint": "f" * 64, "tags": ["baseline"]})
+    children = [store.add_training({"config": CONFIG, "parent": parent, "tags": ["clone"]}) for _ in range(2)]
+    store.add_training({"config": CONFIG, "parent": children[0]})  # a grandchild: not parent's child
+    assert command("micontrol", ["note", parent, "the <i>reference</i> run"], capsys)[0] == 0
+    code, out, _ = command("miquery", [parent, "--json"], capsys)
+    view = json.loads(out)
+    assert code == 0 and view["training"]["fingerprint"] == "f" * 64 and view["training"]["tags"] == ["baseline"]
+    assert sorted(c["id"] for c in view["children"]) == sorted(children)
+    assert view["training"]["note"] == "the <i>reference</i> run"
+    code, out, _ = command("miquery", [parent], capsys)
+    lines = out.splitlines()
+    assert f"fingerprint: {'f' * 64}" in lines and "tags: baseline" in lines and "note: the <i>reference</i> run" in lines
+    shown = tables(out)["children (cloned from it or started from its weights)"]
+    assert sorted(row[0] for row in shown[1:]) == sorted(children) and shown[1][3] == "clone"
+    code, out, _ = command("miquery", [children[1], "--json"], capsys)
+    assert json.loads(out)["training"]["parent"] == parent and json.loads(out)["children"] == []
+    assert f"parent: {parent}" in command("miquery", [children[1]], capsys)[1].splitlines()
+
+
+def test_a_training_from_before_lineage_shows_none_of_it(home: dict, capsys: pytest.CaptureFixture) -> None:
+    training_id = open_store().add_training({"config": CONFIG})
+    code, out, _ = command("miquery", [training_id], capsys)
+    assert code == 0 and not any(line.startswith(("fingerprint:", "parent:", "tags:", "note:", "# children"))
+                                 for line in out.splitlines())
+
+
+def test_miquery_tag_lists_only_the_tagged_trainings(home: dict, capsys: pytest.CaptureFixture) -> None:
+    store = open_store()
+    tagged = [store.add_training({"config": CONFIG, "tags": ["baseline", "x"]}) for _ in range(2)]
+    store.add_training({"config": CONFIG, "tags": ["baseline-2"]})
+    store.add_training({"config": CONFIG})
+    code, out, _ = command("miquery", ["--tag", "baseline", "--json"], capsys)
+    assert code == 0 and sorted(t["id"] for t in json.loads(out)["tagged"]) == sorted(tagged)
+    code, out, _ = command("miquery", ["--tag", "baseline"], capsys)
+    rows = tables(out)["trainings tagged baseline"]
+    assert rows[0] == ["id", "status", "result", "tags", "note"] and sorted(r[0] for r in rows[1:]) == sorted(tagged)
+    code, _, err = command("miquery", ["--tag", "a b"], capsys)
+    assert code != 0 and "--tag is one word" in err and len(err.strip().splitlines()) == 1
