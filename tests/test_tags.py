@@ -110,3 +110,66 @@ def test_miquery_tag_lists_only_the_tagged_trainings(home: dict, capsys: pytest.
     assert rows[0] == ["id", "status", "result", "tags", "note"] and sorted(r[0] for r in rows[1:]) == sorted(tagged)
     code, _, err = command("miquery", ["--tag", "a b"], capsys)
     assert code != 0 and "--tag is one word" in err and len(err.strip().splitlines()) == 1
+
+
+XSS = '<script>window.__xss=1</script>'
+
+
+@pytest.fixture
+def family(home: dict) -> dict[str, str]:
+    """A parent with two children (one tagged), and an unrelated training; ids by role."""
+    store = open_store()
+    ids = {"parent": store.add_training({"config": CONFIG, "fingerprint": "a" * 64, "tags": ["baseline"]})}
+    store.update_training(ids["parent"], {"status": "completed", "note": f"keep this one {XSS}"})
+    ids["child"] = store.add_training({"config": CONFIG, "parent": ids["parent"], "tags": ["clone"]})
+    ids["child2"] = store.add_training({"config": CONFIG, "parent": ids["parent"]})
+    ids["other"] = store.add_training({"config": CONFIG})
+    return ids
+
+
+@pytest.fixture
+def client(family: dict):
+    from starlette.testclient import TestClient
+
+    from mitorch.viewer import Settings, create_app
+
+    return TestClient(create_app(open_store(), Settings(refresh_s=0, store_label="sqlite:///db")),
+                      base_url="http://127.0.0.1:8080", follow_redirects=False)
+
+
+def test_the_training_page_shows_lineage_tags_and_an_escaped_note(family: dict, client) -> None:
+    page = client.get(f"/trainings/{family['parent']}").text
+    lineage = page.split('id="lineage"')[1].split("</dl>")[0]
+    assert f'<code id="fingerprint">{"a" * 64}</code>' in lineage
+    children = lineage.split('id="children"')[1].split("</dd>")[0]
+    assert {f'<a href="/trainings/{family[c]}">' in children for c in ("child", "child2")} == {True}
+    assert family["other"] not in lineage and 'href="/trainings?tag=baseline"' in lineage
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in lineage and XSS not in page
+    child = client.get(f"/trainings/{family['child']}").text.split('id="lineage"')[1].split("</dl>")[0]
+    assert f'<a href="/trainings/{family["parent"]}">' in child.split('id="parent"')[1].split("</dd>")[0]
+    assert "not recorded" in child and 'id="note"' not in child
+    api = client.get(f"/api/trainings/{family['parent']}").json()["lineage"]
+    assert sorted(c["id"] for c in api["children"]) == sorted([family["child"], family["child2"]])
+    assert api["fingerprint"] == "a" * 64 and api["tags"] == ["baseline"] and api["parent"] is None
+    assert client.get(f"/api/trainings/{family['child']}").json()["lineage"]["parent"]["id"] == family["parent"]
+
+
+def test_the_trainings_list_filters_by_tag_and_sees_tags_added_later(family: dict, client,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    def tagged(tag: str) -> list[str]:
+        return [row["id"] for row in client.get(f"/api/trainings?tag={tag}").json()["trainings"]]
+
+    assert tagged("baseline") == [family["parent"]] and tagged("clone") == [family["child"]]
+    assert tagged("nothing") == []
+    # A tag added while the viewer runs changes neither status nor priority: the page and the API
+    # each see it on their first read after it.
+    assert command("micontrol", ["tag", family["other"], "clone"], capsys)[0] == 0
+    page = client.get("/trainings?tag=clone&col=name&col=tags").text
+    table = page.split('id="trainings"')[1].split("</table>")[0]
+    assert family["child"] in table and family["other"] in table and family["parent"] not in table
+    assert 'class="tag" href="/trainings?tag=clone"' in table
+    assert command("micontrol", ["tag", family["other"], "baseline"], capsys)[0] == 0
+    assert sorted(tagged("baseline")) == sorted([family["parent"], family["other"]])
+    bad = client.get("/api/trainings?tag=%3Cb%3E")
+    assert bad.status_code == 400 and "tag is one word" in bad.json()["error"]
+    assert client.get("/trainings?tag=a%20b").status_code == 400

@@ -47,6 +47,8 @@ def trainings(request: Request) -> Response:
         query = params.query(request.query_params)
     except params.BadQuery as e:
         return error(str(e), 400)
+    if query.tag:
+        state.index.sync_tags()
     rows, total = state.index.search(query)
     return answer({"total": total, "page": query.page, "per_page": query.per_page, "sort": query.sort,
                    "dir": query.effective_direction(), "trainings": _public(rows)})
@@ -66,7 +68,7 @@ def training(request: Request) -> Response:
     except views.NotFound as e:
         return error(str(e), 404)
     return answer({key: data[key] for key in ("training", "summary", "results", "metrics", "attempts", "log",
-                                              "artifacts")})
+                                              "artifacts", "lineage")})
 
 
 def results(request: Request) -> Response:

@@ -78,6 +78,7 @@ def summarize(training: dict[str, Any], results: Sequence[dict[str, Any]]) -> di
         "error": error.strip().splitlines()[0][:300] if error.strip() else "",
         "heartbeat_at": training.get("heartbeat_at"), "executor": training.get("executor") or "",
         "overrides": " ".join(map(str, training.get("overrides") or [])),
+        "tags": [str(tag) for tag in training.get("tags") or []],
     }
     params = " ".join(f"{k}={v}" for k, v in (training.get("params") or {}).items())
     words = [row["id"], row["name"], row["model"], row["dataset"], row["job_id"], row["error"], row["executor"],
@@ -95,6 +96,7 @@ class Query:
     dataset: str = ""
     model: str = ""
     job: str = ""
+    tag: str = ""
     text: str = ""
     sort: str = "created"
     direction: str = ""  # asc | desc; empty: the column's natural direction
@@ -219,6 +221,16 @@ class TrainingIndex:
             self._states, self._live_results = states, live_results
             self._refreshed_at = time.monotonic()
 
+    def sync_tags(self) -> None:
+        """Reads again the trainings whose tags changed since the table last read them: tagging
+        changes neither status nor priority, which is all a refresh compares (one listing of
+        ids and tags, before a page filters by tag)."""
+        rows = self.snapshot().rows
+        stale = [t["id"] for t in self.store.list_trainings(order="recent", fields=["tags"])
+                 if t["id"] in rows and [str(tag) for tag in t.get("tags") or []] != rows[t["id"]]["tags"]]
+        if stale:
+            self.refresh(stale)
+
     def _results(self, trainings: list[dict[str, Any]],
                  live_results: dict[str, tuple[tuple, list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
         """The trainings' per-epoch results. Those of a queued or running training are kept
@@ -259,6 +271,8 @@ class TrainingIndex:
         # One plain pass per filter, most selective first: no per-row function calls.
         if query.job:
             rows = [r for r in rows if r["job_id"] == query.job]
+        if query.tag:
+            rows = [r for r in rows if query.tag in r["tags"]]
         if query.dataset:
             dataset = query.dataset
             rows = [r for r in rows if r["dataset"] == dataset or r["dataset"].partition(":")[0] == dataset]

@@ -24,6 +24,7 @@ _TABLE = (
     _param("dataset", "query", "NAME or NAME:VERSION"),
     _param("model", "query", "part of the model name"),
     _param("job", "query", "a job id"),
+    _param("tag", "query", "a tag (micontrol tag ID NAME adds one)"),
     _param("q", "query", "words found in id, name, model, dataset, job, error, overrides or params"),
     _param("sort", "query", "created, priority, status, name, epochs, started, completed, model, dataset, job, or a "
                             "metric (best value; METRIC:last for the last)"),
@@ -36,7 +37,8 @@ _READ_PATHS = {
                            "active jobs"),
     "/api/trainings": _get("A page of the trainings table: each row with best and last value per metric", *_TABLE),
     "/api/trainings/{training_id}": _get(
-        "One training: record, summary, per-epoch results, attempts, log tail, artifacts. With after=EPOCH, what a "
+        "One training: record, summary, per-epoch results, attempts, log tail, artifacts, lineage (fingerprint, "
+        "parent and children). With after=EPOCH, what a "
         "live page polls: only what changed since that epoch (status, priority, attempt, heartbeat, the newer "
         "results with their metric names and chart points, the log tail), and the artifacts once it has ended",
         _TRAINING_ID, _param("after", "query", "the last epoch the caller has (an integer)")),

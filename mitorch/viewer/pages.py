@@ -61,6 +61,8 @@ def trainings(request: Request) -> Response:
         query = params.query(request.query_params)
     except params.BadQuery as e:
         return render(request, "error.html", 400, message=str(e))
+    if query.tag:
+        state.index.sync_tags()
     snapshot = state.index.snapshot()
     rows, total = state.index.search(query, snapshot)
     metrics = snapshot.metric_names

@@ -8,7 +8,7 @@ from mitorch.store import STATUSES
 from mitorch.task_types import MAIN_METRICS
 from mitorch.viewer.index import SORT_KEYS, Query
 
-COLUMNS = ("name", "status", "priority", "model", "dataset", "job", "epochs", "attempt", "created", "started",
+COLUMNS = ("name", "status", "priority", "model", "dataset", "job", "tags", "epochs", "attempt", "created", "started",
            "completed", "error")
 DEFAULT_COLUMNS = ("name", "status", "model", "dataset", "job", "epochs", "created")
 MAX_PER_PAGE = 500
@@ -44,8 +44,17 @@ def query(params: Any) -> Query:
     direction = one("dir")
     if direction not in ("", "asc", "desc"):
         raise BadQuery("dir takes asc or desc")
+    tag = one("tag")
+    if tag:
+        from mitorch.errors import ConfigError
+        from mitorch.service.manage import check_tag
+
+        try:
+            check_tag(tag, "tag")
+        except ConfigError as e:
+            raise BadQuery(str(e)) from None
     page, per_page = _whole(one("page", "1"), "page", 1), _whole(one("per_page", "50"), "per_page", 1)
-    return Query(statuses=statuses, dataset=one("dataset"), model=one("model"), job=one("job"), text=one("q"),
+    return Query(statuses=statuses, dataset=one("dataset"), model=one("model"), job=one("job"), tag=tag, text=one("q"),
                  sort=sort, direction=direction, page=page, per_page=min(per_page, MAX_PER_PAGE))
 
 

@@ -77,7 +77,25 @@ def training(store: JobStore, training_id: str, log_lines: int = 60) -> dict[str
             "curves": curves(results, metrics), "attempts": attempts,
             "config_text": json.dumps(shown_config, indent=2, default=str),
             "live": record["status"] in ACTIVE, "log": log_tail(record.get("log"), log_lines),
-            "studio_url": _https(record.get("studio_url")), "artifacts": _artifacts(record)}
+            "studio_url": _https(record.get("studio_url")), "artifacts": _artifacts(record),
+            "lineage": lineage(store, record)}
+
+
+def lineage(store: JobStore, record: dict[str, Any]) -> dict[str, Any]:
+    """Where a training came from and what came of it: its fingerprint, its parent (the training
+    it was cloned from or started from the weights of) and its children, each with its status;
+    tags and note as recorded (absent ones empty)."""
+    listed = store.list_trainings(order="recent", fields=["parent", "status", "name"])
+    children = [{"id": t["id"], "status": t["status"], "name": t.get("name") or ""}
+                for t in listed if t.get("parent") == record["id"]]
+    parent_id = record.get("parent")
+    parent = store.get_training(parent_id) if isinstance(parent_id, str) and parent_id else None
+    shown_parent = None
+    if parent_id:
+        shown_parent = {"id": str(parent_id), "status": parent["status"] if parent else None,
+                        "name": (parent or {}).get("name") or ""}
+    return {"fingerprint": record.get("fingerprint"), "parent": shown_parent, "children": children,
+            "tags": [str(tag) for tag in record.get("tags") or []], "note": record.get("note") or ""}
 
 
 # The record's fields a live training's page refreshes on each poll; the rest changes with the
