@@ -205,3 +205,11 @@ def test_shipped_sample_configs_compose(sample: Path) -> None:
     content = sample.read_text()
     assert cfg.model._target_.split(".")[-1] in content
     assert str(cfg.max_epochs) in content and cfg.max_epochs == 30
+
+
+@pytest.mark.parametrize("flag", [["--cfg", "job"], ["--info"]])
+def test_a_sweep_that_asks_for_one_config_is_a_usage_error(flag: list[str]) -> None:
+    # Hydra itself would stop with a traceback: -m and --cfg/--info are each a mode of their own.
+    with pytest.raises(UsageError, match=f"-m runs a sweep and {flag[0]} prints one config; drop -m"):
+        parse_command_line(["-m", "optimizer.lr=0.1,0.2", *flag], "mitrain")
+    assert parse_command_line(["optimizer.lr=0.1", *flag], "mitrain").hydra_flags[0] == flag[0]

@@ -165,6 +165,10 @@ def command_line(args: argparse.Namespace) -> CommandLine:
     older += ["fast_dev_run=true"] if args.fast_dev_run else []
     file_overrides = config_file_overrides(positionals[0], cli_overrides) if positionals else []
     flags = args.hydra_flags
+    if "--multirun" in flags and {"--cfg", "--info"}.intersection(flags):
+        shown = "--cfg" if "--cfg" in flags else "--info"
+        raise UsageError(f"-m runs a sweep and {shown} prints one config; drop -m to see the config of one "
+                         "combination (give its values instead of the lists)")
     return CommandLine(overrides=merge(file_overrides, older, cli_overrides), hydra_flags=list(flags),
                        multirun="--multirun" in flags, informational=bool(_INFORMATIONAL.intersection(flags)),
                        print_config="--cfg" in flags)
