@@ -4,6 +4,7 @@
 Hydra's plugin discovery loads this module without registering it in sys.modules, so its
 config dataclass needs real annotations: no `from __future__ import annotations` here.
 """
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -19,6 +20,8 @@ class QueueLauncherConf:
     priority: int = 100
     # A registered dataset, NAME:VERSION, for every training of the sweep.
     dataset: Optional[str] = None
+    # Queue runs whose fingerprint matches an active or completed training (misubmit --allow-duplicate).
+    allow_duplicate: bool = False
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="mitorch_queue", node=QueueLauncherConf,
@@ -26,11 +29,17 @@ ConfigStore.instance().store(group="hydra/launcher", name="mitorch_queue", node=
 
 
 class QueueLauncher(Launcher):
-    """Stores every job of a sweep as a `new` training of one `jobs` record (job_type "sweep")."""
+    """Stores every job of a sweep as a `new` training of one `jobs` record (job_type "sweep").
 
-    def __init__(self, priority: int = 100, dataset: Optional[str] = None) -> None:
+    A run whose fingerprint matches an active or completed training, or an earlier run of the
+    sweep, is named on stderr and not queued; when no run is left, nothing is stored and the
+    process exits with status 3 (as misubmit does for one duplicate training).
+    """
+
+    def __init__(self, priority: int = 100, dataset: Optional[str] = None, allow_duplicate: bool = False) -> None:
         self.priority = priority
         self.dataset = dataset
+        self.allow_duplicate = allow_duplicate
         self.job_id: str | None = None
         self.config = None
 
@@ -41,6 +50,7 @@ class QueueLauncher(Launcher):
         from omegaconf import OmegaConf
 
         from mitorch.config import compose
+        from mitorch.service.fingerprint import fingerprint
         from mitorch.service.submit import find_dataset, submission
         from mitorch.store import open_store
 
@@ -49,8 +59,13 @@ class QueueLauncher(Launcher):
         # Every run is checked before anything is stored.
         configs = [submission(compose(list(overrides)), store, dataset) for overrides in job_overrides]
         trainings = [{"config": config, "priority": self.priority, "dataset": dataset,
-                      "trial_number": initial_job_idx + i, "overrides": list(overrides)}
+                      "fingerprint": fingerprint(config, dataset), "trial_number": initial_job_idx + i, "overrides": list(overrides)}
                      for i, (config, overrides) in enumerate(zip(configs, job_overrides))]
+        if not self.allow_duplicate:
+            trainings = self._without_duplicates(store, trainings)
+            job_overrides = [t["overrides"] for t in trainings]
+            if not trainings and self.job_id is None:
+                sys.exit(3)  # every run repeats a training: nothing stored
         if self.job_id is None:
             # The job and its first trainings are stored together: all or nothing.
             sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
@@ -60,9 +75,32 @@ class QueueLauncher(Launcher):
         else:
             ids = store.add_trainings([{**t, "job_id": self.job_id} for t in trainings])
         returns = []
+        if not trainings:
+            return returns
         for training_id, overrides in zip(ids, job_overrides):
             print(f"{training_id} {' '.join(overrides)}", flush=True)
             result = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
             result.return_value = training_id
             returns.append(result)
         return returns
+
+    @staticmethod
+    def _without_duplicates(store: Any, trainings: list) -> list:
+        """The runs that repeat no active or completed training and no earlier run of the sweep;
+        each other one is named on stderr."""
+        from mitorch.service.submit import duplicate_line, duplicate_of
+
+        kept, seen = [], {}
+        for training in trainings:
+            shown = " ".join(training["overrides"])
+            earlier = seen.get(training["fingerprint"])
+            found = None if earlier is not None else duplicate_of(store, training["fingerprint"])
+            if earlier is not None:
+                print(f"misubmit: {shown}: duplicate of this sweep's run {earlier}; use --allow-duplicate to queue it "
+                      "again", file=sys.stderr, flush=True)
+            elif found is not None:
+                print(f"misubmit: {shown}: {duplicate_line(found)}", file=sys.stderr, flush=True)
+            else:
+                seen[training["fingerprint"]] = shown
+                kept.append(training)
+        return kept

@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import sys
-
 import argparse
 import sys
 
@@ -41,6 +39,10 @@ The config is composed and checked as mitrain would (unknown keys, types, allowe
 before anything is stored; paths are made absolute. Lower priority runs first (default 100).
 --dataset trains on a dataset registered with midataset (its highest version unless one is
 given; the training is pinned to that version) instead of data.train/data.val.
+A training whose fingerprint (its config without loggers, workers and output paths, its data
+and MiTorch's version) matches an active or completed training is refused with exit status 3,
+naming that training; --allow-duplicate queues it anyway (to measure another seed's variance).
+A -m sweep names its duplicates on stderr and queues the rest.
 micontrol dispatches queued trainings; miquery shows them.
 """
 _SEARCH_OPTIONS = ("search", "trials", "parallel", "sampler", "pruner")
@@ -51,6 +53,9 @@ def _parser() -> CommandParser:
                              USAGE, EPILOG, hydra_flags=("--multirun",))
     parser.add_argument("--priority", metavar="N", help=f"lower runs first (default {DEFAULT_PRIORITY})")
     parser.add_argument("--dataset", metavar="NAME[:VERSION]", help="train on a dataset registered with midataset")
+    parser.add_argument("--allow-duplicate", action="store_true",
+                        help="queue it even when an active or completed training has the same fingerprint "
+                        "(another seed's variance)")
     search = parser.add_argument_group("a search job")
     search.add_argument("--search", metavar="key=SWEEP", help="queue an Optuna search over this key (and every "
                         "further key=SWEEP)")
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
             parse_reference(args.dataset)  # before the store is asked
         priority = DEFAULT_PRIORITY if args.priority is None else _whole_number(args.priority)
         job = _search_job(args)
+        if job is not None and args.allow_duplicate:
+            raise UsageError("--allow-duplicate is for trainings; a search job reuses its completed points instead")
         if job is not None:
             print(f"job {_queue_search(*job, args)}")
             return
@@ -99,10 +106,16 @@ def _queue_training(args: argparse.Namespace, priority: int) -> str | None:
         # paths, its base training), so the queue launcher refuses nothing half-way.
         check_overrides(command.overrides, multirun=True, check=lambda cfg: submission(cfg, store, dataset))
         store.close()
-        _queue_sweep(command.overrides, priority, dataset)
+        _queue_sweep(command.overrides, priority, dataset, args.allow_duplicate)
         return None
+    from mitorch.service.fingerprint import fingerprint
+    from mitorch.service.submit import refuse_duplicate
+
     config = submission(compose(command.overrides), store, dataset)
-    return store.add_training({"config": config, "priority": priority, "dataset": dataset})
+    key = fingerprint(config, dataset)
+    if not args.allow_duplicate:
+        refuse_duplicate(store, key)  # exits with status 3, naming the training it repeats
+    return store.add_training({"config": config, "priority": priority, "dataset": dataset, "fingerprint": key})
 
 
 def _older_form(args: argparse.Namespace) -> list[str]:
@@ -170,7 +183,7 @@ def _search_settings(asked: dict[str, str], words: list[str]) -> dict:
 
 def _add_trials(args: argparse.Namespace) -> None:
     others = [args.priority, args.dataset, *(getattr(args, name) for name in _SEARCH_OPTIONS)]
-    if len(args.words) != 1 or _older_form(args) or any(value is not None for value in others):
+    if len(args.words) != 1 or _older_form(args) or args.allow_duplicate or any(v is not None for v in others):
         raise UsageError("--add-trials takes a number and one search job's id: misubmit --add-trials N JOB_ID")
     from mitorch.service.search.job import MAX_TRIALS
 
@@ -196,7 +209,7 @@ def _queue_search(job: dict, base_dir: str, args: argparse.Namespace) -> str:
     return job_id
 
 
-def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> None:
+def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None, allow_duplicate: bool) -> None:
     """Hydra's multirun with the mitorch_queue launcher: it stores the runs instead of running them."""
     import tempfile
 
@@ -214,6 +227,7 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None) -> N
 
     with tempfile.TemporaryDirectory() as sweep_dir:
         pinned = [] if dataset is None else [f"hydra.launcher.dataset={dataset['name']}:{dataset['version']}"]
+        pinned += ["hydra.launcher.allow_duplicate=true"] * allow_duplicate
         sys.argv = [PROG, "-m", "hydra/launcher=mitorch_queue", f"hydra.launcher.priority={priority}", *pinned,
                     f"hydra.sweep.dir={sweep_dir}", *overrides]
         hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(not_run)()

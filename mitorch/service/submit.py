@@ -11,15 +11,54 @@ from mitorch.build import check_targets
 from mitorch.config import resolve_paths
 from mitorch.config.screen import shorten
 from mitorch.config.validate import PATH_KEYS
-from mitorch.errors import ConfigError
+from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files.remote import is_remote
-from mitorch.store import JobStore, StoreError
+from mitorch.store import ACTIVE, JobStore, StoreError
 from mitorch.files.secrets import credential_forms
 
 # Training ids are 24 hex digits; a base= that could not be one is refused before the store is asked.
 _TRAINING_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 # Paths a training reads (outputs are written, so they need not exist yet).
 _INPUT_KEYS = ("data.train", "data.val", "weights")
+
+
+class DuplicateTraining(MiTorchError):
+    """A training with the same fingerprint is active or completed (misubmit exits with 3)."""
+
+    exit_code = 3
+
+
+def duplicate_of(store: JobStore, fingerprint: str) -> dict[str, Any] | None:
+    """The training a new one with this fingerprint would repeat: the oldest completed one, else
+    the oldest active one (new, queued, running); None when there is none. Failed, cancelled and
+    pruned trainings are no reason to refuse: running one again is what a user wants then."""
+    found = store.find_trainings(fingerprint, ["completed", *ACTIVE])
+    completed = [training for training in found if training["status"] == "completed"]
+    return (completed or found or [None])[0]
+
+
+def duplicate_line(training: dict[str, Any]) -> str:
+    """`duplicate of ID (completed, top1_accuracy 0.953); use --allow-duplicate to queue it again`:
+    a completed training with its main metric, an active one with its status."""
+    from mitorch.task_types import main_metric
+
+    shown = training["status"]
+    if shown == "completed":
+        try:
+            metric = main_metric((training.get("config") or {}).get("task_type", "multiclass_classification"))
+        except (KeyError, TypeError):  # a task type of another MiTorch: the status alone
+            metric = None
+        value = (training.get("metrics") or {}).get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            shown += f", {metric} {value:.4g}"
+    return f"duplicate of {training['id']} ({shown}); use --allow-duplicate to queue it again"
+
+
+def refuse_duplicate(store: JobStore, fingerprint: str) -> None:
+    """Raises DuplicateTraining naming the active or completed training with this fingerprint."""
+    training = duplicate_of(store, fingerprint)
+    if training is not None:
+        raise DuplicateTraining(duplicate_line(training))
 
 
 def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | None:

@@ -208,6 +208,12 @@ class JobStore(ABC):
         """
 
     @abstractmethod
+    def find_trainings(self, fingerprint: str, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The trainings whose `fingerprint` field is this one (read by an index), with one of
+        `statuses` (all when None), oldest first. A training without a fingerprint (stored by a
+        MiTorch before fingerprints) is never found."""
+
+    @abstractmethod
     def count_trainings(self, job_id: str | None = None) -> dict[str, int]:
         """The number of trainings in each status (every status present, zeros included), of
         one job when job_id is given."""

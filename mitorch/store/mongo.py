@@ -159,6 +159,7 @@ class MongoStore(JobStore):
         self._create_index(db.trainings, _QUEUE)
         self._create_index(db.trainings, _RECENT)
         self._create_index(db.trainings, [("job_id", 1), *_QUEUE])
+        self._create_index(db.trainings, [("fingerprint", 1), ("created_at", 1), ("_id", 1)])
         self._one_training_per_trial()
         self._create_index(db.training_results, [("training_id", 1), ("epoch", 1)], unique=True)
         self._create_index(db.jobs, _RECENT)
@@ -275,6 +276,13 @@ class MongoStore(JobStore):
         if history is not None:
             update["$push"]["status_history"] = history
         return {k: v for k, v in update.items() if v}
+
+    def find_trainings(self, fingerprint: str, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"fingerprint": fingerprint}
+        if statuses is not None:
+            query["status"] = {"$in": list(statuses)}
+        cursor = self._db.trainings.find(query, sort=[("created_at", 1), ("_id", 1)])
+        return [_out(d) for d in self._call(list, cursor)]
 
     def count_trainings(self, job_id: str | None = None) -> dict[str, int]:
         match = {} if job_id is None else {"job_id": job_id}

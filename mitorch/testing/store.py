@@ -278,6 +278,19 @@ class StoreConformance:
                                                                                                    "None"]
         assert len(store.list_trainings(job_id=other)) == 1
 
+    def test_trainings_are_found_by_fingerprint(self, store) -> None:
+        first = store.add_training({"fingerprint": "a" * 32, "n": 0})
+        time.sleep(0.002)
+        second = store.add_training({"fingerprint": "a" * 32, "n": 1})
+        store.add_training({"fingerprint": "b" * 32, "n": 2})
+        store.add_training({"n": 3})  # stored before fingerprints: never anyone's duplicate
+        store.update_training(second, {"status": "completed", "metrics": {"top1_accuracy": 0.5}})
+        assert [t["id"] for t in store.find_trainings("a" * 32)] == [first, second]  # oldest first
+        found = store.find_trainings("a" * 32, ["completed"])
+        assert [t["id"] for t in found] == [second] and found[0]["metrics"] == {"top1_accuracy": 0.5}
+        assert [t["n"] for t in store.find_trainings("b" * 32, ["new", "completed"])] == [2]
+        assert store.find_trainings("c" * 32) == [] and store.find_trainings("a" * 32, ["failed"]) == []
+
     def test_journal_logs_are_dense_ordered_and_kept_per_journal(self, store) -> None:
         assert store.read_logs("study-a") == []
         store.append_logs("study-a", [{"op_code": 0, "n": 0}, {"op_code": 1, "n": 1}])
