@@ -6,7 +6,9 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
      after each; a pruned trial's training gets a stop request first, then the trial is told PRUNED;
   3. ended trainings are told: completed -> COMPLETE with the objective, failed -> FAIL,
      cancelled -> PRUNED when pruned, else FAIL; more than max_failed failures fail the job;
-  4. new trials are asked for until max_concurrent are in flight and n_trials were created;
+  4. new trials are asked for until max_concurrent are in flight and n_trials were created; a
+     trial whose point's fingerprint matches a completed training (of this job or any other) is
+     told that training's value at once, without a training of its own (its `reused_from`);
   5. once every trial has ended and every training of the job has stopped (a pruned trial's
      training finishes its epoch first), the job completes with its best trial and counts by
      state, or fails when no trial completed; a job whose cancel was requested (micontrol cancel
@@ -37,7 +39,7 @@ from mitorch.errors import MiTorchError
 from mitorch.service.leases import Lease
 from mitorch.service.search.job import make_pruner, make_sampler
 from mitorch.service.search.space import distributions, param_overrides
-from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS
+from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, REUSED_FROM
 from mitorch.service.transitions import cancel_trainings, request_prune
 from mitorch.store import ACTIVE, DuplicateError, JobStore, LeaseLost
 from mitorch.task_types import is_better
@@ -189,8 +191,9 @@ class _Search:
             self._keep()
             self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
             created += 1
-            if self._queue(self.study.ask(self.space), recovered=False):
-                in_flight += 1
+            outcome = self._queue(self.study.ask(self.space), recovered=False)
+            if outcome != "failed":
+                in_flight += outcome == "queued"  # a reused trial was told at once
                 continue
             failed += 1  # its point did not compose: ask for another in its place
             if self._failed_too_often(failed):
@@ -204,15 +207,17 @@ class _Search:
         self._fail(f"{failed} trials failed, more than max_failed {self.job['max_failed']}")
         return True
 
-    def _queue(self, trial: Any, recovered: bool) -> bool:
-        """Queues the trial's training (job_id, trial_number, params); a trial whose point does
-        not compose is told FAIL.
+    def _queue(self, trial: Any, recovered: bool) -> str:
+        """Queues the trial's training (job_id, trial_number, params, fingerprint); a trial whose
+        point a completed training already has is told that training's value instead, and one
+        whose point does not compose is told FAIL.
 
         Returns:
-            Whether the trial has its training (False: it was told FAIL).
+            "queued" (the trial has its training), "reused" or "failed".
         """
         from mitorch.config import compose_with_values
         from mitorch.service import submit
+        from mitorch.service.fingerprint import fingerprint
 
         params = dict(trial.params)
         overrides = param_overrides(params)
@@ -222,17 +227,42 @@ class _Search:
         except MiTorchError as e:
             self._tell(trial, self.states.FAIL)
             self.act(f"failed trial {trial.number} of job {self.job['id']} ({' '.join(str(e).split())})")
-            return False
+            return "failed"
+        key = fingerprint(config, self.job["dataset"])
+        if self._reuse(trial, key):
+            return "reused"
         self._keep()
         self.wrote = True
         try:
             training_id = self.store.add_training({
                 "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
-                "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides})
+                "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides,
+                "fingerprint": key})
         except DuplicateError:
-            return True  # another tick queued it in the meantime
+            return "queued"  # another tick queued it in the meantime
         self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
                  + (" (its tick had stopped before queueing it)" if recovered else ""))
+        return "queued"
+
+    def _reuse(self, trial: Any, key: str) -> bool:
+        """Tells the trial the objective of the oldest completed training with its fingerprint
+        (of this job or any other), recording that training as the trial's `reused_from`.
+
+        Returns:
+            Whether the trial was told (False: no completed training has its point).
+        """
+        source = next((training for training in self.store.find_trainings(key, ["completed"])
+                       if isinstance((training.get("metrics") or {}).get(self.metric), (int, float))), None)
+        if source is None:
+            return False
+        value = float(source["metrics"][self.metric])
+        self._keep()
+        # Recorded before the trial is told: a tick that dies in between leaves a running trial
+        # without a training, which the next tick reuses again.
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        self.storage.set_trial_user_attr(trial_id, REUSED_FROM, source["id"])
+        self._tell(trial, values=value)
+        self.act(f"reused {source['id']} for trial {trial.number} of job {self.job['id']}: {self.metric} {value:.6g}")
         return True
 
     def _follow(self, trial: Any, training: dict[str, Any]) -> None:
@@ -398,8 +428,11 @@ class _Search:
         if best_trial is not None:
             training = next(iter(t for t in trainings if t.get("trial_number") == best_trial.number), None)
             best = {"number": best_trial.number, "value": best_trial.value, "params": dict(best_trial.params),
-                    "training_id": training and training["id"]}
-        return {"counts": counts, "trials_created": len(trials), "best": best}
+                    "training_id": best_trial.user_attrs.get(REUSED_FROM) or (training and training["id"])}
+        reused = [{"number": t.number, "params": dict(t.params), "value": t.value,
+                   REUSED_FROM: t.user_attrs[REUSED_FROM]}
+                  for t in trials if t.state == self.states.COMPLETE and REUSED_FROM in t.user_attrs]
+        return {"counts": counts, "trials_created": len(trials), "best": best, "reused": reused}
 
 
 __all__ = ["step"]

@@ -10,6 +10,10 @@ from typing import Any
 
 # Parameter importances are computed from this many complete trials on.
 IMPORTANCE_MIN_TRIALS = 3
+# A trial told the value of a completed training with its point, instead of training again,
+# records that training's id under this name (a user attribute of the trial in the study, and a
+# field of each entry of the job's `reused` list).
+REUSED_FROM = "reused_from"
 
 
 def trial_state(training: dict[str, Any]) -> str:
@@ -26,4 +30,17 @@ def trial_state(training: dict[str, Any]) -> str:
     return {"completed": "complete", "failed": "failed", "cancelled": "failed"}.get(training["status"], "running")
 
 
-__all__ = ["IMPORTANCE_MIN_TRIALS", "trial_state"]
+def reused_trials(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search job's reused trials as rows of its trial table (they have no training of their
+    own): number, params, value, state complete, no epochs, and the training they reused as both
+    `training_id` and `reused_from`.
+
+    Args:
+        job: the search job (its `reused` list, kept by each step).
+    """
+    return [{"number": entry["number"], "params": entry.get("params", {}), "value": entry.get("value"),
+             "state": "complete", "epochs": 0, "training_id": entry[REUSED_FROM], REUSED_FROM: entry[REUSED_FROM]}
+            for entry in job.get("reused") or ()]
+
+
+__all__ = ["IMPORTANCE_MIN_TRIALS", "REUSED_FROM", "reused_trials", "trial_state"]

@@ -1,0 +1,113 @@
+"""Search trials reuse completed trainings with their point instead of training again.
+
+The search step runs in this process; trainings are completed by writing their metrics, as the
+training side would (no model is trained here).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from mitorch.service.search import step as search
+from mitorch.service.search.job import prepare
+from mitorch.service.search.journal import study_storage
+from mitorch.service.search.trials import reused_trials
+from mitorch.store.sqlite import SQLiteStore
+
+# Four points; a random sampler proposes some of them again within 8 trials.
+SPACE = {"batch_size": "2,4", "optimizer.lr": "0.1,0.01"}
+SAMPLER = {"name": "random", "seed": 3}
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    yield store
+    store.close()
+
+
+def _job(store: SQLiteStore, tmp_path: Path, **fields) -> str:
+    job = {"job_type": "search", "overrides": ["max_epochs=1"], "search_space": SPACE, "sampler": SAMPLER,
+           "pruner": {"name": "none"}, "n_trials": 8, "max_concurrent": 1, **fields}
+    job_id, _ = store.add_job(prepare(job, store, str(tmp_path)))
+    return job_id
+
+
+def _value(training: dict) -> float:
+    """A training's result, from its point: the best point is batch_size 4, lr 0.1."""
+    config = training["config"]
+    return round(config["batch_size"] / 10 + config["optimizer"]["lr"], 6)
+
+
+def _run(store: SQLiteStore, job_id: str) -> list[str]:
+    """Steps the job to its end, completing each training it queues."""
+    actions: list[str] = []
+    for _ in range(30):
+        search.step(store, actions.append)
+        for training in store.list_trainings(["new"], job_id=job_id):
+            store.update_training(training["id"], {"status": "completed",
+                                                   "metrics": {"top1_accuracy": _value(training)}})
+        if store.get_job(job_id)["status"] != "running":
+            return actions
+    raise AssertionError(f"the job did not end: {actions}")
+
+
+def _trials(store: SQLiteStore, job_id: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=job_id, storage=study_storage(store, job_id)).trials
+
+
+def test_a_search_trains_each_point_once_and_tells_every_trial(store, tmp_path: Path) -> None:
+    job_id = _job(store, tmp_path)
+    actions = _run(store, job_id)
+    trainings = store.list_trainings(job_id=job_id)
+    trials = _trials(store, job_id)
+    points = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(points) == 4 and len(trainings) == 4, actions  # the seed proposes every point, some twice
+    assert len(trials) == 8 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t["fingerprint"] for t in trainings}) == 4
+    by_id = {t["id"]: t for t in trainings}
+    job = store.get_job(job_id)
+    assert job["status"] == "completed" and job["counts"]["complete"] == 8
+    assert len(job["reused"]) == 4 and sum(a.startswith("reused ") for a in actions) == 4
+    for entry in job["reused"]:
+        source = by_id[entry["reused_from"]]  # a training of this job, with the same point and value
+        assert entry["value"] == _value(source) == trials[entry["number"]].value
+        assert entry["params"] == source["params"] and entry["params"] == trials[entry["number"]].params
+    assert job["best"]["value"] == 0.5 and by_id[job["best"]["training_id"]]["params"] == {
+        "batch_size": 4, "optimizer.lr": 0.1}
+    rows = reused_trials(job)
+    assert sorted(row["number"] for row in rows) == sorted(entry["number"] for entry in job["reused"])
+    assert all(row["state"] == "complete" and row["training_id"] == row["reused_from"] for row in rows)
+
+
+def test_a_search_reuses_trainings_of_other_jobs_and_of_misubmit(store, tmp_path: Path, monkeypatch) -> None:
+    from mitorch.config import compose
+    from mitorch.service.fingerprint import fingerprint
+    from mitorch.service.submit import submission
+
+    monkeypatch.chdir(tmp_path)
+    # A training queued by hand (as misubmit stores it) with one of the points, completed.
+    config = submission(compose(["max_epochs=1", "batch_size=4", "optimizer.lr=0.1"]), store)
+    by_hand = store.add_training({"config": config, "fingerprint": fingerprint(config)})
+    store.update_training(by_hand, {"status": "completed", "metrics": {"top1_accuracy": 0.5}})
+    first = _job(store, tmp_path)
+    _run(store, first)
+    assert len(store.list_trainings(job_id=first)) == 3  # the hand-queued point was not trained again
+    assert by_hand in {entry["reused_from"] for entry in store.get_job(first)["reused"]}
+    # A training that did not complete is no result, even with metrics: the point trains.
+    second = _job(store, tmp_path, search_space={"batch_size": "choice(2)", "optimizer.lr": "choice(0.1)"}, n_trials=1,
+                  overrides=["max_epochs=1", "seed=7"])
+    search.step(store, lambda line: None)
+    [training] = store.list_trainings(job_id=second)
+    store.update_training(training["id"], {"status": "cancelled", "metrics": {"top1_accuracy": 0.9}})
+    third = _job(store, tmp_path, search_space={"batch_size": "choice(2)", "optimizer.lr": "choice(0.1)"}, n_trials=1,
+                 overrides=["max_epochs=1", "seed=7"])
+    search.step(store, lambda line: None)
+    assert len(store.list_trainings(job_id=third)) == 1
+    # Another job over the same space trains nothing: every trial is told a result.
+    again = _job(store, tmp_path)
+    actions = _run(store, again)
+    assert store.list_trainings(job_id=again) == [] and len(store.get_job(again)["reused"]) == 8, actions
+    assert store.get_job(again)["best"]["value"] == 0.5
