@@ -173,3 +173,13 @@ def test_the_trainings_list_filters_by_tag_and_sees_tags_added_later(family: dic
     bad = client.get("/api/trainings?tag=%3Cb%3E")
     assert bad.status_code == 400 and "tag is one word" in bad.json()["error"]
     assert client.get("/trainings?tag=a%20b").status_code == 400
+
+
+def test_labels_are_the_only_fields_manage_writes_outside_transitions(home: dict) -> None:
+    from mitorch.service import manage
+
+    store = open_store()
+    training_id = store.add_training({"config": CONFIG})
+    with pytest.raises(ValueError, match="only tags, note are written here"):
+        manage._write_labels(store, training_id, {"tags": ["a"], "status": "completed"})
+    assert store.get_training(training_id)["status"] == "new" and "tags" not in store.get_training(training_id)

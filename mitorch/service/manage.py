@@ -176,7 +176,7 @@ def tag(store: JobStore, training_id: str, tags: list[str], say: Callable[[str],
     kept = [str(t) for t in training.get("tags") or []]
     changed = [t for t in kept if t not in tags] if remove else kept + [t for t in dict.fromkeys(tags) if t not in kept]
     if changed != kept:
-        store.update_training(training_id, {"tags": changed})
+        _write_labels(store, training_id, {"tags": changed})
     verb = "untagged" if remove else "tagged"
     say(f"{verb} {training_id} {' '.join(tags)}; its tags: {' '.join(changed) or '(none)'}"
         if changed != kept else f"unchanged {training_id} (its tags: {' '.join(kept) or '(none)'})")
@@ -191,8 +191,19 @@ def note(store: JobStore, training_id: str, text: str, say: Callable[[str], None
     """
     text = check_note(text)
     _training(store, training_id)
-    store.update_training(training_id, {"note": text or None})
+    _write_labels(store, training_id, {"note": text or None})
     say(f"noted {training_id}" if text else f"cleared the note of {training_id}")
+
+
+LABELS = ("tags", "note")
+
+
+def _write_labels(store: JobStore, training_id: str, labels: dict) -> None:
+    """The one write of this module that is not through transitions: a training's tags and note,
+    which no status or attempt depends on."""
+    if not set(labels) <= set(LABELS):
+        raise ValueError(f"only {', '.join(LABELS)} are written here, not {sorted(set(labels) - set(LABELS))}")
+    store.update_training(training_id, labels)
 
 
 def _training(store: JobStore, training_id: str) -> dict:
