@@ -111,3 +111,74 @@ def test_a_search_reuses_trainings_of_other_jobs_and_of_misubmit(store, tmp_path
     actions = _run(store, again)
     assert store.list_trainings(job_id=again) == [] and len(store.get_job(again)["reused"]) == 8, actions
     assert store.get_job(again)["best"]["value"] == 0.5
+
+
+def test_enqueued_points_are_tried_first_and_checked_when_the_job_is_stored(store, tmp_path: Path) -> None:
+    from mitorch.errors import ConfigError
+
+    points = [{"batch_size": 4, "optimizer.lr": 0.01}, {"batch_size": 2, "optimizer.lr": 0.01},
+              {"batch_size": 4, "optimizer.lr": 0.1}]
+    job_id = _job(store, tmp_path, enqueue=points, n_trials=3)
+    search.step(store, lambda line: None)
+    [training] = store.list_trainings(job_id=job_id)
+    assert training["params"] == points[0] and training["trial_number"] == 0
+    _run(store, job_id)
+    assert [t.params for t in _trials(store, job_id)] == points
+    assert store.get_job(job_id)["counts"]["complete"] == 3  # enqueued points are the job's own trials
+    # More points than trials: the job asks for its trials, and points left over never count.
+    job_id = _job(store, tmp_path, enqueue=points[1:], n_trials=1, overrides=["max_epochs=1", "seed=9"])
+    _run(store, job_id)
+    assert [t["params"] for t in store.list_trainings(job_id=job_id)] == [points[1]]
+    assert store.get_job(job_id)["counts"]["complete"] == 1
+    for enqueue, message in (([{"batch": 4}], "enqueue[0]: 'batch' is not a key of search_space; keys are "),
+                             ([{"batch_size": 3}], "enqueue[0]: batch_size=3 is outside its search_space"),
+                             ({"batch_size": 4}, "enqueue must be a list of points")):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            _job(store, tmp_path, enqueue=enqueue)
+
+
+SPACE_LR = {"optimizer.lr": "tag(log, interval(1e-3, 1e-1))"}
+TPE = {"name": "tpe", "seed": 5, "n_startup_trials": 2}
+
+
+def _first_ask(store: SQLiteStore, tmp_path: Path, **fields) -> dict:
+    job_id = _job(store, tmp_path, search_space=SPACE_LR, sampler=TPE, n_trials=1, **fields)
+    search.step(store, lambda line: None)
+    return store.list_trainings(job_id=job_id)[0]["params"]
+
+
+def test_a_warm_started_job_learns_from_the_earlier_jobs_results(store, tmp_path: Path) -> None:
+    from mitorch.service.search.job import make_sampler
+    from mitorch.service.search.space import distributions
+
+    earlier = _job(store, tmp_path, search_space=SPACE_LR, sampler={"name": "random", "seed": 1}, n_trials=3)
+    _run(store, earlier)
+    # What TPE asks first when it holds the earlier job's results (past its random startup).
+    space = distributions(SPACE_LR)
+    expected = optuna.create_study(direction="maximize", sampler=make_sampler(TPE, space))
+    expected.add_trials([optuna.trial.create_trial(params=t.params, distributions=space, value=t.value)
+                         for t in _trials(store, earlier)])
+    asked = expected.ask(space).params
+    assert _first_ask(store, tmp_path, warm_start=earlier) == asked
+    assert _first_ask(store, tmp_path) != asked  # cold, TPE starts at random
+
+
+def test_a_warm_started_job_never_retrains_a_point_of_the_earlier_one(store, tmp_path: Path) -> None:
+    from mitorch.errors import ConfigError, MiTorchError
+
+    earlier = _job(store, tmp_path)
+    _run(store, earlier)
+    trained = {t["fingerprint"] for t in store.list_trainings(job_id=earlier)}
+    later = _job(store, tmp_path, warm_start=earlier, sampler={"name": "tpe", "seed": 0})
+    actions = _run(store, later)
+    assert store.list_trainings(job_id=later) == [], actions
+    trials = _trials(store, later)
+    assert sum("warm_start_of" in t.user_attrs for t in trials) == 8  # every completed trial of the earlier job
+    assert len(trials) == 16  # and 8 of its own, told the earlier results
+    job = store.get_job(later)
+    assert job["trials_created"] == 8 and job["counts"]["complete"] == 8 and len(trained) == 4
+    with pytest.raises(MiTorchError, match="warm_start: no search job f{24} in the job store"):
+        _job(store, tmp_path, warm_start="f" * 24)
+    with pytest.raises(ConfigError, match=f"warm_start: job {earlier} optimizes top1_accuracy \\(maximize\\), this "
+                                          "job loss \\(minimize\\)"):
+        _job(store, tmp_path, warm_start=earlier, objective={"metric": "loss"})

@@ -14,6 +14,7 @@ from mitorch.config.overrides import format_value
 from mitorch.config.screen import shorten
 from mitorch.errors import ConfigError, first_line
 from mitorch.service.search.lease import jobs_lease
+from mitorch.service.search.seeding import check_enqueue, check_warm_start
 from mitorch.service.search.space import (MAX_GRID_POINTS, check_points, distributions, grid_size,
                                           param_overrides, sampler_grid)
 from mitorch.store import JobStore, StoreError
@@ -22,7 +23,7 @@ from mitorch.task_types import METRICS, direction, main_metric
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "threshold", "none")
 _JOB_KEYS = ("job_type", "name", "dataset", "config", "overrides", "search_space", "objective", "sampler", "pruner",
-             "n_trials", "max_concurrent", "max_failed", "priority")
+             "n_trials", "max_concurrent", "max_failed", "priority", "enqueue", "warm_start")
 # Trials of one job (n_trials, and what --add-trials adds at once).
 MAX_TRIALS = 100_000
 # A step asks for up to this many trials of a job at once (each composes a config, tens of
@@ -89,6 +90,8 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
               "max_failed": _whole(job, "max_failed", 5, 0)}
     if sampler["name"] == "grid":
         result["n_trials"] = min(result["n_trials"], grid_size(space_distributions))  # each grid point once
+    if job.get("enqueue") is not None:
+        result["enqueue"] = check_enqueue(job["enqueue"], space_distributions)
     _try_once(objective["direction"], sampler, pruner, space_distributions)
     return result
 
@@ -274,6 +277,8 @@ def prepare(job: Mapping[str, Any], store: JobStore, base_dir: str = ".", priori
     stored = submission(compose(base), store, pinned)
     base = _with_absolute_paths(base, stored)
     record = settings(job, stored["task_type"])
+    if job.get("warm_start") is not None:
+        record["warm_start"] = check_warm_start(job["warm_start"], store, record["objective"])
     _check_points_compose(base, distributions(record["search_space"]), store, pinned)
     priority = _priority(job.get("priority", DEFAULT_PRIORITY) if priority is None else priority)
     return {**record, "status": "running", "dataset": pinned, "base_overrides": base, "priority": priority,

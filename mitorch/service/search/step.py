@@ -38,6 +38,7 @@ from typing import Any
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import Lease
 from mitorch.service.search.job import make_pruner, make_sampler
+from mitorch.service.search.seeding import is_seeded, seed
 from mitorch.service.search.space import distributions, param_overrides
 from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, REUSED_FROM
 from mitorch.service.transitions import cancel_trainings, request_prune
@@ -132,6 +133,7 @@ class _Search:
         self.metric = job["objective"]["metric"]
         self.space = distributions(job["search_space"])
         self.storage, self.study, self.study_id = _open_study(store, job, lease)
+        seed(self.study, store, job, self.space)  # enqueue: and warm_start:, at the job's first step
 
     def run(self) -> None:
         """Settles the running trials, asks for more, then records the job or ends it."""
@@ -372,9 +374,11 @@ class _Search:
         return set(trial.params) != set(self.space)
 
     def _counted(self) -> list[Any]:
-        """The study's trials, without those dropped because their ask was cut short."""
+        """The job's trials: the study's, without those dropped because their ask was cut short,
+        those copied from a warm-start job and enqueued points not asked for yet."""
         return [t for t in self.study.get_trials(deepcopy=False)
-                if not (t.state == self.states.FAIL and self._partial(t))]
+                if not (t.state == self.states.FAIL and self._partial(t)) and not is_seeded(t)
+                and t.state != self.states.WAITING]
 
     def _trainings(self) -> list[dict[str, Any]]:
         """The job's trainings, as much of them as a step reads (not their configs)."""
