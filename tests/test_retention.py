@@ -170,3 +170,90 @@ def test_gc_frees_checkpoints_kept_in_blob_storage(store: SQLiteStore, config: d
     assert blob.deleted == [f"{root}/attempt-1/last.pt", f"{root}/attempt-2/last.pt"]
     assert set(blob.blobs) == {f"{root}/attempt-1/model.pt", f"{root}/attempt-2/train.log"}
     assert not any(path.exists() for path in files)
+
+
+# -- attempt folders: --keep-best N, and the controller's tick -------------------------------------
+
+
+def finished(store: SQLiteStore, config: dict[str, Any], status: str, days_ago: float, job_id: str | None = None,
+             accuracy: float | None = None) -> tuple[str, list[Path]]:
+    """A training that ended days_ago, with its attempt folder (weights, log, checkpoints) and,
+    completed, its weights recorded and metrics; returns its id and every file it left."""
+    training_id, checkpoints = ended(store, config, status, days_ago)
+    fields: dict[str, Any] = {"weights": str(attempt_folder(training_id, 1) / "model.pt")}
+    if job_id is not None:
+        fields["job_id"] = job_id
+    if accuracy is not None:
+        fields["metrics"] = {"top1_accuracy": accuracy, "loss": 1 - accuracy}
+    assert store.update_training(training_id, fields)
+    return training_id, checkpoints + [attempt_folder(training_id, 1) / name for name in KEPT]
+
+
+def test_gc_keep_best_removes_old_attempt_folders_but_each_jobs_best_and_active_ones(
+        store: SQLiteStore, config: dict, capsys: pytest.CaptureFixture) -> None:
+    job_id, _ = store.add_job({"job_type": "sweep", "status": "completed"})
+    best, best_files = finished(store, config, "completed", 10, job_id, accuracy=0.9)
+    worse, worse_files = finished(store, config, "completed", 20, job_id, accuracy=0.5)
+    worst, worst_files = finished(store, config, "completed", 9, job_id, accuracy=0.1)
+    alone, alone_files = finished(store, config, "completed", 30, accuracy=0.2)  # a job of its own
+    failed, failed_files = finished(store, config, "failed", 8, job_id)
+    recent, recent_files = finished(store, config, "completed", 2, job_id, accuracy=0.3)
+    running = dispatched(store, config)
+    assert store.update_training(running, {"status": "running", "started_at": store.clock() - timedelta(days=40)})
+    running_files = leave_files(running, 1, 1000)
+    gone = worse_files + worst_files + failed_files
+    dry = gc(capsys, "--keep-best", "1", "--dry-run")
+    assert all(path.exists() for path in gone) and sorted(line.split()[5] for line in dry[:-1]) == sorted(
+        [worse, worst, failed])
+    lines = gc(capsys, "--keep-best", "1")
+    assert lines[:-1] == [line.replace("would free", "freed") for line in dry[:-1]]
+    assert lines[0] == f"freed 1.0 kB of {failed} (failed 8.0 days ago; attempt folders: 5 files)"
+    assert lines[-1] == ("freed 3.0 kB in all, from 3 trainings that ended more than 7 days ago; the attempt "
+                         "folders of 3, keeping those of 2 among their job's best")
+    assert not any(path.exists() for path in gone) and not attempt_folder(worse, 1).parent.exists()
+    assert all(path.exists() for path in best_files + alone_files + recent_files + running_files)
+    record = store.get_training(worse)
+    assert record["weights"] is None and record["removed_weights"].endswith("model.pt")
+    assert store.get_training(best)["weights"] and record["artifacts_removed_at"] is not None
+    assert gc(capsys, "--keep-best", "1")[-1].startswith("freed 0 bytes in all, from 0 trainings")
+    assert gc(capsys, "--keep-best", "0", "--older-than", "20")[:-1] == [
+        f"freed 1.0 kB of {alone} (completed 30.0 days ago; attempt folders: 5 files)"]
+
+
+def test_a_tick_collects_when_told_to_at_most_once_an_hour(store: SQLiteStore, config: dict,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.service.controller import Settings, tick
+    from mitorch.service.executors import LocalExecutor
+
+    def ticked() -> list[str]:
+        return tick(store, LocalExecutor(capacity=0), say=lambda line: None, settings=Settings(tick_wait_s=0))
+
+    old, old_files = finished(store, config, "completed", 10, accuracy=0.5)
+    failed, failed_files = finished(store, config, "failed", 10)
+    assert ticked() == [] and all(path.exists() for path in old_files + failed_files)  # off by default
+    monkeypatch.setenv("MITORCH_GC_ON_TICK", "1")
+    monkeypatch.setenv("MITORCH_GC_KEEP_BEST", "0")
+    assert ticked() == [f"freed 1.0 kB of {failed} (failed 10.0 days ago; attempt folders: 5 files)",
+                        f"freed 1.0 kB of {old} (completed 10.0 days ago; attempt folders: 5 files)"]
+    assert not any(path.exists() for path in old_files + failed_files)
+    newer, newer_files = finished(store, config, "failed", 10)
+    assert ticked() == [] and all(path.exists() for path in newer_files)  # the next run is due in an hour
+    store.release_lease("gc", store.get_lease("gc")["holder"])
+    monkeypatch.setenv("MITORCH_GC_KEEP_BEST", "many")
+    assert ticked() == ["gc: MITORCH_GC_KEEP_BEST must be a whole number of 0 or more, got 'many'"]
+
+
+def test_gc_keep_best_removes_attempt_folders_kept_in_blob_storage(store: SQLiteStore, config: dict,
+                                                                   capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    blob = FakeBlobService()
+    blob.install(monkeypatch)
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", BLOB_ARTIFACTS)
+    kept, _ = finished(store, config, "completed", 10, accuracy=0.9)
+    gone, files = finished(store, config, "cancelled", 10)  # this host's local copies
+    root = "https://acct.blob.core.windows.net/art"
+    blob.blobs = {f"{root}/{gone}/attempt-1/last.pt": b"1", f"{root}/{gone}/attempt-1/model.pt": b"w",
+                  f"{root}/{gone}/attempt-1/train.log": b"log", f"{root}/{kept}/attempt-1/model.pt": b"w"}
+    assert gc(capsys, "--keep-best", "1")[0] == (f"freed 1.0 kB of {gone} (cancelled 10.0 days ago; attempt folders: "
+                                                 "5 files, 3 blobs of unknown size)")
+    assert set(blob.blobs) == {f"{root}/{kept}/attempt-1/model.pt"} and not any(path.exists() for path in files)

@@ -15,7 +15,7 @@ import time
 
 from mitorch.cli._common import CommandParser, check_id, fail, parse
 from mitorch.errors import MiTorchError, UsageError
-from mitorch.service.retention import GC_DAYS_DEFAULT, GC_DAYS_VARIABLE
+from mitorch.service.retention import GC_DAYS_DEFAULT, GC_DAYS_VARIABLE, KEEP_BEST_VARIABLE
 
 PROG = "micontrol"
 EXECUTORS = ("local", "azureml", "slurm")
@@ -52,9 +52,14 @@ def _parser() -> CommandParser:
     note.add_argument("id", metavar="ID", help="a training id")
     note.add_argument("text", metavar="TEXT", help='the note ("" clears it)')
     gc = _command(commands, "gc", "Remove the checkpoints (last.pt) of trainings that ended failed, cancelled or "
-                  "pruned more than DAYS ago; weights and logs stay.")
+                  "pruned more than DAYS ago; with --keep-best N, also the attempt folders (weights, logs, "
+                  "checkpoints) of every training that ended more than DAYS ago, except each job's N best.")
     gc.add_argument("--older-than", type=_days, default=None, metavar="DAYS",
                     help=f"days since the training ended (default ${GC_DAYS_VARIABLE}, else {GC_DAYS_DEFAULT:g})")
+    gc.add_argument("--keep-best", type=_keep_best, default=None, metavar="N",
+                    help="also remove attempt folders, keeping those of each job's N best completed trainings (a "
+                         f"training outside a job counts as its own job; default ${KEEP_BEST_VARIABLE}, else "
+                         "folders stay)")
     gc.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     return parser
 
@@ -84,6 +89,12 @@ def _days(text: str) -> float:
     return value
 
 
+def _keep_best(text: str) -> int:
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"--keep-best takes a whole number of 0 or more, got {text[:40]!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(_parser(), argv)
     if args.interval <= 0 or args.interval != args.interval:
@@ -107,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "note":
             manage.note(store, args.id, args.text, print)
         elif args.command == "gc":
-            _collect_checkpoints(store, args.older_than, args.dry_run)
+            _collect(store, args.older_than, args.keep_best, args.dry_run)
         elif args.loop:
             _loop(store, args.interval, args.executor)
         else:
@@ -120,12 +131,13 @@ def main(argv: list[str] | None = None) -> None:
         pass
 
 
-def _collect_checkpoints(store, days: float | None, dry_run: bool) -> None:
+def _collect(store, days: float | None, keep_best: int | None, dry_run: bool) -> None:
     """micontrol gc: one line per training freed, then a total."""
     from mitorch.service import retention
 
-    collected = retention.collect_checkpoints(
-        store, days, dry_run, say=print, warn=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
+    collected = retention.collect(
+        store, days, retention.keep_best_setting(keep_best), dry_run, say=print,
+        warn=lambda line: print(f"{PROG}: {line}", file=sys.stderr, flush=True))
     print(retention.summary(collected, dry_run))
 
 

@@ -19,6 +19,7 @@ from mitorch.files.artifacts import log_tail
 from mitorch.service import transitions
 from mitorch.service.executors import Executor, LaunchError, LocalExecutor, launched
 from mitorch.service.leases import JOBS_LEASE, Lease, new_holder
+from mitorch.service.retention import collect_on_tick
 from mitorch.store import JobStore, LeaseLost, StoreError
 from mitorch.store.base import FINISHED
 
@@ -80,6 +81,8 @@ def tick(store: JobStore, executor: Executor | None = None, say: Callable[[str],
         # Search jobs before dispatch: a trial queued now is dispatched by this same tick.
         _step_jobs(store, act, Lease(store, JOBS_LEASE, holder, settings.tick_lease_s))
         _dispatch(store, executor, act, active, lease, settings)
+        # Last: removing old files waits for no training ($MITORCH_GC_ON_TICK=1 turns it on).
+        collect_on_tick(store, holder, act)
     except LeaseLost as e:  # a tick slower than its lease: another tick took over; it stops here
         act(f"stopped: {e}")
     finally:
