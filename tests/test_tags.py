@@ -53,7 +53,8 @@ def test_tag_untag_and_note_change_only_that_training(home: dict, capsys: pytest
     (["tag", "{id}", "two words"], "a tag is one word"),
     (["tag", "{id}", "<b>x</b>"], "a tag is one word"),
     (["tag", "{id}", "x" * 65], "got a string of 65 characters"),
-    (["note", "{id}", "see https://acct.blob.core.windows.net/c?sv=1&sig=SECRETSIG"], "carries a credential of the form sig=***;"),
+    (["note", "{id}", "see https://acct.blob.core.windows.net/c?sv=1&sig=SECRETSIG"],
+     "carries a credential of the form sig=***;"),
     (["note", "{id}", "mongodb://me:hunter2@db/x"], "carries a credential of the form :***@;"),
     (["note", "{id}", "two\nlines"], "one line of printable text"),
     (["note", "{id}", "n" * 1001], "at most 1000 characters, got 1001"),
@@ -83,7 +84,8 @@ def test_miquery_shows_fingerprint_parent_children_tags_and_note(home: dict, cap
     assert view["training"]["note"] == "the <i>reference</i> run"
     code, out, _ = command("miquery", [parent], capsys)
     lines = out.splitlines()
-    assert f"fingerprint: {'f' * 64}" in lines and "tags: baseline" in lines and "note: the <i>reference</i> run" in lines
+    assert f"fingerprint: {'f' * 64}" in lines and "tags: baseline" in lines
+    assert "note: the <i>reference</i> run" in lines
     shown = tables(out)["children (cloned from it or started from its weights)"]
     assert sorted(row[0] for row in shown[1:]) == sorted(children) and shown[1][3] == "clone"
     code, out, _ = command("miquery", [children[1], "--json"], capsys)

@@ -159,8 +159,8 @@ def check_note(note: str) -> str:
 def _refuse_credential(text: str, what: str) -> None:
     forms = credential_forms(text)
     if forms:
-        raise ConfigError(f"{what} carries a credential of the form {', '.join(forms)}; tags and notes are stored and shown, "
-                          "so they take no secrets")
+        raise ConfigError(f"{what} carries a credential of the form {', '.join(forms)}; tags and notes are stored "
+                          "and shown, so they take no secrets")
 
 
 def tag(store: JobStore, training_id: str, tags: list[str], say: Callable[[str], None], remove: bool = False) -> None:
