@@ -27,6 +27,7 @@ from mitorch.data.builtin import IMAGE_SIZE as BUILTIN_IMAGE_SIZE
 from mitorch.data.loaders import is_detection, load_indices, make_dataset, make_loader
 from mitorch.engine import distributed
 from mitorch.engine.averaging import WeightAverage
+from mitorch.engine.costs import measure_costs
 from mitorch.engine.loggers import Loggers
 from mitorch.engine.progress import PlainProgress, default_progress
 from mitorch.engine.tasks import make_task
@@ -128,6 +129,10 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None,
 
     if cfg.output is not None and context.is_main:
         _save_output(cfg, model, average, train_index.class_names, progress)
+    if cfg.cost_metrics and not cfg.fast_dev_run and context.is_main:
+        metrics = {**metrics, **measure_costs(average.module if average is not None else model, cfg.image_size,
+                                              cfg.batch_size, device, is_detection(cfg),
+                                              amp_dtype(device, cfg.amp))}
     return metrics
 
 

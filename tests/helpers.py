@@ -204,3 +204,11 @@ def mongodb_server_store() -> Iterator:
     finally:
         pymongo.MongoClient(uri).drop_database(name)
         store.close()
+
+
+def validation_metrics(metrics: dict) -> dict:
+    """A training's final metrics without what only training reports (its cost metrics, the
+    weight average's kind): what mitest, or an epoch's validation, reports of the same weights."""
+    from mitorch.engine.costs import COST_METRICS
+
+    return {key: value for key, value in metrics.items() if key not in (*COST_METRICS, "averaging")}

@@ -12,7 +12,9 @@ import pytest
 import torch
 import torchvision
 
+from mitorch.engine.costs import COST_METRICS
 from tests.conftest import QUICK, make_folder_dataset, make_text_dataset, run
+from tests.helpers import validation_metrics
 
 def _run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob("metrics.jsonl"))
@@ -27,13 +29,13 @@ def test_multiclass_text_format_train_then_test(tmp_path: Path, text_dataset) ->
                   "image_size=32", "data.num_workers=1", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     metrics = trained.metrics
-    assert set(metrics) == {"top1_accuracy", "top5_accuracy", "average_precision", "loss", "num_samples"}
+    assert set(metrics) == {"top1_accuracy", "top5_accuracy", "average_precision", "loss", "num_samples", *COST_METRICS}
     assert metrics["num_samples"] == text_dataset.num_val
 
     [run_dir] = _run_dirs(tmp_path / "outputs")
     epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2]
-    assert epochs[-1]["val"] == metrics
+    assert epochs[-1]["val"] == validation_metrics(metrics)
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
     saved = torch.load(tmp_path / "out" / "model.pt", weights_only=True)
@@ -43,7 +45,7 @@ def test_multiclass_text_format_train_then_test(tmp_path: Path, text_dataset) ->
     tested = run("mitest", config, "data/train.txt", "data/val.txt", "-w", "out/model.pt", "image_size=32",
                  cwd=tmp_path)
     assert tested.returncode == 0, tested.stderr
-    assert tested.metrics == pytest.approx(metrics)
+    assert tested.metrics == pytest.approx(validation_metrics(metrics))
 
     # mipredict on every validation image agrees with mitest's top-1 accuracy.
     images = [f"data/val.zip@val_{i}.png" for i in range(text_dataset.num_val)]
@@ -64,7 +66,7 @@ def test_multilabel_text_format(tmp_path: Path) -> None:
     result = run("mitrain", "task_type=multilabel_classification", "data.train=data/train.txt",
                  "data.val=data/val.txt", "optimizer.lr=0.01", *QUICK, "output=model.pt", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert set(result.metrics) == {"accuracy_50", "average_precision", "loss", "num_samples"}
+    assert set(result.metrics) == {"accuracy_50", "average_precision", "loss", "num_samples", *COST_METRICS}
     assert result.metrics["num_samples"] == 10
     (tmp_path / "multilabel.yaml").write_text("task_type: multilabel_classification\nimage_size: 32\n")
     every = run("mipredict", "multilabel.yaml", "model.pt", "data/val.zip@val_0.png", "--threshold", "0", cwd=tmp_path)
@@ -287,11 +289,13 @@ def test_training_commands_take_hydras_flags_and_overrides_in_any_order(tmp_path
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text("batch_size: 4\n")
-    command = parse_command_line(["max_epochs=2", "--cfg", "job", "c.yaml", "-m", "tr.txt", "--info", "defaults",
-                                  "va.txt", "-d", "optimizer.lr=0.1,0.2"], "mitrain")
-    assert command.hydra_flags == ["--cfg", "job", "--multirun", "--info", "defaults"]
-    assert command.multirun and command.print_config and command.informational
-    assert command.overrides[-2:] == ["max_epochs=2", "optimizer.lr=0.1,0.2"]
+    command = parse_command_line(["max_epochs=2", "--cfg", "job", "c.yaml", "tr.txt", "--info", "defaults",
+                                  "va.txt", "-d", "optimizer.lr=0.1"], "mitrain")
+    assert command.hydra_flags == ["--cfg", "job", "--info", "defaults"]
+    assert command.print_config and command.informational and not command.multirun
+    assert command.overrides[-2:] == ["max_epochs=2", "optimizer.lr=0.1"]
+    sweep = parse_command_line(["max_epochs=2", "-m", "c.yaml", "optimizer.lr=0.1,0.2"], "mitrain")
+    assert sweep.multirun and sweep.hydra_flags == ["--multirun"] and sweep.overrides[-1] == "optimizer.lr=0.1,0.2"
     assert {f"data.train={format_value(str(tmp_path / 'tr.txt'))}", "fast_dev_run=true", "batch_size=4",
             f"data.val={format_value(str(tmp_path / 'va.txt'))}"} <= set(command.overrides)
 

@@ -173,3 +173,16 @@ def test_the_local_launcher_raises_the_main_processs_error_first() -> None:
     with pytest.raises(Stopped) as stopped:
         _raise_reported_error(reported)
     assert stopped.value.exit_code == 75
+
+
+def test_cost_metrics_of_a_model_whose_costs_are_known() -> None:
+    from mitorch.engine.costs import measure_costs
+
+    # 3x3 convolution, 3 -> 4 channels on 8x8 (padding 1): 8*8 * 4 * 3*3*3 MACs; then 256 -> 2.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 2)).train()
+    costs = measure_costs(model, image_size=8, batch_size=5, device=torch.device("cpu"), detection=False)
+    assert costs["macs"] == 8 * 8 * 4 * 27 + 256 * 2
+    assert costs["num_parameters"] == (4 * 27 + 4) + (256 * 2 + 2)
+    assert costs["weights_mb"] == round(((4 * 27 + 4) + (256 * 2 + 2)) * 4 / 1e6, 3)
+    assert costs["latency_ms_b1"] > 0 and costs["latency_ms_batch"] > 0
+    assert model.training  # left as it was found
