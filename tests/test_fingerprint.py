@@ -180,3 +180,54 @@ def test_misubmit_computes_fingerprints_without_torch(tmp_path: Path) -> None:
             "fingerprint({'batch_size': 2}); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_from_queues_a_copy_with_changes_recording_its_parent(tmp_path: Path, home: dict, monkeypatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(["max_epochs=1", "optimizer=adamw", "optimizer.lr=0.003"], capsys)
+    assert code == 0, err
+    parent = out.strip()
+    code, out, err = _main(["--from", parent, "optimizer.lr=0.001", "max_epochs=2", "--tag", "clone"], capsys)
+    assert code == 0, err
+    store = _store(tmp_path)
+    original, copy = store.get_training(parent), store.get_training(out.strip())
+    assert copy["parent"] == parent and copy["tags"] == ["clone"] and "parent" not in original
+    assert copy["config"]["optimizer"] == {**original["config"]["optimizer"], "lr": 0.001}
+    assert {k: v for k, v in copy["config"].items() if k not in ("optimizer", "max_epochs")} == \
+        {k: v for k, v in original["config"].items() if k not in ("optimizer", "max_epochs")}
+    assert copy["config"]["max_epochs"] == 2 and copy["fingerprint"] != original["fingerprint"]
+    # A copy without changes repeats its parent.
+    code, out, err = _main(["--from", parent], capsys)
+    assert code == 3 and f"duplicate of {parent} (new)" in err
+    for argv, message in ((["--from", parent, "optimizer.lrr=0.1"], "--from: unknown key 'optimizer.lrr'"),
+                          (["--from", parent, "batch_size=abc"], "--from: batch_size must be int as in the stored config"),
+                          (["--from", parent, "model=mobilenet_v3"], "--from changes values of keys the stored config"),
+                          (["--from", "f" * 24], f"--from: training {'f' * 24} is not in the job store"),
+                          (["--from", parent, "-m", "seed=1,2"], "--from copies one stored training's config")):
+        code, out, err = _main(argv, capsys)
+        assert code != 0 and len(err.splitlines()) == 1 and message in err, (argv, err)
+    # base=ID records its parent too.
+    store.update_training(parent, {"status": "completed", "weights": str(tmp_path / "model.pt")})
+    code, out, err = _main(["max_epochs=1", f"base={parent}"], capsys)
+    assert code == 0, err
+    assert store.get_training(out.strip())["parent"] == parent
+    store.close()
+
+
+def test_tags_are_stored_once_each_and_checked_as_names(tmp_path: Path, home: dict, monkeypatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _main(["max_epochs=1", "--tag", "baseline", "--tag", "it's v2", "--tag", "baseline"], capsys)
+    assert code == 0, err
+    store = _store(tmp_path)
+    assert store.get_training(out.strip())["tags"] == ["baseline", "it's v2"]
+    code, out, err = _main(["-m", "seed=1,2", "max_epochs=1", "--tag", "seeds"], capsys)
+    assert code == 0, err
+    assert [t["tags"] for t in store.list_trainings(job_id=out.split()[1])] == [["seeds"], ["seeds"]]
+    for tag, message in (("AccountKey=" + "a" * 86 + "==", "--tag carries a credential"),
+                         ("two\nlines", "--tag must be one line of text"), ("", "--tag must be one line of text")):
+        code, out, err = _main(["max_epochs=3", "--tag", tag], capsys)
+        assert code == 1 and len(err.splitlines()) == 1 and message in err, err
+    assert len(store.list_trainings()) == 3
+    store.close()

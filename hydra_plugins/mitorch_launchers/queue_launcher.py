@@ -7,7 +7,7 @@ config dataclass needs real annotations: no `from __future__ import annotations`
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
@@ -22,6 +22,8 @@ class QueueLauncherConf:
     dataset: Optional[str] = None
     # Queue runs whose fingerprint matches an active or completed training (misubmit --allow-duplicate).
     allow_duplicate: bool = False
+    # Tags of every training of the sweep (misubmit --tag), checked by misubmit.
+    tags: Optional[List[str]] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="mitorch_queue", node=QueueLauncherConf,
@@ -36,10 +38,12 @@ class QueueLauncher(Launcher):
     process exits with status 3 (as misubmit does for one duplicate training).
     """
 
-    def __init__(self, priority: int = 100, dataset: Optional[str] = None, allow_duplicate: bool = False) -> None:
+    def __init__(self, priority: int = 100, dataset: Optional[str] = None, allow_duplicate: bool = False,
+                 tags: Optional[List[str]] = None) -> None:
         self.priority = priority
         self.dataset = dataset
         self.allow_duplicate = allow_duplicate
+        self.tags = list(tags or [])
         self.job_id: str | None = None
         self.config = None
 
@@ -51,14 +55,15 @@ class QueueLauncher(Launcher):
 
         from mitorch.config import compose
         from mitorch.service.fingerprint import fingerprint
-        from mitorch.service.submit import find_dataset, submission
+        from mitorch.service.submit import check_tags, find_dataset, lineage, submission
         from mitorch.store import open_store
 
         store = open_store()
         dataset = find_dataset(self.dataset, store)
         # Every run is checked before anything is stored.
         configs = [submission(compose(list(overrides)), store, dataset) for overrides in job_overrides]
-        trainings = [{"config": config, "priority": self.priority, "dataset": dataset,
+        labels = {"tags": check_tags(self.tags)} if self.tags else {}
+        trainings = [{"config": config, "priority": self.priority, "dataset": dataset, **lineage(config), **labels,
                       "fingerprint": fingerprint(config, dataset), "trial_number": initial_job_idx + i, "overrides": list(overrides)}
                      for i, (config, overrides) in enumerate(zip(configs, job_overrides))]
         if not self.allow_duplicate:

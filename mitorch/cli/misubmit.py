@@ -18,7 +18,8 @@ from mitorch.store.base import DEFAULT_PRIORITY
 
 PROG = "misubmit"
 USAGE = """\
-misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [key=value ...]
+misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] [--tag NAME] [key=value ...]
+       misubmit --from ID [--priority N] [--tag NAME] [key=value ...]
        misubmit [CONFIG] [--priority N] [--dataset NAME[:VERSION]] -m key=a,b [key=c,d ...]
        misubmit JOB.yaml|JOB.json [--priority N] [--dataset NAME[:VERSION]]
        misubmit [CONFIG] --search 'key=SWEEP' [key=SWEEP ...] [--trials N] [--parallel N]
@@ -43,6 +44,9 @@ A training whose fingerprint (its config without loggers, workers and output pat
 and MiTorch's version) matches an active or completed training is refused with exit status 3,
 naming that training; --allow-duplicate queues it anyway (to measure another seed's variance).
 A -m sweep names its duplicates on stderr and queues the rest.
+--from ID queues a copy of training ID's stored config with the key=value overrides applied;
+the new training records ID as its parent (as base=ID does). --tag NAME labels a training
+(repeatable; one line of text, no credentials).
 micontrol dispatches queued trainings; miquery shows them.
 """
 _SEARCH_OPTIONS = ("search", "trials", "parallel", "sampler", "pruner")
@@ -53,6 +57,9 @@ def _parser() -> CommandParser:
                              USAGE, EPILOG, hydra_flags=("--multirun",))
     parser.add_argument("--priority", metavar="N", help=f"lower runs first (default {DEFAULT_PRIORITY})")
     parser.add_argument("--dataset", metavar="NAME[:VERSION]", help="train on a dataset registered with midataset")
+    parser.add_argument("--from", dest="from_", metavar="ID", help="queue a copy of training ID's config with the "
+                        "key=value overrides given (its parent)")
+    parser.add_argument("--tag", action="append", metavar="NAME", help="label the training (repeatable)")
     parser.add_argument("--allow-duplicate", action="store_true",
                         help="queue it even when an active or completed training has the same fingerprint "
                         "(another seed's variance)")
@@ -79,8 +86,12 @@ def main(argv: list[str] | None = None) -> None:
             parse_reference(args.dataset)  # before the store is asked
         priority = DEFAULT_PRIORITY if args.priority is None else _whole_number(args.priority)
         job = _search_job(args)
-        if job is not None and args.allow_duplicate:
-            raise UsageError("--allow-duplicate is for trainings; a search job reuses its completed points instead")
+        if job is not None and (args.allow_duplicate or args.from_ or args.tag):
+            flag = "--allow-duplicate" if args.allow_duplicate else "--from" if args.from_ else "--tag"
+            raise UsageError(f"{flag} is for trainings, not a search job")
+        if args.from_ is not None and (_older_form(args) or any(not is_override(w) for w in args.words)):
+            raise UsageError("--from copies one stored training's config: give it key=value overrides only, "
+                             "without CONFIG, -m, -w, -o or -d")
         if job is not None:
             print(f"job {_queue_search(*job, args)}")
             return
@@ -95,7 +106,7 @@ def _queue_training(args: argparse.Namespace, priority: int) -> str | None:
     """Queues one training (its id), or a -m sweep's trainings (None: the launcher printed them)."""
     from mitorch.cli._common import check_overrides
     from mitorch.config import compose
-    from mitorch.service.submit import find_dataset, submission
+    from mitorch.service.submit import check_tags, find_dataset, submission
     from mitorch.store import open_store
 
     command = command_line(args)
@@ -106,16 +117,24 @@ def _queue_training(args: argparse.Namespace, priority: int) -> str | None:
         # paths, its base training), so the queue launcher refuses nothing half-way.
         check_overrides(command.overrides, multirun=True, check=lambda cfg: submission(cfg, store, dataset))
         store.close()
-        _queue_sweep(command.overrides, priority, dataset, args.allow_duplicate)
+        _queue_sweep(command.overrides, priority, dataset, args.allow_duplicate, check_tags(args.tag or []))
         return None
     from mitorch.service.fingerprint import fingerprint
-    from mitorch.service.submit import refuse_duplicate
+    from mitorch.service.submit import cloned, lineage, refuse_duplicate
 
-    config = submission(compose(command.overrides), store, dataset)
+    tags = check_tags(args.tag or [])
+    parent = None if args.from_ is None else check_id(args.from_, "--from")
+    if parent is None:
+        config = submission(compose(command.overrides), store, dataset)
+    else:
+        cfg, parent_dataset = cloned(store, parent, command.overrides)
+        dataset = dataset if args.dataset is not None else parent_dataset
+        config = submission(cfg, store, dataset)
     key = fingerprint(config, dataset)
     if not args.allow_duplicate:
         refuse_duplicate(store, key)  # exits with status 3, naming the training it repeats
-    return store.add_training({"config": config, "priority": priority, "dataset": dataset, "fingerprint": key})
+    return store.add_training({"config": config, "priority": priority, "dataset": dataset, "fingerprint": key,
+                               **lineage(config, parent), **({"tags": tags} if tags else {})})
 
 
 def _older_form(args: argparse.Namespace) -> list[str]:
@@ -183,7 +202,8 @@ def _search_settings(asked: dict[str, str], words: list[str]) -> dict:
 
 def _add_trials(args: argparse.Namespace) -> None:
     others = [args.priority, args.dataset, *(getattr(args, name) for name in _SEARCH_OPTIONS)]
-    if len(args.words) != 1 or _older_form(args) or args.allow_duplicate or any(v is not None for v in others):
+    others += [args.from_, args.tag, True if args.allow_duplicate else None]
+    if len(args.words) != 1 or _older_form(args) or any(value is not None for value in others):
         raise UsageError("--add-trials takes a number and one search job's id: misubmit --add-trials N JOB_ID")
     from mitorch.service.search.job import MAX_TRIALS
 
@@ -209,13 +229,16 @@ def _queue_search(job: dict, base_dir: str, args: argparse.Namespace) -> str:
     return job_id
 
 
-def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None, allow_duplicate: bool) -> None:
+def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None, allow_duplicate: bool,
+                 tags: list[str]) -> None:
     """Hydra's multirun with the mitorch_queue launcher: it stores the runs instead of running them."""
     import tempfile
 
     import hydra
 
     from hydra.core.plugins import Plugins
+
+    from mitorch.config.overrides import format_value
     from hydra_plugins.mitorch_launchers.queue_launcher import QueueLauncher
 
     # Registered here too, for where Hydra's plugin discovery cannot list the hydra_plugins
@@ -228,6 +251,7 @@ def _queue_sweep(overrides: list[str], priority: int, dataset: dict | None, allo
     with tempfile.TemporaryDirectory() as sweep_dir:
         pinned = [] if dataset is None else [f"hydra.launcher.dataset={dataset['name']}:{dataset['version']}"]
         pinned += ["hydra.launcher.allow_duplicate=true"] * allow_duplicate
+        pinned += [f"hydra.launcher.tags={format_value(tags)}"] * bool(tags)
         sys.argv = [PROG, "-m", "hydra/launcher=mitorch_queue", f"hydra.launcher.priority={priority}", *pinned,
                     f"hydra.sweep.dir={sweep_dir}", *overrides]
         hydra.main(version_base=None, config_path="pkg://mitorch.conf", config_name="train")(not_run)()

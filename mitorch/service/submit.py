@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mitorch.build import check_targets
 from mitorch.config import resolve_paths
+from mitorch.config.overrides import GROUPS
 from mitorch.config.screen import shorten
 from mitorch.config.validate import PATH_KEYS
 from mitorch.errors import ConfigError, MiTorchError
@@ -139,3 +140,86 @@ def _refuse_credentials(value: Any, key: str) -> None:
     elif isinstance(value, str) and credential_forms(value):
         raise ConfigError(f"{key} carries a credential ({', '.join(credential_forms(value))}); the job store keeps "
                           "no secrets: register remote data with midataset register and queue it with --dataset NAME")
+
+
+# Tags of one training, and the characters of one tag.
+MAX_TAGS, MAX_TAG_CHARS = 20, 100
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    """The tags of misubmit --tag, each once in the order given: one line of printable text each,
+    never a credential (a tag is stored and shown, as a job's name is).
+
+    Raises:
+        ConfigError: naming the tag that is wrong, without echoing a long one.
+    """
+    kept = list(dict.fromkeys(tags))
+    if len(kept) > MAX_TAGS:
+        raise ConfigError(f"a training takes at most {MAX_TAGS} tags, got {len(kept)}")
+    for tag in kept:
+        if not tag.strip() or len(tag) > MAX_TAG_CHARS or not tag.isprintable():
+            raise ConfigError(f"--tag must be one line of text of 1 to {MAX_TAG_CHARS} characters, got "
+                              f"{shorten(repr(tag))}")
+        if credential_forms(tag):
+            raise ConfigError(f"--tag carries a credential ({', '.join(credential_forms(tag))}); a tag is stored and "
+                              "shown, so it takes no secrets")
+    return kept
+
+
+def lineage(config: dict[str, Any], parent: str | None = None) -> dict[str, Any]:
+    """The `parent` field of a new training: the training it was cloned from (misubmit --from),
+    else the training whose weights it starts from (base=ID); nothing for neither."""
+    parent = parent or config.get("base")
+    return {"parent": str(parent)} if parent else {}
+
+
+def cloned(store: JobStore, parent_id: str, overrides: list[str]) -> tuple[DictConfig, dict[str, Any] | None]:
+    """A copy of a stored training's config with key=value overrides applied (misubmit --from),
+    and the parent's dataset.
+
+    Args:
+        store: the job store.
+        parent_id: the training to copy.
+        overrides: key=value of keys the stored config has; a value keeps the stored one's type.
+
+    Raises:
+        ConfigError, StoreError: naming what is wrong.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from mitorch.config.validate import validate
+
+    parent = store.get_training(parent_id)
+    if parent is None:
+        raise StoreError(f"--from: training {parent_id} is not in the job store; see miquery for the ids")
+    cfg = OmegaConf.create(parent["config"])
+    for text in overrides:
+        try:
+            override = OverridesParser.create().parse_overrides([text])[0]
+        except HydraException:
+            raise ConfigError(f"--from: {shorten(repr(text))} is not key=value") from None
+        key = override.get_key_element()
+        if override.is_sweep_override() or override.is_add() or override.is_delete() or \
+                override.key_or_group in GROUPS:
+            raise ConfigError(f"--from changes values of keys the stored config has, got {shorten(text)}; to choose "
+                              "another model, optimizer or schedule, submit a config without --from")
+        _set(cfg, key, override.value())
+    validate(cfg)
+    return cfg, parent.get("dataset")
+
+
+def _set(cfg: DictConfig, key: str, value: Any) -> None:
+    """Sets a key the stored config has, to a value of its type (a whole number where a float is)."""
+    marker = object()
+    current = OmegaConf.select(cfg, key, default=marker)
+    if current is marker:
+        raise ConfigError(f"--from: unknown key {shorten(repr(key))}; the stored config has no such key (see "
+                          "miquery ID --json)")
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and value is not None and type(value) is not type(current) and \
+            not isinstance(current, (dict, list, DictConfig)) and not OmegaConf.is_config(current):
+        raise ConfigError(f"--from: {key} must be {type(current).__name__} as in the stored config, got "
+                          f"{shorten(repr(value))}")
+    OmegaConf.update(cfg, key, value, merge=False)

@@ -239,7 +239,7 @@ class _Search:
             training_id = self.store.add_training({
                 "config": config, "priority": self.job["priority"], "dataset": self.job["dataset"],
                 "job_id": self.job["id"], "trial_number": trial.number, "params": params, "overrides": overrides,
-                "fingerprint": key})
+                "fingerprint": key, **submit.lineage(config)})
         except DuplicateError:
             return "queued"  # another tick queued it in the meantime
         self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
