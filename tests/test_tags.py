@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -36,12 +37,14 @@ def tables(out: str) -> dict[str, list[list[str]]]:
 def test_tag_untag_and_note_change_only_that_training(home: dict, capsys: pytest.CaptureFixture) -> None:
     store = open_store()
     first, second = (store.add_training({"config": CONFIG}) for _ in range(2))
-    assert command("micontrol", ["tag", first, "baseline", "paper:v2", "baseline"], capsys)[0] == 0
-    assert store.get_training(first)["tags"] == ["baseline", "paper:v2"]
+    code, out, _ = command("micontrol", ["tag", first, "baseline", "paper v2, draft", "baseline"], capsys)
+    assert code == 0
+    assert out == f"tagged {first} baseline, paper v2, draft, baseline; its tags: baseline, paper v2, draft\n"
+    assert store.get_training(first)["tags"] == ["baseline", "paper v2, draft"]
     code, out, _ = command("micontrol", ["tag", first, "baseline"], capsys)
     assert code == 0 and out.startswith(f"unchanged {first}")
     assert command("micontrol", ["untag", first, "baseline"], capsys)[0] == 0
-    assert store.get_training(first)["tags"] == ["paper:v2"]
+    assert store.get_training(first)["tags"] == ["paper v2, draft"]
     assert command("micontrol", ["note", first, "  lr too high, see run 7  "], capsys)[0] == 0
     assert store.get_training(first)["note"] == "lr too high, see run 7"
     assert "tags" not in store.get_training(second) and "note" not in store.get_training(second)
@@ -50,9 +53,11 @@ def test_tag_untag_and_note_change_only_that_training(home: dict, capsys: pytest
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["tag", "{id}", "two words"], "a tag is one word"),
-    (["tag", "{id}", "<b>x</b>"], "a tag is one word"),
-    (["tag", "{id}", "x" * 65], "got a string of 65 characters"),
+    (["tag", "{id}", "   "], "a tag must be one line of text of 1 to 100 characters"),
+    (["tag", "{id}", "two\nlines"], "a tag must be one line of text"),
+    (["tag", "{id}", "x" * 101], "got a string of 101 characters"),
+    (["tag", "{id}", "mongodb://me:hunter2@db/x"], "a tag carries a credential of the form :***@;"),
+    (["tag", "{id}", *(f"t{n}" for n in range(21))], "at most 20 tags; {id} would have 21"),
     (["note", "{id}", "see https://acct.blob.core.windows.net/c?sv=1&sig=SECRETSIG"],
      "carries a credential of the form sig=***;"),
     (["note", "{id}", "mongodb://me:hunter2@db/x"], "carries a credential of the form :***@;"),
@@ -65,6 +70,7 @@ def test_bad_tags_and_notes_are_one_line_errors_and_store_nothing(home: dict, ca
     store = open_store()
     training_id = store.add_training({"config": CONFIG})
     code, out, err = command("micontrol", [a.replace("{id}", training_id) for a in argv], capsys)
+    message = message.replace("{id}", training_id)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
     assert "SECRETSIG" not in err and "hunter2" not in err
     record = store.get_training(training_id)
@@ -110,8 +116,8 @@ def test_miquery_tag_lists_only_the_tagged_trainings(home: dict, capsys: pytest.
     code, out, _ = command("miquery", ["--tag", "baseline"], capsys)
     rows = tables(out)["trainings tagged baseline"]
     assert rows[0] == ["id", "status", "result", "tags", "note"] and sorted(r[0] for r in rows[1:]) == sorted(tagged)
-    code, _, err = command("miquery", ["--tag", "a b"], capsys)
-    assert code != 0 and "--tag is one word" in err and len(err.strip().splitlines()) == 1
+    code, _, err = command("miquery", ["--tag", "a\tb"], capsys)
+    assert code != 0 and "--tag must be one line of text" in err and len(err.strip().splitlines()) == 1
 
 
 XSS = '<script>window.__xss=1</script>'
@@ -172,9 +178,15 @@ def test_the_trainings_list_filters_by_tag_and_sees_tags_added_later(family: dic
     assert 'class="tag" href="/trainings?tag=clone"' in table
     assert command("micontrol", ["tag", family["other"], "baseline"], capsys)[0] == 0
     assert sorted(tagged("baseline")) == sorted([family["parent"], family["other"]])
-    bad = client.get("/api/trainings?tag=%3Cb%3E")
-    assert bad.status_code == 400 and "tag is one word" in bad.json()["error"]
-    assert client.get("/trainings?tag=a%20b").status_code == 400
+    # A tag with markup and a comma: filtered on whole, shown as text.
+    marked = f"{XSS}, draft"
+    assert command("micontrol", ["tag", family["child2"], marked], capsys)[0] == 0
+    assert tagged(quote(marked)) == [family["child2"]]
+    page = client.get(f"/trainings?tag={quote(marked)}&col=tags").text
+    assert family["child2"] in page and XSS not in page and "&lt;script&gt;window.__xss=1&lt;/script&gt;, draft" in page
+    bad = client.get("/api/trainings?tag=a%0Ab")
+    assert bad.status_code == 400 and "tag must be one line of text" in bad.json()["error"]
+    assert client.get("/trainings?tag=%20").status_code == 400
 
 
 def test_labels_are_the_only_fields_manage_writes_outside_transitions(home: dict) -> None:

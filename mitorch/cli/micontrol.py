@@ -45,7 +45,7 @@ def _parser() -> CommandParser:
     priority.add_argument("id", metavar="ID", help="a training id")
     priority.add_argument("priority", type=_priority, metavar="N", help="the new priority")
     for name, verb in (("tag", "Add tags to"), ("untag", "Take tags off")):
-        tagging = _command(commands, name, f"{verb} a training (tags: one word each, e.g. baseline).")
+        tagging = _command(commands, name, f"{verb} a training (a tag: one line of text, e.g. baseline).")
         tagging.add_argument("id", metavar="ID", help="a training id")
         tagging.add_argument("tags", nargs="+", metavar="NAME", help="a tag")
     note = _command(commands, "note", "Set a training's note, one line of text shown by miquery and miviewer.")

@@ -105,7 +105,7 @@ def _listing(title: str, trainings: list[dict[str, Any]]) -> Table:
     """Trainings as rows of id, status, result, tags and note (a listing by tag, or children)."""
     listed = Table(title, ["id", "status", "result", "tags", "note"])
     for t in trainings:
-        listed.add(t["id"], t["status"], _main_metric(t.get("metrics")), " ".join(t.get("tags") or []),
+        listed.add(t["id"], t["status"], _main_metric(t.get("metrics")), ", ".join(map(str, t.get("tags") or [])),
                    t.get("note") or "")
     if not trainings:
         listed.caption = "none"
@@ -180,7 +180,7 @@ def _lineage_lines(t: dict[str, Any]) -> list[Section]:
     if t.get("parent"):
         lines.append(Line(f"parent: {t['parent']}"))
     if t.get("tags"):
-        lines.append(Line("tags: " + " ".join(map(str, t["tags"]))))
+        lines.append(Line("tags: " + ", ".join(map(str, t["tags"]))))
     if t.get("note"):
         lines.append(Line(f"note: {t['note']}"))
     return lines

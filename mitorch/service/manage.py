@@ -5,7 +5,6 @@ Ids the store does not have are reported together at the end, after the others w
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from mitorch.errors import ConfigError
@@ -119,23 +118,22 @@ def set_priority(store: JobStore, training_id: str, priority: int, say: Callable
     say(f"priority {training_id} {priority}")
 
 
-# A tag is one word, so it reads the same in a URL (?tag=NAME), a shell and a table cell.
-_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
-MAX_TAG_CHARS = 64
+# The rule of misubmit --tag (mitorch.service.submit.check_tags): a tag is one line of text, as
+# a job's name is; how many one training takes.
+MAX_TAG_CHARS, MAX_TAGS = 100, 20
 MAX_NOTE_CHARS = 1000
 
 
 def check_tag(tag: str, what: str = "a tag") -> str:
-    """A tag as given, when it is one: 1 to MAX_TAG_CHARS letters, digits, '.', '_', '-' or ':',
-    starting with a letter or digit, carrying no credential.
+    """A tag as given, when it is one: one line of printable text of 1 to MAX_TAG_CHARS
+    characters, not only spaces, carrying no credential.
 
     Raises:
         ConfigError: naming the rule, never echoing more than the tag's start.
     """
-    if not isinstance(tag, str) or len(tag) > MAX_TAG_CHARS or not _TAG.fullmatch(tag):
+    if not isinstance(tag, str) or not tag.strip() or len(tag) > MAX_TAG_CHARS or not tag.isprintable():
         shown = f"a string of {len(tag)} characters" if isinstance(tag, str) and len(tag) > 40 else repr(tag)
-        raise ConfigError(f"{what} is one word of 1 to {MAX_TAG_CHARS} letters, digits, '.', '_', '-' or ':' "
-                          f"(e.g. baseline or paper:v2), got {shown}")
+        raise ConfigError(f"{what} must be one line of text of 1 to {MAX_TAG_CHARS} characters, got {shown}")
     _refuse_credential(tag, what)
     return tag
 
@@ -175,11 +173,14 @@ def tag(store: JobStore, training_id: str, tags: list[str], say: Callable[[str],
     training = _training(store, training_id)
     kept = [str(t) for t in training.get("tags") or []]
     changed = [t for t in kept if t not in tags] if remove else kept + [t for t in dict.fromkeys(tags) if t not in kept]
+    if len(changed) > MAX_TAGS:
+        raise ConfigError(f"a training takes at most {MAX_TAGS} tags; {training_id} would have {len(changed)} "
+                          "(micontrol untag takes some off)")
     if changed != kept:
         _write_labels(store, training_id, {"tags": changed})
     verb = "untagged" if remove else "tagged"
-    say(f"{verb} {training_id} {' '.join(tags)}; its tags: {' '.join(changed) or '(none)'}"
-        if changed != kept else f"unchanged {training_id} (its tags: {' '.join(kept) or '(none)'})")
+    say(f"{verb} {training_id} {', '.join(tags)}; its tags: {', '.join(changed) or '(none)'}"
+        if changed != kept else f"unchanged {training_id} (its tags: {', '.join(kept) or '(none)'})")
 
 
 def note(store: JobStore, training_id: str, text: str, say: Callable[[str], None]) -> None:

@@ -44,7 +44,9 @@ def query(params: Any) -> Query:
     direction = one("dir")
     if direction not in ("", "asc", "desc"):
         raise BadQuery("dir takes asc or desc")
-    tag = one("tag")
+    # A tag is one line of text that may hold a comma: its value whole, not split as the others.
+    tags = params.getlist("tag") if hasattr(params, "getlist") else list(params.get("tag", []))
+    tag = str(tags[-1]) if tags else ""
     if tag:
         from mitorch.errors import ConfigError
         from mitorch.service.manage import check_tag
