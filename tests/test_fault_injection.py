@@ -82,7 +82,7 @@ def test_random_faults_on_two_hosts_lose_nothing_and_never_run_a_training_twice(
     data = make_text_dataset(tmp_path / "faults", num_train=96, num_val=8)
     common = [f"data.train={data.train}", f"data.val={data.val}", "image_size=32", "batch_size=8",
               "data.num_workers=0", f"max_epochs={EPOCHS}"]
-    ids = [service("misubmit", *common).stdout.strip() for _ in range(4)]
+    ids = [service("misubmit", *common, "--allow-duplicate").stdout.strip() for _ in range(4)]
     assert all(len(i) == 24 for i in ids)
     rng = random.Random(1234)
     faults: Counter[str] = Counter()

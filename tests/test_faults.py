@@ -145,7 +145,7 @@ def test_the_liveness_check_matches_the_training_and_attempt_not_just_the_pid(tm
 
 
 def test_two_hosts_share_one_database_each_with_its_own_capacity(service: Service) -> None:
-    ids = [service.submit("max_epochs=2") for _ in range(2)]
+    ids = [service.submit("max_epochs=2", "--allow-duplicate") for _ in range(2)]
     first = service("micontrol", MITORCH_HOSTNAME="host-a").stdout.splitlines()
     second = service("micontrol", MITORCH_HOSTNAME="host-b").stdout.splitlines()
     assert len(first) == 1 and first[0].startswith(f"dispatched {ids[0]} to local:host-a:")

@@ -81,7 +81,7 @@ def service(tmp_path: Path) -> Service:
 
 
 def test_priorities_run_in_order_with_per_epoch_results(service: Service) -> None:
-    ids = {p: service.submit("--priority", str(p), "max_epochs=2") for p in (5, 1, 3)}
+    ids = {p: service.submit("--priority", str(p), "max_epochs=2", "--allow-duplicate") for p in (5, 1, 3)}
     actions = service.tick_until(lambda: service.query()["counts"]["completed"] == 3)
     dispatched = [line.split()[1] for line in actions if line.startswith("dispatched")]
     assert dispatched == [ids[1], ids[3], ids[5]]
@@ -149,7 +149,7 @@ def test_cancel_stops_a_running_training_at_an_epoch_end(service: Service) -> No
 
 
 def test_racing_ticks_dispatch_each_training_once(service: Service) -> None:
-    ids = [service.submit("max_epochs=1") for _ in range(4)]
+    ids = [service.submit("max_epochs=1", "--allow-duplicate") for _ in range(4)]
     env = {**os.environ, **service.env, "MITORCH_LOCAL_CAPACITY": "2"}
     command = [str(Path(sys.executable).parent / "micontrol")]
     ticks = [subprocess.Popen(command, cwd=service.root, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
