@@ -10,7 +10,9 @@ Retention: a checkpoint (last.pt, about 90 MB for a ResNet-50) is only there for
 resume from. A completed or pruned training never resumes, so its checkpoints are removed when it
 ends (remove_checkpoints); a failed or cancelled one may be requeued and resume, so its
 checkpoints stay until `micontrol gc` removes them some days after it ended (free_checkpoints).
-Weights (model.pt, best.pt), logs and run folders are never removed.
+Weights (model.pt, best.pt), logs and run folders stay, unless `micontrol gc --keep-best N` (or
+MITORCH_GC_KEEP_BEST on the timer's tick) removes the attempt folders of trainings that ended long
+ago, keeping each job's N best (mitorch.service.retention).
 """
 from __future__ import annotations
 
