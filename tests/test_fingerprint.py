@@ -201,7 +201,7 @@ def test_from_queues_a_copy_with_changes_recording_its_parent(tmp_path: Path, ho
     code, out, err = _main(["--from", parent], capsys)
     assert code == 3 and f"duplicate of {parent} (new)" in err
     for argv, message in ((["--from", parent, "optimizer.lrr=0.1"], "--from: unknown key 'optimizer.lrr'"),
-                          (["--from", parent, "batch_size=abc"], "--from: batch_size must be int as in the stored config"),
+                          (["--from", parent, "batch_size=abc"], "--from: batch_size must be int as in the stored"),
                           (["--from", parent, "model=mobilenet_v3"], "--from changes values of keys the stored config"),
                           (["--from", "f" * 24], f"--from: training {'f' * 24} is not in the job store"),
                           (["--from", parent, "-m", "seed=1,2"], "--from copies one stored training's config")):

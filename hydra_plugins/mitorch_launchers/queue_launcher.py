@@ -64,7 +64,8 @@ class QueueLauncher(Launcher):
         configs = [submission(compose(list(overrides)), store, dataset) for overrides in job_overrides]
         labels = {"tags": check_tags(self.tags)} if self.tags else {}
         trainings = [{"config": config, "priority": self.priority, "dataset": dataset, **lineage(config), **labels,
-                      "fingerprint": fingerprint(config, dataset), "trial_number": initial_job_idx + i, "overrides": list(overrides)}
+                      "fingerprint": fingerprint(config, dataset), "trial_number": initial_job_idx + i,
+                      "overrides": list(overrides)}
                      for i, (config, overrides) in enumerate(zip(configs, job_overrides))]
         if not self.allow_duplicate:
             trainings = self._without_duplicates(store, trainings)
