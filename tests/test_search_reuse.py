@@ -82,6 +82,28 @@ def test_a_search_trains_each_point_once_and_tells_every_trial(store, tmp_path: 
     assert all(row["state"] == "complete" and row["training_id"] == row["reused_from"] for row in rows)
 
 
+def test_trials_asked_together_for_one_point_wait_for_its_one_training(store, tmp_path: Path) -> None:
+    job_id = _job(store, tmp_path, max_concurrent=8)  # every trial asked at the first step
+    actions: list[str] = []
+    search.step(store, actions.append)
+    first = store.list_trainings(job_id=job_id)
+    points = {tuple(sorted(t.params.items())) for t in _trials(store, job_id)}
+    assert len(first) == len(points) < 8, actions  # one training per point, the other trials wait
+    waiting = [a for a in actions if " waits for " in a]
+    assert len(waiting) == 8 - len(first) and all(a.endswith("which trains its point (new)") for a in waiting)
+    # One awaited training fails and another is being pruned: the trials that waited for them queue
+    # their own trainings; the others reuse.
+    awaited = list(dict.fromkeys(a.split(" waits for ")[1].split(",")[0] for a in waiting))
+    assert len(awaited) >= 2, waiting
+    store.update_training(awaited[0], {"status": "failed"})
+    store.update_training(awaited[1], {"prune_requested": True})
+    actions += _run(store, job_id)
+    assert len(store.list_trainings(job_id=job_id)) == len(points) + 2, actions
+    assert store.get_job(job_id)["counts"]["complete"] == 8 - 2
+    for training_id in awaited[:2]:
+        assert sum(f"({training_id}, which has its point, did not complete)" in a for a in actions) == 1
+
+
 def test_a_search_reuses_trainings_of_other_jobs_and_of_misubmit(store, tmp_path: Path, monkeypatch) -> None:
     from mitorch.config import compose
     from mitorch.service.fingerprint import fingerprint

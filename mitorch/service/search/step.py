@@ -8,7 +8,9 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
      cancelled -> PRUNED when pruned, else FAIL; more than max_failed failures fail the job;
   4. new trials are asked for until max_concurrent are in flight and n_trials were created; a
      trial whose point's fingerprint matches a completed training (of this job or any other) is
-     told that training's value at once, without a training of its own (its `reused_from`);
+     told that training's value at once, without a training of its own (its `reused_from`), and
+     one whose point an active training trains waits for that training (its `waits_for`; step 1
+     then reuses its result, or queues the trial's own training when it does not complete);
   5. once every trial has ended and every training of the job has stopped (a pruned trial's
      training finishes its epoch first), the job completes with its best trial and counts by
      state, or fails when no trial completed; a job whose cancel was requested (micontrol cancel
@@ -40,7 +42,7 @@ from mitorch.service.leases import Lease
 from mitorch.service.search.job import make_pruner, make_sampler
 from mitorch.service.search.seeding import is_seeded, seed
 from mitorch.service.search.space import distributions, param_overrides
-from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, REUSED_FROM
+from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, REUSED_FROM, WAITS_FOR
 from mitorch.service.transitions import cancel_trainings, request_prune
 from mitorch.store import ACTIVE, DuplicateError, JobStore, LeaseLost
 from mitorch.task_types import is_better
@@ -211,11 +213,13 @@ class _Search:
 
     def _queue(self, trial: Any, recovered: bool) -> str:
         """Queues the trial's training (job_id, trial_number, params, fingerprint); a trial whose
-        point a completed training already has is told that training's value instead, and one
-        whose point does not compose is told FAIL.
+        point a completed training already has is told that training's value instead, one whose
+        point an active training is training waits for it (it stays running without a training
+        of its own, and a later step reuses that training's result or, when it does not complete,
+        queues the trial's own), and one whose point does not compose is told FAIL.
 
         Returns:
-            "queued" (the trial has its training), "reused" or "failed".
+            "queued" (the trial has its training, or waits for one), "reused" or "failed".
         """
         from mitorch.config import compose_with_values
         from mitorch.service import submit
@@ -233,6 +237,8 @@ class _Search:
         key = fingerprint(config, self.job["dataset"])
         if self._reuse(trial, key):
             return "reused"
+        if self._wait(trial, key):
+            return "queued"
         self._keep()
         self.wrote = True
         try:
@@ -242,9 +248,26 @@ class _Search:
                 "fingerprint": key, **submit.lineage(config)})
         except DuplicateError:
             return "queued"  # another tick queued it in the meantime
+        waited = trial.user_attrs.get(WAITS_FOR)
         self.act(f"queued trial {trial.number} of job {self.job['id']} as {training_id} ({' '.join(overrides)})"
-                 + (" (its tick had stopped before queueing it)" if recovered else ""))
+                 + (f" ({waited}, which has its point, did not complete)" if waited
+                    else " (its tick had stopped before queueing it)" if recovered else ""))
         return "queued"
+
+    def _wait(self, trial: Any, key: str) -> bool:
+        """Whether an active training with the trial's fingerprint (one not being pruned) trains
+        its point: the trial then waits for it, recording it as `waits_for` when it is new."""
+        active = next((training for training in self.store.find_trainings(key, ACTIVE)
+                       if not training.get("prune_requested")), None)
+        if active is None:
+            return False
+        if trial.user_attrs.get(WAITS_FOR) != active["id"]:
+            self._keep()
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            self.storage.set_trial_user_attr(trial_id, WAITS_FOR, active["id"])
+            self.act(f"trial {trial.number} of job {self.job['id']} waits for {active['id']}, which trains its point "
+                     f"({active['status']})")
+        return True
 
     def _reuse(self, trial: Any, key: str) -> bool:
         """Tells the trial the objective of the oldest completed training with its fingerprint

@@ -14,6 +14,8 @@ IMPORTANCE_MIN_TRIALS = 3
 # records that training's id under this name (a user attribute of the trial in the study, and a
 # field of each entry of the job's `reused` list).
 REUSED_FROM = "reused_from"
+# A trial whose point an active training trains waits for it, recording its id under this name.
+WAITS_FOR = "waits_for"
 
 
 def trial_state(training: dict[str, Any]) -> str:
@@ -43,4 +45,4 @@ def reused_trials(job: dict[str, Any]) -> list[dict[str, Any]]:
             for entry in job.get("reused") or ()]
 
 
-__all__ = ["IMPORTANCE_MIN_TRIALS", "REUSED_FROM", "reused_trials", "trial_state"]
+__all__ = ["IMPORTANCE_MIN_TRIALS", "REUSED_FROM", "WAITS_FOR", "reused_trials", "trial_state"]
