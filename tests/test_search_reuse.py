@@ -15,6 +15,7 @@ from mitorch.service.search.job import prepare
 from mitorch.service.search.journal import study_storage
 from mitorch.service.search.trials import reused_trials
 from mitorch.store.sqlite import SQLiteStore
+from tests.helpers import run_in_process
 
 # Four points; a random sampler proposes some of them again within 8 trials.
 SPACE = {"batch_size": "2,4", "optimizer.lr": "0.1,0.01"}
@@ -80,6 +81,11 @@ def test_a_search_trains_each_point_once_and_tells_every_trial(store, tmp_path: 
     rows = reused_trials(job)
     assert sorted(row["number"] for row in rows) == sorted(entry["number"] for entry in job["reused"])
     assert all(row["state"] == "complete" and row["training_id"] == row["reused_from"] for row in rows)
+    # miquery JOB lists all 8 trials, the 4 reused ones marked so, with the training they reused.
+    shown = run_in_process("miquery", job_id, cwd=tmp_path, env={"MITORCH_DB_URI": f"sqlite:///{tmp_path / 'db.sqlite'}"})
+    rows = [line.split("\t") for line in shown.stdout.split("# trials (best first)")[1].splitlines()[2:] if line]
+    assert len(rows) == 8 and sorted(row[3] for row in rows) == ["complete"] * 4 + ["reused"] * 4, shown.stdout
+    assert {row[5] for row in rows if row[3] == "reused"} <= set(by_id)
 
 
 def test_trials_asked_together_for_one_point_wait_for_its_one_training(store, tmp_path: Path) -> None:

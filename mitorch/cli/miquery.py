@@ -111,7 +111,7 @@ def _children(store, training_id: str) -> list[dict[str, Any]]:
 
 def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A search job's trials from its trainings (miquery reads the store, never Optuna), best first."""
-    from mitorch.service.search.trials import trial_state
+    from mitorch.service.search.trials import reused_trials, trial_state
     from mitorch.task_types import direction
 
     metric = job["objective"]["metric"]
@@ -127,6 +127,7 @@ def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list
             value = (results[-1].get("val") or {}).get(metric)
         trials.append({"number": t["trial_number"], "params": t.get("params", {}), "value": value, "state": state,
                        "epochs": len(results), "training_id": t["id"]})
+    trials += reused_trials(job)  # told another training's value: no training of their own
     return sorted(trials, key=functools.cmp_to_key(lambda a, b: _best_first(a, b, maximize)))
 
 

@@ -137,7 +137,8 @@ def _search_job(view: dict[str, Any]) -> list[Section]:
     for r in view["trials"]:
         trials.add(r["number"], " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in r["params"].items()),
-                   "" if r["value"] is None else f"{r['value']:.6g}", r["state"], r["epochs"], r["training_id"])
+                   "" if r["value"] is None else f"{r['value']:.6g}",
+                   "reused" if r.get("reused_from") else r["state"], r["epochs"], r["training_id"])
     return [*shown, trials]
 
 

@@ -8,7 +8,8 @@ as Python writes them) of:
   `logger` (where metrics are also written), `data.num_workers`, `data.persistent_workers`,
   `data.prefetch_factor` (how batches are loaded, not which), `output` and `checkpoint_dir`
   (where files go), `resume` (a training is resumed to the same result), `log_every_n_steps`
-  (how often progress is shown) and `allowed_targets` (what may be built, not what is);
+  (how often progress is shown), `allowed_targets` (what may be built, not what is) and
+  `cost_metrics` (whether the trained model's costs are measured, not what it learns);
 - the registered dataset's name and version when the training has one (its `dataset` field);
   otherwise the identity of its local data and weights files: a file up to 8 MiB (a text list
   of images and labels, a small weights file) by the sha256 of its content, a larger one by its
@@ -31,7 +32,7 @@ from typing import Any
 
 # Keys of the stored config (dotted) that do not change a training's result.
 EXCLUDED_KEYS = ("logger", "data.num_workers", "data.persistent_workers", "data.prefetch_factor", "output",
-                 "checkpoint_dir", "resume", "log_every_n_steps", "allowed_targets")
+                 "checkpoint_dir", "resume", "log_every_n_steps", "allowed_targets", "cost_metrics")
 # Files a training reads, whose identity counts when no registered dataset stands for them.
 _FILE_KEYS = ("data.train", "data.val", "weights")
 # Files up to this size count by their content, larger ones by size and modification time.
