@@ -88,6 +88,15 @@ def test_a_search_trains_each_point_once_and_tells_every_trial(store, tmp_path: 
     assert {row[5] for row in rows if row[3] == "reused"} <= set(by_id)
 
 
+def test_a_grid_of_4_points_with_8_trials_trains_4_trainings_and_tells_every_trial(store, tmp_path: Path) -> None:
+    job_id = _job(store, tmp_path, sampler={"name": "grid"})
+    actions = _run(store, job_id)
+    trials = _trials(store, job_id)
+    assert len(store.list_trainings(job_id=job_id)) == 4, actions
+    assert len(trials) == 8 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len(store.get_job(job_id)["reused"]) == 4 and store.get_job(job_id)["status"] == "completed"
+
+
 def test_trials_asked_together_for_one_point_wait_for_its_one_training(store, tmp_path: Path) -> None:
     job_id = _job(store, tmp_path, max_concurrent=8)  # every trial asked at the first step
     actions: list[str] = []

@@ -68,7 +68,8 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
 
     Returns:
         The settings filled in with defaults: objective (the task's main metric, in the way that
-        metric is better), sampler tpe, pruner median, n_trials 20 (a grid: at most its size),
+        metric is better), sampler tpe, pruner median, n_trials 20 (a grid's trials past its
+        size repeat its points and are told their earlier training's value),
         max_concurrent 2, max_failed 5. The sampler and pruner were built and asked once.
 
     Raises:
@@ -88,8 +89,6 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
               "sampler": sampler, "pruner": pruner, "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS),
               "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
               "max_failed": _whole(job, "max_failed", 5, 0)}
-    if sampler["name"] == "grid":
-        result["n_trials"] = min(result["n_trials"], grid_size(space_distributions))  # each grid point once
     if job.get("enqueue") is not None:
         result["enqueue"] = check_enqueue(job["enqueue"], space_distributions)
     _try_once(objective["direction"], sampler, pruner, space_distributions)
