@@ -15,6 +15,7 @@ from mitorch.service import runner
 from mitorch.store.sqlite import SQLiteStore
 from tests.test_fences import (BLOB_ARTIFACTS, FakeBlobService, ScriptedTraining, config,  # noqa: F401 - a fixture
                                dispatched, run_scripted, store)
+from tests.test_remote import _blob, _container, azurite  # noqa: F401 - a fixture
 
 KEPT = ("model.pt", "best.pt", "train.log")  # weights and logs: never removed
 
@@ -257,3 +258,31 @@ def test_gc_keep_best_removes_attempt_folders_kept_in_blob_storage(store: SQLite
     assert gc(capsys, "--keep-best", "1")[0] == (f"freed 1.0 kB of {gone} (cancelled 10.0 days ago; attempt folders: "
                                                  "5 files, 3 blobs of unknown size)")
     assert set(blob.blobs) == {f"{root}/{kept}/attempt-1/model.pt"} and not any(path.exists() for path in files)
+
+
+@pytest.mark.slow
+def test_gc_keep_best_on_azurite_removes_what_should_go_and_nothing_else(
+        store: SQLiteStore, config: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        azurite: str) -> None:
+    from azure.storage.blob import BlobClient, ContainerClient
+
+    container = _container(azurite, "gc-artifacts")
+    monkeypatch.setenv("MITORCH_ARTIFACTS_URI", container)
+    best, _ = finished(store, config, "completed", 10, accuracy=0.9)  # a job of its own: its best
+    old, _ = finished(store, config, "cancelled", 10)
+    recent, _ = finished(store, config, "failed", 1)
+    running = dispatched(store, config)
+    assert store.update_training(running, {"status": "running", "started_at": store.clock() - timedelta(days=40)})
+    blobs = {training: [f"{training}/attempt-1/{name}" for name in ("last.pt", "model.pt", "train.log")]
+             for training in (best, old, recent, running)}
+    for name in sum(blobs.values(), []):
+        BlobClient.from_blob_url(_blob(container, name)).upload_blob(b"x" * 100)
+
+    def stored() -> set[str]:
+        return {blob.name for blob in ContainerClient.from_container_url(container).list_blobs()}
+
+    dry = gc(capsys, "--keep-best", "1", "--dry-run")
+    assert [line.split()[5] for line in dry[:-1]] == [old] and stored() == set(sum(blobs.values(), []))
+    gc(capsys, "--keep-best", "1")
+    assert stored() == set(blobs[best] + blobs[recent] + blobs[running])
+    assert store.get_training(old)["artifacts_removed_at"] is not None
