@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.tag is not None:
             if args.id is not None:
                 raise UsageError("--tag lists the trainings with a tag; give it without an ID")
-            from mitorch.service.manage import check_tag
+            from mitorch.service.labels import check_tag
 
             check_tag(args.tag, "--tag")
         view = _view(args)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mitorch.errors import ConfigError
-from mitorch.files.secrets import credential_forms
 from mitorch.service import transitions
+from mitorch.service.labels import MAX_TAGS, check_note, check_tag
 from mitorch.service.search.lease import jobs_lease
 from mitorch.store import ACTIVE, FINISHED, JobStore, StoreError
 
@@ -116,49 +116,6 @@ def set_priority(store: JobStore, training_id: str, priority: int, say: Callable
     if not transitions.set_priority(store, training_id, priority):
         raise StoreError(f"no training {training_id}; see miquery for the ids")
     say(f"priority {training_id} {priority}")
-
-
-# The rule of misubmit --tag (mitorch.service.submit.check_tags): a tag is one line of text, as
-# a job's name is; how many one training takes.
-MAX_TAG_CHARS, MAX_TAGS = 100, 20
-MAX_NOTE_CHARS = 1000
-
-
-def check_tag(tag: str, what: str = "a tag") -> str:
-    """A tag as given, when it is one: one line of printable text of 1 to MAX_TAG_CHARS
-    characters, not only spaces, carrying no credential.
-
-    Raises:
-        ConfigError: naming the rule, never echoing more than the tag's start.
-    """
-    if not isinstance(tag, str) or not tag.strip() or len(tag) > MAX_TAG_CHARS or not tag.isprintable():
-        shown = f"a string of {len(tag)} characters" if isinstance(tag, str) and len(tag) > 40 else repr(tag)
-        raise ConfigError(f"{what} must be one line of text of 1 to {MAX_TAG_CHARS} characters, got {shown}")
-    _refuse_credential(tag, what)
-    return tag
-
-
-def check_note(note: str) -> str:
-    """A note as given (stripped), when it is one line of printable text of at most
-    MAX_NOTE_CHARS characters without a credential; "" clears a note.
-
-    Raises:
-        ConfigError: naming the rule.
-    """
-    note = note.strip()
-    if not note.isprintable():
-        raise ConfigError("a note is one line of printable text; it holds a line break or a control character")
-    if len(note) > MAX_NOTE_CHARS:
-        raise ConfigError(f"a note has at most {MAX_NOTE_CHARS} characters, got {len(note)}; keep it to one line")
-    _refuse_credential(note, "a note")
-    return note
-
-
-def _refuse_credential(text: str, what: str) -> None:
-    forms = credential_forms(text)
-    if forms:
-        raise ConfigError(f"{what} carries a credential of the form {', '.join(forms)}; tags and notes are stored "
-                          "and shown, so they take no secrets")
 
 
 def tag(store: JobStore, training_id: str, tags: list[str], say: Callable[[str], None], remove: bool = False) -> None:

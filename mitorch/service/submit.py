@@ -16,6 +16,7 @@ from mitorch.errors import ConfigError, MiTorchError
 from mitorch.files.remote import is_remote
 from mitorch.store import ACTIVE, JobStore, StoreError
 from mitorch.files.secrets import credential_forms
+from mitorch.service import labels
 
 # Training ids are 24 hex digits; a base= that could not be one is refused before the store is asked.
 _TRAINING_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
@@ -142,28 +143,13 @@ def _refuse_credentials(value: Any, key: str) -> None:
                           "no secrets: register remote data with midataset register and queue it with --dataset NAME")
 
 
-# Tags of one training, and the characters of one tag.
-MAX_TAGS, MAX_TAG_CHARS = 20, 100
-
-
 def check_tags(tags: list[str]) -> list[str]:
-    """The tags of misubmit --tag, each once in the order given: one line of printable text each,
-    never a credential (a tag is stored and shown, as a job's name is).
+    """The tags of misubmit --tag, each once in the order given (mitorch.service.labels).
 
     Raises:
         ConfigError: naming the tag that is wrong, without echoing a long one.
     """
-    kept = list(dict.fromkeys(tags))
-    if len(kept) > MAX_TAGS:
-        raise ConfigError(f"a training takes at most {MAX_TAGS} tags, got {len(kept)}")
-    for tag in kept:
-        if not tag.strip() or len(tag) > MAX_TAG_CHARS or not tag.isprintable():
-            raise ConfigError(f"--tag must be one line of text of 1 to {MAX_TAG_CHARS} characters, got "
-                              f"{shorten(repr(tag))}")
-        if credential_forms(tag):
-            raise ConfigError(f"--tag carries a credential ({', '.join(credential_forms(tag))}); a tag is stored and "
-                              "shown, so it takes no secrets")
-    return kept
+    return labels.check_tags(tags, "--tag")
 
 
 def lineage(config: dict[str, Any], parent: str | None = None) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def query(params: Any) -> Query:
     tag = str(tags[-1]) if tags else ""
     if tag:
         from mitorch.errors import ConfigError
-        from mitorch.service.manage import check_tag
+        from mitorch.service.labels import check_tag
 
         try:
             check_tag(tag, "tag")
