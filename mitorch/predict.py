@@ -57,27 +57,76 @@ class Predictor:
             empty = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=pixels.shape[-2:])
             inputs, _ = self.transform(pixels, {"boxes": empty, "labels": torch.zeros(0, dtype=torch.int64)})
             output = self.model([inputs.to(self.device)])[0]
-            scale = torch.tensor([image.width / inputs.shape[-1], image.height / inputs.shape[-2]] * 2)
-            threshold = 0.5 if self.threshold is None else self.threshold
-            boxes = []
-            for box, score, label in zip((output["boxes"].cpu() * scale).tolist(), output["scores"].tolist(),
-                                         (output["labels"] - 1).tolist()):
-                if score >= threshold:
-                    boxes.append({"class": self.class_names[label], "index": label, "score": round(score, 4),
-                                  "box": [round(v, 1) for v in box]})
-            return {"boxes": boxes}
+            return _boxes(image, inputs, output["boxes"].cpu(), output["scores"].cpu(), output["labels"].cpu() - 1,
+                          self.class_names, self.threshold)
         logits = self.model(self.transform(pixels).unsqueeze(0).to(self.device))[0].float().cpu()
-        if self.task_type == "multilabel_classification":
-            scores = logits.sigmoid()
-            threshold = 0.5 if self.threshold is None else self.threshold
-            order = [i for i in scores.argsort(descending=True).tolist() if scores[i] >= threshold]
-        else:
-            scores = logits.softmax(0)
-            order = scores.argsort(descending=True)[:TOP_CLASSES].tolist()
-            if self.threshold is not None:
-                order = [i for i in order if scores[i] >= self.threshold]
-        return {"classes": [{"class": self.class_names[i], "index": i, "score": round(float(scores[i]), 4)}
-                            for i in order]}
+        return _classes(logits, self.task_type, self.class_names, self.threshold)
+
+
+class ExportedPredictor:
+    """An exported model (miexport's ONNX or TorchScript file and its sidecar) ready to predict,
+    with Predictor's output: the sidecar gives the preprocessing and the class names.
+
+    Raises:
+        ConfigError: path has no sidecar; ExportError: onnxruntime is missing.
+    """
+
+    def __init__(self, path: str, threshold: float | None = None) -> None:
+        from torchvision.transforms import v2
+
+        from mitorch.export import load_exported, read_sidecar
+
+        sidecar = read_sidecar(path)
+        if sidecar is None:
+            raise ConfigError(f"{path} has no sidecar {path}.json; export it again with miexport")
+        self.class_names = sidecar["class_names"]
+        self.task_type = sidecar["task_type"]
+        self.threshold = threshold
+        resize = sidecar["resize"]
+        steps = ([v2.Resize(resize["size"], antialias=True)] if "size" in resize else
+                 [v2.Resize(resize["shorter_side"], antialias=True), v2.CenterCrop(resize["center_crop"])])
+        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True)])
+        self.run = load_exported(path, sidecar)
+        self._reader = FileReader()
+
+    def load(self, path: str) -> Image.Image:
+        return read_image(self._reader, path)
+
+    def predict(self, image: Image.Image) -> dict[str, Any]:
+        """{"boxes": [...]} for detection, {"classes": [...]} for classification."""
+        inputs = self.transform(tv_tensors.Image(pil_to_tensor(image))).as_subclass(torch.Tensor)
+        if self.task_type == "object_detection":
+            boxes, scores, labels = self.run(inputs)
+            return _boxes(image, inputs, boxes, scores, labels, self.class_names, self.threshold)
+        return _classes(self.run(inputs.unsqueeze(0))[0][0].float(), self.task_type, self.class_names,
+                        self.threshold)
+
+
+def _boxes(image: Image.Image, inputs: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor,
+           labels: torch.Tensor, class_names: list[str], threshold: float | None) -> dict[str, Any]:
+    """Boxes over the threshold, in the image's own pixels; labels index class_names."""
+    scale = torch.tensor([image.width / inputs.shape[-1], image.height / inputs.shape[-2]] * 2)
+    threshold = 0.5 if threshold is None else threshold
+    found = []
+    for box, score, label in zip((boxes * scale).tolist(), scores.tolist(), labels.tolist()):
+        if score >= threshold:
+            found.append({"class": class_names[label], "index": label, "score": round(score, 4),
+                          "box": [round(v, 1) for v in box]})
+    return {"boxes": found}
+
+
+def _classes(logits: torch.Tensor, task_type: str, class_names: list[str], threshold: float | None) -> dict[str, Any]:
+    """The top classes (multiclass) or those over the threshold (multilabel) of one image's logits."""
+    if task_type == "multilabel_classification":
+        scores = logits.sigmoid()
+        threshold = 0.5 if threshold is None else threshold
+        order = [i for i in scores.argsort(descending=True).tolist() if scores[i] >= threshold]
+    else:
+        scores = logits.softmax(0)
+        order = scores.argsort(descending=True)[:TOP_CLASSES].tolist()
+        if threshold is not None:
+            order = [i for i in order if scores[i] >= threshold]
+    return {"classes": [{"class": class_names[i], "index": i, "score": round(float(scores[i]), 4)} for i in order]}
 
 
 def draw(image: Image.Image, prediction: dict[str, Any]) -> Image.Image:
