@@ -239,7 +239,7 @@ def test_misubmit_search_stores_the_same_job_as_a_file(store, tmp_path: Path, mo
     with pytest.raises(SystemExit):
         misubmit.main(["--search", "optimizer.lr=interval(0.01, 0.1)", "--sampler", "anneal"])
     assert capsys.readouterr().err.strip() == ("misubmit: error: unknown sampler 'anneal'; choose from tpe, random, "
-                                               "cmaes, gp, qmc, grid")
+                                               "cmaes, gp, qmc, grid, nsga2")
     assert len(store.list_jobs()) == 1 and store.list_trainings() == []
     _step(store)
     _step(store)

@@ -71,6 +71,8 @@ def _view(args: argparse.Namespace) -> dict[str, Any]:
     view = {"job": job, "trainings": store.list_trainings(job_id=args.id)}
     if job.get("job_type") == "search":
         view["trials"] = _trials(store, job, view["trainings"])
+        if job.get("objectives"):
+            view["pareto"] = job.get("pareto") or []
     return view
 
 
@@ -110,7 +112,8 @@ def _children(store, training_id: str) -> list[dict[str, Any]]:
 
 
 def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A search job's trials from its trainings (miquery reads the store, never Optuna), best first."""
+    """A search job's trials from its trainings (miquery reads the store, never Optuna), best first
+    (in the first objective of a multi-objective job)."""
     from mitorch.service.search.trials import reused_trials, trial_state
     from mitorch.task_types import direction
 
@@ -126,9 +129,45 @@ def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list
         if value is None and results and state in ("running", "pruned"):  # its last reported epoch
             value = (results[-1].get("val") or {}).get(metric)
         trials.append({"number": t["trial_number"], "params": t.get("params", {}), "value": value, "state": state,
-                       "epochs": len(results), "training_id": t["id"]})
+                       "epochs": len(results), "training_id": t["id"], **_judged(job, t)})
     trials += reused_trials(job)  # told another training's value: no training of their own
+    _mark_front(job, trials)
     return sorted(trials, key=functools.cmp_to_key(lambda a, b: _best_first(a, b, maximize)))
+
+
+def _judged(job: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """A complete trial's every objective value (a multi-objective job) and whether it meets the
+    job's constraints (a job with constraints), from its training's metrics."""
+    from mitorch.service.search.trials import constraint_values, is_feasible
+
+    metrics = training.get("metrics") or {}
+    if training["status"] != "completed":
+        return {}
+    judged: dict[str, Any] = {}
+    if job.get("objectives"):
+        judged["values"] = [metrics.get(o["metric"]) for o in job["objectives"]]
+    if job.get("constraints"):
+        values = constraint_values(job["constraints"], metrics)
+        judged["feasible"] = values is not None and is_feasible(values)
+    return judged
+
+
+def _mark_front(job: dict[str, Any], trials: list[dict[str, Any]]) -> None:
+    """Marks each complete trial of a multi-objective job `pareto` (no feasible complete trial
+    dominates it), `dominated` or `infeasible` (it breaks a constraint), as its `front`."""
+    from mitorch.service.search.trials import pareto_front
+
+    if not job.get("objectives"):
+        return
+    judged = [t for t in trials if t.get("values") and all(isinstance(v, (int, float)) for v in t["values"])
+              and t.get("feasible", True)]
+    front = {judged[i]["number"] for i in pareto_front([t["values"] for t in judged],
+                                                       [o["direction"] for o in job["objectives"]])}
+    for trial in trials:
+        if trial.get("feasible") is False:
+            trial["front"] = "infeasible"
+        elif trial.get("values"):
+            trial["front"] = "pareto" if trial["number"] in front else "dominated"
 
 
 def _best_first(a: dict[str, Any], b: dict[str, Any], maximize: bool) -> int:

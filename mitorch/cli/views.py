@@ -114,18 +114,24 @@ def _listing(title: str, trainings: list[dict[str, Any]]) -> Table:
 
 def _search_job(view: dict[str, Any]) -> list[Section]:
     job = view["job"]
-    objective = job["objective"]
+    objectives = job.get("objectives") or [job["objective"]]
     status = job["status"] + (" (cancelling)" if job.get("cancel_requested") and job["status"] == "running" else "")
     counts = job.get("counts") or {}
     shown: list[Section] = [
         Line(f"search job {job['id']}{' ' + job['name'] if job.get('name') else ''}: {status}  "
-             f"{objective['direction']} {objective['metric']}  sampler {job['sampler']['name']}  pruner "
-             f"{job['pruner']['name']}  {job['n_trials']} trials, {job['max_concurrent']} at once, max_failed "
-             f"{job['max_failed']}"),
+             + ", ".join(f"{o['direction']} {o['metric']}" for o in objectives)
+             + f"  sampler {job['sampler']['name']}  pruner {job['pruner']['name']}  {job['n_trials']} trials, "
+             f"{job['max_concurrent']} at once, max_failed {job['max_failed']}"),
         Line("trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()) if counts else "trials: none yet")]
-    if job.get("best"):
+    if job.get("constraints"):
+        shown.append(Line("constraints: " + ", ".join(f"{c['metric']} {c['op']} {c['bound']:g}"
+                                                      for c in job["constraints"])))
+    if job.get("objectives"):
+        shown.append(Line(f"pareto front: {len(job.get('pareto') or [])} feasible trials no other trial dominates "
+                          f"(trials marked pareto below)"))
+    elif job.get("best"):
         best = job["best"]
-        shown.append(Line(f"best: trial {best['number']} {objective['metric']} {best['value']:.6g} "
+        shown.append(Line(f"best: trial {best['number']} {objectives[0]['metric']} {best['value']:.6g} "
                           f"{json.dumps(best['params'])} (training {best['training_id']})"))
     if job.get("importances"):
         importances = job["importances"]
@@ -133,13 +139,28 @@ def _search_job(view: dict[str, Any]) -> list[Section]:
             f"{name} {value:.2f}" for name, value in importances["params"].items())))
     if job.get("error"):
         shown.append(Line(job["error"], label="error:"))
-    trials = Table("trials (best first)", ["trial", "params", objective["metric"], "state", "epochs", "id"])
-    for r in view["trials"]:
+    return [*shown, _trial_table(job, objectives, view["trials"])]
+
+
+def _trial_table(job: dict[str, Any], objectives: list[dict[str, Any]], rows: list[dict[str, Any]]) -> Table:
+    """A search job's trials: one column per objective; a multi-objective job's trials marked
+    pareto, dominated or infeasible; a constrained job's marked feasible or not."""
+    multi, constrained = bool(job.get("objectives")), bool(job.get("constraints"))
+    marks = ["front"] if multi else ["feasible"] if constrained else []
+    title = f"trials (by {objectives[0]['metric']}, best first)" if multi else "trials (best first)"
+    trials = Table(title, ["trial", "params", *(o["metric"] for o in objectives), *marks, "state", "epochs", "id"])
+    for r in rows:
+        values = (r.get("values") or [r["value"]] + [None] * (len(objectives) - 1)) if multi else [r["value"]]
+        mark = [r.get("front", "")] if multi else [_yes_no(r.get("feasible"))] if constrained else []
         trials.add(r["number"], " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in r["params"].items()),
-                   "" if r["value"] is None else f"{r['value']:.6g}",
+                   *("" if value is None else f"{value:.6g}" for value in values), *mark,
                    "reused" if r.get("reused_from") else r["state"], r["epochs"], r["training_id"])
-    return [*shown, trials]
+    return trials
+
+
+def _yes_no(value: bool | None) -> str:
+    return "" if value is None else "yes" if value else "no"
 
 
 def _job(view: dict[str, Any]) -> list[Section]:

@@ -6,7 +6,8 @@
 - step: one controller step of a job (ask, queue, follow, tell, prune, end), under the jobs
   lease (imports job; opens the study through journal);
 - journal: the study's storage, Optuna's journal kept in the job store;
-- trials: a trial's state as users see it (imports nothing: miquery shows trials with it);
+- trials: a trial's state as users see it, its constraints met or not, the Pareto front (imports
+  nothing: miquery shows trials with it);
 - lease: the jobs lease that commands take to change a job (micontrol cancel takes it).
 
 Importing this package, space, job, step, trials or lease imports neither Optuna nor torch

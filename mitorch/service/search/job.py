@@ -7,6 +7,9 @@ misubmit and micontrol import this module.
 """
 from __future__ import annotations
 
+import functools
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,10 +23,24 @@ from mitorch.service.search.space import (MAX_GRID_POINTS, check_points, distrib
 from mitorch.store import JobStore, StoreError
 from mitorch.task_types import METRICS, direction, main_metric
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid", "nsga2")
+# The samplers that steer away from trials that break a job's constraints (their constraints_func);
+# the others search without them, and a trial that breaks one is still kept off the job's result.
+CONSTRAINED_SAMPLERS = ("tpe", "nsga2", "gp")
+# What every training measures after training (mitorch.engine.costs.COST_METRICS, which imports
+# torch): metrics of every task type, better when lower.
+COST_METRICS = ("num_parameters", "macs", "weights_mb", "latency_ms_b1", "latency_ms_batch")
+# Constraints of one job; a constraint is `METRIC <= NUMBER` or `METRIC >= NUMBER`.
+MAX_CONSTRAINTS = 20
+# The trial's system attribute that holds its constraint values, where Optuna reads them (its
+# samplers' constraints_func writes them there too; study.best_trials keeps trials whose values
+# are all <= 0).
+CONSTRAINTS_ATTR = "constraints"
+_CONSTRAINT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "threshold", "none")
-_JOB_KEYS = ("job_type", "name", "dataset", "config", "overrides", "search_space", "objective", "sampler", "pruner",
-             "n_trials", "max_concurrent", "max_failed", "priority", "enqueue", "warm_start")
+_JOB_KEYS = ("job_type", "name", "dataset", "config", "overrides", "search_space", "objective", "objectives",
+             "constraints", "sampler", "pruner", "n_trials", "max_concurrent", "max_failed", "priority", "enqueue",
+             "warm_start")
 # Trials of one job (n_trials, and what --add-trials adds at once).
 MAX_TRIALS = 100_000
 # A step asks for up to this many trials of a job at once (each composes a config, tens of
@@ -68,7 +85,9 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
 
     Returns:
         The settings filled in with defaults: objective (the task's main metric, in the way that
-        metric is better), sampler tpe, pruner median, n_trials 20 (a grid's trials past its
+        metric is better; the first of `objectives` when the file lists 2 or more, kept as
+        `objectives`), `constraints` as metric, op and bound, sampler tpe, pruner median (none for
+        a multi-objective job, which takes no other), n_trials 20 (a grid's trials past its
         size repeat its points and are told their earlier training's value),
         max_concurrent 2, max_failed 5. The sampler and pruner were built and asked once.
 
@@ -82,17 +101,101 @@ def settings(job: Mapping[str, Any], task_type: str) -> dict[str, Any]:
                           f"'tag(log, interval(1e-4, 1e-1))'}}, got {_kind(space)}")
     space = dict(space)
     space_distributions = distributions(space)
-    objective = _objective(job.get("objective"), task_type)
+    objectives = _objectives(job, task_type)
     sampler = _spec(job.get("sampler"), "sampler", "tpe")
-    pruner = _spec(job.get("pruner"), "pruner", "median")
-    result = {"job_type": "search", "name": _name(job.get("name")), "search_space": space, "objective": objective,
+    pruner = _pruner(job.get("pruner"), len(objectives))
+    result = {"job_type": "search", "name": _name(job.get("name")), "search_space": space, "objective": objectives[0],
               "sampler": sampler, "pruner": pruner, "n_trials": _whole(job, "n_trials", 20, 1, MAX_TRIALS),
               "max_concurrent": _whole(job, "max_concurrent", 2, 1, MAX_CONCURRENT),
               "max_failed": _whole(job, "max_failed", 5, 0)}
+    if len(objectives) > 1:
+        result["objectives"] = objectives
+    if job.get("constraints") is not None:
+        result["constraints"] = _constraints(job["constraints"], task_type)
     if job.get("enqueue") is not None:
         result["enqueue"] = check_enqueue(job["enqueue"], space_distributions)
-    _try_once(objective["direction"], sampler, pruner, space_distributions)
+    _try_once([o["direction"] for o in objectives], sampler, pruner, space_distributions,
+              len(result.get("constraints") or ()))
     return result
+
+
+def job_metrics(task_type: str) -> tuple[str, ...]:
+    """The metrics a search job of a task type may optimize or constrain: the task's metrics and
+    the cost metrics every training measures."""
+    return METRICS[task_type] + COST_METRICS
+
+
+def metric_direction(metric: str) -> str:
+    """Which way a metric is better (minimize or maximize): a cost metric is better when lower."""
+    return "minimize" if metric in COST_METRICS else direction(metric)
+
+
+def objectives_of(job: Mapping[str, Any]) -> list[dict[str, str]]:
+    """A stored search job's objectives, in order: `objectives` of a multi-objective job, else
+    its one `objective`."""
+    return list(job.get("objectives") or [job["objective"]])
+
+
+def _objectives(job: Mapping[str, Any], task_type: str) -> list[dict[str, str]]:
+    """The job's objectives: its `objectives:` list (2 or more), or its one `objective:`."""
+    listed = job.get("objectives")
+    if listed is None:
+        return [_objective(job.get("objective"), task_type)]
+    if job.get("objective") is not None:
+        raise ConfigError("give objective (one metric) or objectives (a list of 2 or more), not both")
+    if not isinstance(listed, list) or len(listed) < 2:
+        raise ConfigError("objectives must be a list of 2 or more {metric, direction}, e.g. objectives: [{metric: "
+                          "top1_accuracy}, {metric: num_parameters}]; for one metric use objective:")
+    objectives = [_objective(entry, task_type, f"objectives[{number}]", required=True)
+                  for number, entry in enumerate(listed)]
+    names = [o["metric"] for o in objectives]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated:
+        raise ConfigError(f"objectives names {repeated} more than once; give each metric once")
+    return objectives
+
+
+def _pruner(value: Any, objectives: int) -> dict[str, Any]:
+    """The job's pruner: median by default; a multi-objective job prunes nothing (Optuna's
+    pruners judge one value), so it takes none or no pruner."""
+    if objectives == 1:
+        return _spec(value, "pruner", "median")
+    pruner = _spec(value, "pruner", "none")
+    if pruner["name"] != "none":
+        raise ConfigError(f"a job with {objectives} objectives cannot be pruned (Optuna's pruners judge one value); "
+                          "set pruner: none or leave it out")
+    return pruner
+
+
+def _constraints(value: Any, task_type: str) -> list[dict[str, Any]]:
+    """The job's constraints, each `METRIC <= NUMBER` or `METRIC >= NUMBER`, as metric, op, bound."""
+    if not isinstance(value, list) or not value or len(value) > MAX_CONSTRAINTS:
+        raise ConfigError(f"constraints must be a list of 1 to {MAX_CONSTRAINTS} strings such as 'latency_ms_b1 <= 5',"
+                          f" got {_kind(value)}")
+    return [_constraint(text, task_type) for text in value]
+
+
+def _constraint(text: Any, task_type: str) -> dict[str, Any]:
+    match = _CONSTRAINT.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigError(f"constraint {shorten(repr(text))} must read METRIC <= NUMBER or METRIC >= NUMBER, e.g. "
+                          "'num_parameters <= 5e6'")
+    metric, op, number = match.groups()
+    if metric not in job_metrics(task_type):
+        raise ConfigError(f"constraint {shorten(repr(text))}: {metric} is not a metric of {task_type}; choose from "
+                          f"{', '.join(job_metrics(task_type))}")
+    try:
+        bound = float(number)
+    except ValueError:
+        bound = math.nan
+    if not math.isfinite(bound):
+        raise ConfigError(f"constraint {shorten(repr(text))}: {shorten(number)} is not a finite number")
+    return {"metric": metric, "op": op, "bound": bound}
+
+
+def constraint_text(constraint: Mapping[str, Any]) -> str:
+    """A stored constraint as the job file wrote it, e.g. `latency_ms_b1 <= 5`."""
+    return f"{constraint['metric']} {constraint['op']} {constraint['bound']:g}"
 
 
 def _check_keys(job: Mapping[str, Any]) -> None:
@@ -103,38 +206,44 @@ def _check_keys(job: Mapping[str, Any]) -> None:
         raise ConfigError(f"job_type must be search, got {shorten(repr(job.get('job_type')))}")
 
 
-def _objective(objective: Any, task_type: str) -> dict[str, str]:
-    """The metric a job optimizes (the task's main one by default) and which way."""
-    objective = objective or {}
+def _objective(objective: Any, task_type: str, key: str = "objective", required: bool = False) -> dict[str, str]:
+    """A metric a job optimizes (the task's main one by default) and which way."""
+    objective = {} if objective is None and not required else objective
     if not isinstance(objective, Mapping):
-        raise ConfigError(f"objective must be a mapping, e.g. objective: {{metric: loss, direction: minimize}}, got "
+        raise ConfigError(f"{key} must be a mapping, e.g. {key}: {{metric: loss, direction: minimize}}, got "
                           f"{_kind(objective)}")
     if set(objective) - {"metric", "direction"}:
-        raise ConfigError("objective takes metric and direction")
-    metric = objective.get("metric") or main_metric(task_type)
-    if not isinstance(metric, str) or metric not in METRICS[task_type]:
-        raise ConfigError(f"objective.metric {shorten(repr(metric))} is not a metric of {task_type}; choose from "
-                          f"{', '.join(METRICS[task_type])}")
-    way = objective.get("direction") or direction(metric)
+        raise ConfigError(f"{key} takes metric and direction")
+    metric = objective.get("metric") or (None if required else main_metric(task_type))
+    if not isinstance(metric, str) or metric not in job_metrics(task_type):
+        raise ConfigError(f"{key}.metric {shorten(repr(metric))} is not a metric of {task_type}; choose from "
+                          f"{', '.join(job_metrics(task_type))}")
+    way = objective.get("direction") or metric_direction(metric)
     if way not in ("minimize", "maximize"):
-        raise ConfigError(f"objective.direction must be minimize or maximize, got {shorten(repr(way))}")
+        raise ConfigError(f"{key}.direction must be minimize or maximize, got {shorten(repr(way))}")
     return {"metric": metric, "direction": way}
 
 
-def _try_once(way: str, sampler: dict[str, Any], pruner: dict[str, Any], space: dict[str, Any]) -> None:
+def _try_once(directions: list[str], sampler: dict[str, Any], pruner: dict[str, Any], space: dict[str, Any],
+              constraints: int = 0) -> None:
     """Builds the sampler and pruner and asks for one point, in memory: unknown options and
     missing extras fail here, not at a tick."""
     import optuna
 
+    if len(directions) > 1 and sampler["name"] == "cmaes":
+        raise ConfigError("sampler cmaes optimizes one objective; for objectives use nsga2, tpe, gp, random, qmc or "
+                          "grid")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=way, sampler=make_sampler(sampler, space), pruner=make_pruner(pruner))
+    study = optuna.create_study(directions=directions, sampler=make_sampler(sampler, space, constraints=constraints),
+                                pruner=make_pruner(pruner))
     try:
         study.ask(space)
     except (TypeError, ValueError, ImportError, OverflowError) as e:
         raise ConfigError(f"sampler {sampler['name']}: {shorten(first_line(e), 200)}") from None
 
 
-def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_far: int = 0) -> Any:
+def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_far: int = 0,
+                 constraints: int = 0) -> Any:
     """The Optuna sampler a job names.
 
     Args:
@@ -142,6 +251,8 @@ def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_fa
         space: the job's distributions (a grid lists their values).
         trials_so_far: a seeded sampler's seed moves on with it: a sampler rebuilt every tick
             would otherwise repeat its suggestions.
+        constraints: how many constraints the job has; a sampler of CONSTRAINED_SAMPLERS then
+            reads each trial's constraint values (stored by the step under CONSTRAINTS_ATTR).
 
     Raises:
         ConfigError: an unknown name, or options the sampler does not take.
@@ -155,10 +266,23 @@ def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Any], trials_so_fa
         options["seed"] = (_seed(options["seed"]) + trials_so_far) % 2**32
     if name == "grid":
         options["search_space"] = sampler_grid(space)
+    if constraints and name in CONSTRAINED_SAMPLERS and int(optuna.__version__.split(".")[0]) < 5:
+        # Optuna 5 samplers read a trial's stored constraint values themselves (constraints_func
+        # is deprecated there); Optuna 4 reads them only when given a constraints_func.
+        options["constraints_func"] = functools.partial(stored_constraints, constraints)
     classes = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
                "cmaes": optuna.samplers.CmaEsSampler, "gp": optuna.samplers.GPSampler,
-               "qmc": optuna.samplers.QMCSampler, "grid": optuna.samplers.GridSampler}
+               "qmc": optuna.samplers.QMCSampler, "grid": optuna.samplers.GridSampler,
+               "nsga2": optuna.samplers.NSGAIISampler}
     return _build("sampler", name, classes, options)
+
+
+def stored_constraints(count: int, trial: Any) -> list[float]:
+    """A trial's constraint values as the step stored them before telling it (the system
+    attribute `constraints`, which Optuna reads); a trial without them (pruned before its costs
+    were measured) breaks every constraint."""
+    stored = trial.system_attrs.get(CONSTRAINTS_ATTR)
+    return list(stored) if stored is not None else [math.inf] * count
 
 
 def make_pruner(spec: Mapping[str, Any]) -> Any:
@@ -277,7 +401,7 @@ def prepare(job: Mapping[str, Any], store: JobStore, base_dir: str = ".", priori
     base = _with_absolute_paths(base, stored)
     record = settings(job, stored["task_type"])
     if job.get("warm_start") is not None:
-        record["warm_start"] = check_warm_start(job["warm_start"], store, record["objective"])
+        record["warm_start"] = check_warm_start(job["warm_start"], store, objectives_of(record))
     _check_points_compose(base, distributions(record["search_space"]), store, pinned)
     priority = _priority(job.get("priority", DEFAULT_PRIORITY) if priority is None else priority)
     return {**record, "status": "running", "dataset": pinned, "base_overrides": base, "priority": priority,
@@ -401,5 +525,7 @@ def _extendable_job(store: JobStore, job_id: str) -> dict[str, Any]:
     return job
 
 
-__all__ = ["MAX_CONCURRENT", "MAX_NAME_CHARS", "MAX_TRIALS", "PRUNERS", "SAMPLERS", "add_trials", "make_pruner",
-           "make_sampler", "prepare", "read_job_file", "settings"]
+__all__ = ["CONSTRAINED_SAMPLERS", "CONSTRAINTS_ATTR", "COST_METRICS", "MAX_CONCURRENT", "MAX_CONSTRAINTS",
+           "MAX_NAME_CHARS", "MAX_TRIALS", "PRUNERS", "SAMPLERS", "add_trials", "constraint_text",
+           "job_metrics", "make_pruner", "make_sampler", "metric_direction", "objectives_of", "prepare",
+           "read_job_file", "settings", "stored_constraints"]

@@ -67,9 +67,9 @@ def _contains(distribution: Any, value: Any) -> bool:
         return False
 
 
-def check_warm_start(value: Any, store: JobStore, objective: Mapping[str, str]) -> str | None:
+def check_warm_start(value: Any, store: JobStore, objectives: list[Mapping[str, str]]) -> str | None:
     """The earlier search job a job file's `warm_start:` names, checked: it is a search job of
-    this store that optimizes the same metric the same way.
+    this store that optimizes the same metrics the same ways.
 
     Raises:
         ConfigError, StoreError: naming what is wrong.
@@ -81,11 +81,15 @@ def check_warm_start(value: Any, store: JobStore, objective: Mapping[str, str]) 
     job = store.get_job(value)
     if job is None or job.get("job_type") != "search":
         raise StoreError(f"warm_start: no search job {value} in the job store; see miquery for the ids")
-    if dict(job["objective"]) != dict(objective):
-        theirs, ours = job["objective"], objective
-        raise ConfigError(f"warm_start: job {value} optimizes {theirs['metric']} ({theirs['direction']}), this job "
-                          f"{ours['metric']} ({ours['direction']}); set the same objective, or leave warm_start out")
+    theirs = [dict(o) for o in job.get("objectives") or [job["objective"]]]
+    if theirs != [dict(o) for o in objectives]:
+        raise ConfigError(f"warm_start: job {value} optimizes {_told(theirs)}, this job {_told(objectives)}; set the "
+                          "same objectives, or leave warm_start out")
     return value
+
+
+def _told(objectives: list[Mapping[str, str]]) -> str:
+    return ", ".join(f"{o['metric']} ({o['direction']})" for o in objectives)
 
 
 def seed(study: Any, store: JobStore, job: Mapping[str, Any], space: Mapping[str, Any]) -> None:

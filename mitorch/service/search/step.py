@@ -4,16 +4,20 @@ Run by a tick under the store lease "jobs" (once across hosts). Per running sear
   1. trials asked for whose training was never queued (a tick that died in between) get it now;
   2. each running trial's new epochs are reported, one at a time in order, and the pruner asked
      after each; a pruned trial's training gets a stop request first, then the trial is told PRUNED;
-  3. ended trainings are told: completed -> COMPLETE with the objective, failed -> FAIL,
-     cancelled -> PRUNED when pruned, else FAIL; more than max_failed failures fail the job;
+  3. ended trainings are told: completed -> COMPLETE with every objective's value (its
+     constraint values stored on the trial first, where Optuna reads them; a metric missing ->
+     FAIL), failed -> FAIL, cancelled -> PRUNED when pruned, else FAIL; more than max_failed
+     failures fail the job; a multi-objective job reports no epochs and prunes nothing;
   4. new trials are asked for until max_concurrent are in flight and n_trials were created; a
      trial whose point's fingerprint matches a completed training (of this job or any other) is
      told that training's value at once, without a training of its own (its `reused_from`), and
      one whose point an active training trains waits for that training (its `waits_for`; step 1
      then reuses its result, or queues the trial's own training when it does not complete);
   5. once every trial has ended and every training of the job has stopped (a pruned trial's
-     training finishes its epoch first), the job completes with its best trial and counts by
-     state, or fails when no trial completed; a job whose cancel was requested (micontrol cancel
+     training finishes its epoch first), the job completes with its best trial (a
+     multi-objective job: also its Pareto front, `pareto`; only trials that meet every
+     constraint) and counts by state, or fails when no trial completed or none met the
+     constraints; a job whose cancel was requested (micontrol cancel
      JOB_ID) asks for nothing more and ends cancelled once its trainings have ended.
 
 A step holds the store lease "jobs" (leases.JOBS_LEASE) and keeps it renewed; every write to a
@@ -39,13 +43,13 @@ from typing import Any
 
 from mitorch.errors import MiTorchError
 from mitorch.service.leases import Lease
-from mitorch.service.search.job import make_pruner, make_sampler
+from mitorch.service.search.job import CONSTRAINTS_ATTR, make_pruner, make_sampler, objectives_of
 from mitorch.service.search.seeding import is_seeded, seed
 from mitorch.service.search.space import distributions, param_overrides
-from mitorch.service.search.trials import IMPORTANCE_MIN_TRIALS, REUSED_FROM, WAITS_FOR
+from mitorch.service.search.trials import (IMPORTANCE_MIN_TRIALS, REUSED_FROM, WAITS_FOR, constraint_values,
+                                           is_feasible, pareto_front)
 from mitorch.service.transitions import cancel_trainings, request_prune
 from mitorch.store import ACTIVE, DuplicateError, JobStore, LeaseLost
-from mitorch.task_types import is_better
 
 
 def step(store: JobStore, act: Callable[[str], None], lease: Lease | None = None) -> None:
@@ -116,7 +120,7 @@ def _open_study(store: JobStore, job: dict[str, Any], lease: Lease | None) -> tu
     try:
         study_id = storage.get_study_id_from_name(job["id"])
     except KeyError:
-        study = optuna.create_study(direction=job["objective"]["direction"], **options)
+        study = optuna.create_study(directions=[o["direction"] for o in objectives_of(job)], **options)
         return storage, study, storage.get_study_id_from_name(job["id"])
     return storage, optuna.load_study(**options), study_id
 
@@ -132,7 +136,9 @@ class _Search:
         self.store, self.job, self.act, self.lease = store, job, act, lease
         self.wrote = False  # whether this step changed any of the job's trainings
         self.results_read: dict[str, int] = {}  # training id -> the results _report reported from
-        self.metric = job["objective"]["metric"]
+        self.objectives = objectives_of(job)
+        self.metric = self.objectives[0]["metric"]  # the one a single-objective job reports and prunes on
+        self.constraints = job.get("constraints") or []
         self.space = distributions(job["search_space"])
         self.storage, self.study, self.study_id = _open_study(store, job, lease)
         seed(self.study, store, job, self.space)  # enqueue: and warm_start:, at the job's first step
@@ -193,7 +199,7 @@ class _Search:
             return False
         while in_flight < self.job["max_concurrent"] and created < self.job["n_trials"]:
             self._keep()
-            self.study.sampler = make_sampler(self.job["sampler"], self.space, created)
+            self.study.sampler = make_sampler(self.job["sampler"], self.space, created, len(self.constraints))
             created += 1
             outcome = self._queue(self.study.ask(self.space), recovered=False)
             if outcome != "failed":
@@ -277,30 +283,57 @@ class _Search:
             Whether the trial was told (False: no completed training has its point).
         """
         source = next((training for training in self.store.find_trainings(key, ["completed"])
-                       if isinstance((training.get("metrics") or {}).get(self.metric), (int, float))), None)
+                       if not isinstance(self._outcome(training.get("metrics") or {}), str)), None)
         if source is None:
             return False
-        value = float(source["metrics"][self.metric])
         self._keep()
         # Recorded before the trial is told: a tick that dies in between leaves a running trial
         # without a training, which the next tick reuses again.
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
         self.storage.set_trial_user_attr(trial_id, REUSED_FROM, source["id"])
-        self._tell(trial, values=value)
-        self.act(f"reused {source['id']} for trial {trial.number} of job {self.job['id']}: {self.metric} {value:.6g}")
+        _, told = self._complete(trial, source["metrics"])
+        self.act(f"reused {source['id']} for trial {trial.number} of job {self.job['id']}: {told}")
         return True
+
+    def _outcome(self, metrics: dict[str, Any]) -> tuple[list[float], list[float] | None] | str:
+        """A completed training's objective values and constraint values, or why it has none (a
+        metric an objective or a constraint reads is missing)."""
+        values = [metrics.get(o["metric"]) for o in self.objectives]
+        missing = [o["metric"] for o, v in zip(self.objectives, values)
+                   if isinstance(v, bool) or not isinstance(v, (int, float))]
+        missing += [c["metric"] for c in self.constraints
+                    if constraint_values([c], metrics) is None and c["metric"] not in missing]
+        if missing:
+            return f"its training recorded no {', '.join(missing)}"
+        return [float(v) for v in values], constraint_values(self.constraints, metrics) if self.constraints else None
+
+    def _complete(self, trial: Any, metrics: dict[str, Any]) -> tuple[bool, str]:
+        """Tells the trial its training's objective values, its constraint values stored first
+        (where Optuna's samplers and best_trials read them); FAIL when a metric is missing.
+
+        Returns:
+            Whether it completed, and what was told (e.g. `top1_accuracy 0.9, num_parameters
+            1e+04`) or why it failed.
+        """
+        outcome = self._outcome(metrics)
+        if isinstance(outcome, str):
+            self._tell(trial, self.states.FAIL)
+            return False, outcome
+        values, constraints = outcome
+        if constraints is not None:
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            self.storage.set_trial_system_attr(trial_id, CONSTRAINTS_ATTR, constraints)
+        self._tell(trial, values=values if len(values) > 1 else values[0])
+        told = ", ".join(f"{o['metric']} {v:.6g}" for o, v in zip(self.objectives, values))
+        return True, told + ("" if constraints is None or max(constraints) <= 0 else " (breaks a constraint)")
 
     def _follow(self, trial: Any, training: dict[str, Any]) -> None:
         """Tells the trial how its training ended, or reports the training's new epochs."""
         status, number = training["status"], trial.number
         if status == "completed":
-            value = (training.get("metrics") or {}).get(self.metric)
-            if value is None:
-                self._tell(trial, self.states.FAIL)
-                self.act(f"failed trial {number} of job {self.job['id']} (its training recorded no {self.metric})")
-            else:
-                self._tell(trial, values=float(value))
-                self.act(f"told trial {number} of job {self.job['id']}: {self.metric} {value:.6g}")
+            completed, told = self._complete(trial, training.get("metrics") or {})
+            self.act(f"told trial {number} of job {self.job['id']}: {told}" if completed
+                     else f"failed trial {number} of job {self.job['id']} ({told})")
         elif status == "pruned" or training.get("prune_requested"):
             self._tell(trial, self.states.PRUNED)  # its stop was requested by a tick that died before telling
             self.act(f"pruned trial {number} of job {self.job['id']}")
@@ -315,6 +348,8 @@ class _Search:
         pruner after each; a trial to prune has its training's stop requested, then is told."""
         results = self.store.list_results(training["id"])
         self.results_read[training["id"]] = len(results)
+        if len(self.objectives) > 1:
+            return  # a multi-objective job is never pruned (job.py refuses its pruners)
         new = [(result["epoch"], value) for result in results
                if result["epoch"] not in trial.intermediate_values
                and (value := (result.get("val") or {}).get(self.metric)) is not None]
@@ -355,6 +390,8 @@ class _Search:
         best = summary["best"]
         if cancelling:
             status, error = "cancelled", None
+        elif best is None and summary["counts"]["complete"]:
+            status, error = "failed", f"no trial met the constraints ({counts})"
         elif best is None:
             status, error = "failed", f"no trial completed ({counts})"
         else:
@@ -442,24 +479,39 @@ class _Search:
         return {"importances": {"trials": done, "params": {k: float(v) for k, v in values.items()}}}
 
     def _summary(self, trials: list[Any], trainings: list[dict[str, Any]]) -> dict[str, Any]:
-        """The job's counts by state, trials created, and its best complete trial."""
+        """The job's counts by state, trials created, its best trial, its Pareto front (a
+        multi-objective job) and its reused trials. Only feasible complete trials (those that
+        meet every constraint) are best or on the front; a multi-objective job's best is its
+        front's trial best in the first objective."""
         names = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
         counts = {name: sum(t.state.name == state for t in trials) for state, name in names.items()}
-        maximize = self.job["objective"]["direction"] == "maximize"
-        best_trial = None
-        for trial in trials:
-            if trial.state == self.states.COMPLETE and \
-                    is_better(trial.value, None if best_trial is None else best_trial.value, maximize):
-                best_trial = trial
-        best = None
-        if best_trial is not None:
-            training = next(iter(t for t in trainings if t.get("trial_number") == best_trial.number), None)
-            best = {"number": best_trial.number, "value": best_trial.value, "params": dict(best_trial.params),
-                    "training_id": best_trial.user_attrs.get(REUSED_FROM) or (training and training["id"])}
-        reused = [{"number": t.number, "params": dict(t.params), "value": t.value,
-                   REUSED_FROM: t.user_attrs[REUSED_FROM]}
+        ids = {t.get("trial_number"): t["id"] for t in trainings}
+        feasible = [t for t in trials if t.state == self.states.COMPLETE
+                    and is_feasible(t.system_attrs.get(CONSTRAINTS_ATTR))]
+        front = [feasible[i] for i in pareto_front([t.values for t in feasible],
+                                                   [o["direction"] for o in self.objectives])]
+        entries = [self._entry(trial, trial.user_attrs.get(REUSED_FROM) or ids.get(trial.number)) for trial in front]
+        reused = [{**self._entry(t, t.user_attrs[REUSED_FROM]), REUSED_FROM: t.user_attrs[REUSED_FROM]}
                   for t in trials if t.state == self.states.COMPLETE and REUSED_FROM in t.user_attrs]
-        return {"counts": counts, "trials_created": len(trials), "best": best, "reused": reused}
+        for entry in reused:
+            del entry["training_id"]
+        summary = {"counts": counts, "trials_created": len(trials), "best": entries[0] if entries else None,
+                   "reused": reused}
+        if len(self.objectives) > 1:
+            summary["pareto"] = entries
+        return summary
+
+    def _entry(self, trial: Any, training_id: str | None) -> dict[str, Any]:
+        """A complete trial as the job keeps it: number, value (of the first objective), params,
+        training id; also every objective's value (multi-objective) and its feasibility
+        (constraints)."""
+        entry = {"number": trial.number, "value": trial.values[0], "params": dict(trial.params),
+                 "training_id": training_id}
+        if len(self.objectives) > 1:
+            entry["values"] = list(trial.values)
+        if self.constraints:
+            entry["feasible"] = is_feasible(trial.system_attrs.get(CONSTRAINTS_ATTR))
+        return entry
 
 
 __all__ = ["step"]
