@@ -224,6 +224,26 @@ def test_miexport_job_exports_the_best_trials_weights_or_the_trial_asked(tmp_pat
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_miexport_job_without_a_completed_trial_asks_for_one(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitorch.service.search.job import prepare
+    from mitorch.store import open_store
+    from tests.helpers import user_home
+
+    env = user_home(tmp_path, monkeypatch)
+    job = {"job_type": "search", "overrides": ["max_epochs=1"], "search_space": {"optimizer.lr": "0.1,0.01"},
+           "sampler": {"name": "grid"}, "pruner": {"name": "none"}, "n_trials": 2, "max_concurrent": 2}
+    store = open_store()
+    try:
+        job_id, _ = store.add_job(prepare(job, store, str(tmp_path)))
+    finally:
+        store.close()
+    done = run_in_process("miexport", "--job", job_id, "-o", "model.onnx", cwd=tmp_path, env=env)
+    assert done.returncode == 2 and done.stderr == (f"miexport: error: job {job_id} has no best trial yet (no completed "
+                                                    f"trial); give --trial N (miquery {job_id} lists its trials)\n")
+    assert not (tmp_path / "model.onnx").exists()
+
+
 def test_miexport_without_arguments_shows_its_usage_and_its_help_imports_no_torch(tmp_path: Path) -> None:
     bare = run_in_process("miexport", cwd=tmp_path)
     assert bare.returncode == 2 and bare.stdout == ""

@@ -95,6 +95,9 @@ def _job_weights(job_id: str, trial: int | None) -> tuple[str, dict[str, Any]]:
 def _chosen_training(store: Any, job: dict[str, Any], trial: int | None) -> dict[str, Any]:
     if trial is None:
         best = job.get("best") or {}
+        if len(job.get("objectives") or []) > 1 and not best.get("training_id"):
+            raise UsageError(f"job {job['id']} weighs several objectives: it has a Pareto front, not one best "
+                             f"trial; give --trial N (miquery {job['id']} shows the front)")
         if not best.get("training_id"):
             raise UsageError(f"job {job['id']} has no best trial yet (no completed trial); give --trial N "
                              f"(miquery {job['id']} lists its trials)")
