@@ -114,7 +114,8 @@ print(json.dumps([hydra_plugins.mitorch_launchers.__file__, scripts]))
     assert again.returncode == 0, again.stderr
     launchers, scripts = json.loads(again.stdout.splitlines()[-1])
     assert Path(launchers).is_relative_to(tmp_path / "site2")
-    assert scripts == ["micontrol", "midataset", "mipredict", "miquery", "misubmit", "mitest", "mitrain", "miviewer"]
+    assert scripts == ["micontrol", "midataset", "miexport", "mipredict", "miquery", "misubmit", "mitest", "mitrain",
+                       "miviewer"]
     assert (tmp_path / "site2" / "bin" / "mitrain").is_file()
 
 

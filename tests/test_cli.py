@@ -216,7 +216,7 @@ def test_help_does_not_import_torch(tmp_path: Path) -> None:
 
 # -- one parsing style, one help layout ---------------------------------------------------------
 
-COMMANDS = ("mitrain", "mitest", "mipredict", "misubmit", "miquery", "micontrol", "midataset", "miviewer")
+COMMANDS = ("mitrain", "mitest", "mipredict", "miexport", "misubmit", "miquery", "micontrol", "midataset", "miviewer")
 SERVICE_COMMANDS = ("misubmit", "miquery", "micontrol", "midataset", "miviewer")
 
 
