@@ -91,6 +91,7 @@ def test_a_two_objective_job_ends_with_a_front_no_completed_trial_dominates(stor
         metrics = trainings[entry["training_id"]]["metrics"]
         assert entry["values"] == [metrics["top1_accuracy"], metrics["num_parameters"]]
     assert job["best"]["number"] == front[0]["number"]
+    assert set(job["importances"]["params"]) == set(SPACE)  # for the first objective
 
 
 def test_a_constraint_keeps_the_trials_that_break_it_off_the_front(store, tmp_path: Path) -> None:
@@ -247,3 +248,38 @@ def test_miquery_shows_the_front_sorted_by_the_first_objective(store, tmp_path: 
     assert [row[4] for row in rows if row[1] == "model.depth=50 optimizer.lr=0.01"] == ["infeasible"]
     assert [row[4] for row in rows if row[1] == "model.depth=34 optimizer.lr=0.01"] == ["pareto"]
     assert [row[4] for row in rows if row[1] == "model.depth=34 optimizer.lr=0.1"] == ["dominated"]
+
+
+def test_the_job_page_embeds_the_front_and_each_trials_point(store, tmp_path: Path) -> None:
+    import json
+
+    from starlette.testclient import TestClient
+
+    from mitorch.viewer import Settings, create_app
+
+    job_id = _job(store, tmp_path, constraints=["num_parameters <= 4e7"], n_trials=9, sampler={"name": "grid"})
+    _run(store, job_id)
+    client = TestClient(create_app(store, Settings(refresh_s=0, store_label="sqlite:///db")),
+                        base_url="http://127.0.0.1:8080")
+    page = client.get(f"/jobs/{job_id}").text
+    block = page.split('<script type="application/json" id="pareto-data">')[1].split("</script>")[0]
+    pareto = json.loads(block)
+    assert pareto == client.get(f"/api/jobs/{job_id}").json()["study"]["pareto"]
+    assert pareto["metrics"] == ["top1_accuracy", "num_parameters"] and len(pareto["points"]) == 9
+    job = store.get_job(job_id)
+    assert [p["number"] for p in pareto["points"] if p["front"]] == [entry["number"] for entry in job["pareto"]]
+    study = _study(store, job_id)
+    for point in pareto["points"]:
+        trial = study.trials[point["number"]]
+        assert point["values"] == trial.values and point["feasible"] == (trial.params["model.depth"] != 50)
+    accuracies = [p["values"][0] for p in pareto["points"]]
+    assert accuracies == sorted(accuracies, reverse=True)  # the first objective's best first
+    parallel = pareto["parallel"]
+    assert parallel["params"] == ["model.depth", "optimizer.lr"] and parallel["metric"] == "top1_accuracy"
+    assert [a["low"] for a in parallel["axes"]] == ["18", "0.001"]
+    for entry in parallel["trials"]:
+        params = study.trials[entry["number"]].params
+        assert entry["coords"][0] == (params["model.depth"] - 18) / 32
+        assert entry["coords"][1] == pytest.approx((params["optimizer.lr"] - 0.001) / 0.099)
+    assert 'id="pareto-charts"' in page and page.count('class="front-infeasible"') == 3
+    assert "<dt>constraints</dt><dd id=\"constraints\">num_parameters &lt;= 4e+07</dd>" in page

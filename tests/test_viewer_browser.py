@@ -266,3 +266,33 @@ def test_no_request_left_the_machine(site) -> None:
     assert len(site["requests"]) > 20
     outside = [u for u in site["requests"] if not u.startswith(("http://127.0.0.1:", "data:", "about:"))]
     assert outside == []
+
+
+def test_a_multi_objective_jobs_page_plots_its_front_and_parameters(site, page, tmp_path: Path) -> None:
+    from mitorch.store import open_store
+    from tests.test_search_multi import _job, _run
+
+    uri = f"sqlite:///{tmp_path / 'db.sqlite'}"  # a store of its own: the step runs every running job
+    store = open_store(uri)
+    job_id = _job(store, tmp_path, constraints=["num_parameters <= 4e7"], n_trials=9, sampler={"name": "grid"})
+    _run(store, job_id)
+    store.close()
+    process, url, _ = _start({**site["env"], "MITORCH_DB_URI": uri})
+    try:
+        page.goto(url + f"jobs/{job_id}")
+        page.wait_for_selector("#pareto-charts figure.chart canvas")
+        charts = page.locator("#pareto-charts figure.chart")
+        assert charts.count() == 2  # the objectives' plane and the parallel coordinates
+        legend = charts.nth(0).locator(".u-legend .u-series")
+        assert [legend.nth(i).locator(".u-label").inner_text() for i in range(4)] == [
+            "top1_accuracy", "Pareto front", "dominated", "infeasible"]
+        box = charts.nth(0).locator(".u-over").bounding_box()
+        page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # the most accurate trial
+        assert re.fullmatch(r"trial \d+: 0\.8", legend.nth(0).locator(".u-value").inner_text())
+        assert legend.nth(3).locator(".u-value").inner_text() == "50,000,000"  # depth 50 breaks the constraint
+        parallel = charts.nth(1).locator(".u-legend .u-series")
+        assert parallel.count() == 1 + 9 and parallel.nth(1).locator(".u-label").inner_text().startswith("trial ")
+        _shot(site, page, "job_multi_objective")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

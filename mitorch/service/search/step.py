@@ -473,7 +473,12 @@ class _Search:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                values = get_param_importances(self.study, evaluator=PedAnovaImportanceEvaluator())
+                warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes", UserWarning)
+                # A multi-objective job's importances are those for its first objective, as a
+                # loss (PED-ANOVA takes a target as lower-is-better).
+                sign = -1.0 if self.objectives[0]["direction"] == "maximize" else 1.0
+                target = (lambda trial: sign * trial.values[0]) if len(self.objectives) > 1 else None
+                values = get_param_importances(self.study, evaluator=PedAnovaImportanceEvaluator(), target=target)
         except (ValueError, RuntimeError):
             return {}  # e.g. every complete trial has the same params
         return {"importances": {"trials": done, "params": {k: float(v) for k, v in values.items()}}}

@@ -208,6 +208,71 @@
     }
   }
 
+  function figure(container, name) {
+    var box = document.createElement("figure");
+    box.className = "chart";
+    box.dataset.chart = name;
+    container.appendChild(box);
+    return box;
+  }
+
+  // A multi-objective job: its complete trials in the plane of the first two objectives, x
+  // ascending; one series per kind (on the front, dominated, breaking a constraint), so the
+  // legend tells them apart; the x value's legend entry names the trial under the cursor.
+  function paretoScatter(container, pareto) {
+    var points = pareto.points.slice().sort(function (a, b) { return a.values[0] - b.values[0] || a.number - b.number; });
+    var x = points.map(function (p) { return p.values[0]; });
+    function only(test) { return points.map(function (p) { return test(p) ? p.values[1] : null; }); }
+    var kinds = [
+      {label: "Pareto front", stroke: "#d62728", line: true, data: only(function (p) { return p.front; })},
+      {label: "dominated", stroke: "#1f77b4", data: only(function (p) { return p.feasible && !p.front; })},
+      {label: "infeasible", stroke: "#999", fill: "#fff", data: only(function (p) { return !p.feasible; })}];
+    var name = pareto.metrics[0] + " vs " + pareto.metrics[1];
+    var opts = {
+      title: name, width: width(container), height: 260, scales: {x: {time: false}},
+      axes: [{label: pareto.metrics[0]}, {label: pareto.metrics[1], size: 90}],
+      series: [{label: pareto.metrics[0], value: function (u, v, si, i) {
+        return i === null || i === undefined ? "--" : "trial " + points[i].number + ": " + num(v, 4);
+      }}].concat(kinds.map(function (k) {
+        return {label: k.label, stroke: k.stroke, width: 1.5, spanGaps: true,
+                points: {show: true, size: 8, fill: k.fill || k.stroke, stroke: k.stroke},
+                paths: k.line ? undefined : function () { return null; }};
+      }))
+    };
+    miviewer.charts[name] = new uPlot(opts, [x].concat(kinds.map(function (k) { return k.data; })), figure(container, name));
+  }
+
+  // Each complete trial as a line across its parameters (each scaled to its trials' range) to its
+  // first objective; the better its objective the redder, a trial breaking a constraint dashed grey.
+  function parallelCoordinates(container, parallel) {
+    var labels = parallel.axes.map(function (a) { return a.name + " (" + a.low + "–" + a.high + ")"; })
+      .concat([parallel.metric]);
+    var values = parallel.trials.map(function (t) { return t.value; });
+    var low = Math.min.apply(null, values), high = Math.max.apply(null, values);
+    var maximize = parallel.direction !== "minimize";
+    var x = labels.map(function (_, i) { return i; });
+    var series = parallel.trials.map(function (t) {
+      var good = high > low ? (t.value - low) / (high - low) : 1;
+      if (!maximize) good = 1 - good;
+      var stroke = t.feasible ? "rgb(" + Math.round(40 + 200 * good) + ",60," + Math.round(240 - 200 * good) + ")" : "#999";
+      return {label: "trial " + t.number, stroke: stroke, width: 1.5, dash: t.feasible ? undefined : [4, 4],
+              points: {show: true}, value: function (u, v, si, i) { return i === x.length - 1 ? num(t.value, 4) : num(v, 3); }};
+    });
+    var data = [x].concat(parallel.trials.map(function (t) {
+      return t.coords.concat([high > low ? (t.value - low) / (high - low) : 0.5]);
+    }));
+    var name = "parameters against " + parallel.metric;
+    var opts = {
+      title: name, width: width(container), height: 260, focus: {alpha: 0.3}, cursor: {focus: {prox: 16}},
+      scales: {x: {time: false, range: [-0.2, x.length - 0.8]}, y: {range: [-0.05, 1.05]}},
+      axes: [{incrs: [1], values: function (u, splits) { return splits.map(function (i) { return labels[i] || ""; }); }},
+             {label: "scaled to its range", size: 50}],
+      series: [{label: "axis", value: function (u, v) { return v === null || v === undefined ? "--" : labels[v]; }}]
+        .concat(series)
+    };
+    miviewer.charts[name] = new uPlot(opts, data, figure(container, name));
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     var container = document.getElementById("charts");
     var curves = readJSON("curves-data");
@@ -227,5 +292,11 @@
     var studyContainer = document.getElementById("study-charts");
     var study = readJSON("study-data");
     if (studyContainer && study) studyCharts(studyContainer, study);
+    var paretoContainer = document.getElementById("pareto-charts");
+    var pareto = readJSON("pareto-data");
+    if (paretoContainer && pareto && pareto.points.length) {
+      if (pareto.metrics.length > 1) paretoScatter(paretoContainer, pareto);
+      if (pareto.parallel.params.length) parallelCoordinates(paretoContainer, pareto.parallel);
+    }
   });
 })();
