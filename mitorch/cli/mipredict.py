@@ -30,6 +30,11 @@ def _parser() -> CommandParser:
                            usage="mipredict CONFIG WEIGHTS IMAGE... [-o DIR] [--threshold T] [key=value ...]")
     parser.add_argument("config", metavar="CONFIG", help="the training config (JSON or YAML)")
     parser.add_argument("weights", metavar="WEIGHTS", help="weights written by mitrain -o")
+    return _images_and_output(parser)
+
+
+def _images_and_output(parser: CommandParser) -> CommandParser:
+    """The arguments both forms of mipredict take after the model: images, -o and --threshold."""
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, or a zip member (a.zip@b.jpg)")
     parser.add_argument("-o", "--output", metavar="DIR", help="also write each image with its predictions drawn")
     parser.add_argument("--threshold", type=_threshold, metavar="T",
@@ -48,11 +53,7 @@ def _exported_parser() -> CommandParser:
     parser = CommandParser(PROG, "Run a model that miexport wrote on images; prints one JSON line per image.",
                            epilog=EPILOG, usage="mipredict MODEL IMAGE... [-o DIR] [--threshold T]")
     parser.add_argument("model", metavar="MODEL", help="an .onnx or TorchScript file that miexport wrote")
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, or a zip member (a.zip@b.jpg)")
-    parser.add_argument("-o", "--output", metavar="DIR", help="also write each image with its predictions drawn")
-    parser.add_argument("--threshold", type=_threshold, metavar="T",
-                        help="the least score shown (default 0.5 for boxes and multilabel classes)")
-    return parser
+    return _images_and_output(parser)
 
 
 def _is_exported(word: str) -> bool:
