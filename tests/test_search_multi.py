@@ -283,3 +283,23 @@ def test_the_job_page_embeds_the_front_and_each_trials_point(store, tmp_path: Pa
         assert entry["coords"][1] == pytest.approx((params["optimizer.lr"] - 0.001) / 0.099)
     assert 'id="pareto-charts"' in page and page.count('class="front-infeasible"') == 3
     assert "<dt>constraints</dt><dd id=\"constraints\">num_parameters &lt;= 4e+07</dd>" in page
+
+
+def test_a_warm_start_copies_every_objective_and_the_constraint_values(store, tmp_path: Path) -> None:
+    constraints = ["num_parameters <= 4e7"]
+    earlier = _job(store, tmp_path, constraints=constraints, n_trials=9, sampler={"name": "grid"})
+    _run(store, earlier)
+    later = _job(store, tmp_path, constraints=constraints, warm_start=earlier, n_trials=2,
+                 sampler={"name": "nsga2", "seed": 0})
+    actions = _run(store, later)
+    copied = [t for t in _study(store, later).trials if "warm_start_of" in t.user_attrs]
+    originals = {t.number: t for t in _study(store, earlier).trials}
+    assert len(copied) == 9, actions
+    for trial in copied:
+        original = originals[int(trial.user_attrs["warm_start_of"].split(":")[1])]
+        assert trial.values == original.values and trial.constraints == original.constraints
+    with pytest.raises(ConfigError, match="has other constraints than this job"):
+        _job(store, tmp_path, warm_start=earlier)
+    with pytest.raises(ConfigError, match=r"optimizes top1_accuracy \(maximize\), num_parameters \(minimize\), this "
+                                          r"job top1_accuracy \(maximize\); set the same objectives"):
+        _job(store, tmp_path, objectives=None, constraints=constraints, warm_start=earlier, pruner="none")

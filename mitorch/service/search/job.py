@@ -20,6 +20,7 @@ from mitorch.service.search.lease import jobs_lease
 from mitorch.service.search.seeding import check_enqueue, check_warm_start
 from mitorch.service.search.space import (MAX_GRID_POINTS, check_points, distributions, grid_size,
                                           param_overrides, sampler_grid)
+from mitorch.service.search.trials import CONSTRAINTS_ATTR
 from mitorch.store import JobStore, StoreError
 from mitorch.task_types import METRICS, direction, main_metric
 
@@ -32,10 +33,6 @@ CONSTRAINED_SAMPLERS = ("tpe", "nsga2", "gp")
 COST_METRICS = ("num_parameters", "macs", "weights_mb", "latency_ms_b1", "latency_ms_batch")
 # Constraints of one job; a constraint is `METRIC <= NUMBER` or `METRIC >= NUMBER`.
 MAX_CONSTRAINTS = 20
-# The trial's system attribute that holds its constraint values, where Optuna reads them (its
-# samplers' constraints_func writes them there too; study.best_trials keeps trials whose values
-# are all <= 0).
-CONSTRAINTS_ATTR = "constraints"
 _CONSTRAINT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*")
 PRUNERS = ("median", "percentile", "hyperband", "successive_halving", "threshold", "none")
 _JOB_KEYS = ("job_type", "name", "dataset", "config", "overrides", "search_space", "objective", "objectives",
@@ -401,7 +398,8 @@ def prepare(job: Mapping[str, Any], store: JobStore, base_dir: str = ".", priori
     base = _with_absolute_paths(base, stored)
     record = settings(job, stored["task_type"])
     if job.get("warm_start") is not None:
-        record["warm_start"] = check_warm_start(job["warm_start"], store, objectives_of(record))
+        record["warm_start"] = check_warm_start(job["warm_start"], store, objectives_of(record),
+                                                record.get("constraints") or [])
     _check_points_compose(base, distributions(record["search_space"]), store, pinned)
     priority = _priority(job.get("priority", DEFAULT_PRIORITY) if priority is None else priority)
     return {**record, "status": "running", "dataset": pinned, "base_overrides": base, "priority": priority,

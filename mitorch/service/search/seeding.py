@@ -16,6 +16,7 @@ from typing import Any
 
 from mitorch.config.screen import shorten
 from mitorch.errors import ConfigError
+from mitorch.service.search.trials import CONSTRAINTS_ATTR
 from mitorch.store import JobStore, StoreError
 
 # A trial copied from an earlier job records "JOB_ID:NUMBER" of the trial it copies under this name.
@@ -67,9 +68,11 @@ def _contains(distribution: Any, value: Any) -> bool:
         return False
 
 
-def check_warm_start(value: Any, store: JobStore, objectives: list[Mapping[str, str]]) -> str | None:
+def check_warm_start(value: Any, store: JobStore, objectives: list[Mapping[str, str]],
+                     constraints: list[Mapping[str, Any]]) -> str | None:
     """The earlier search job a job file's `warm_start:` names, checked: it is a search job of
-    this store that optimizes the same metrics the same ways.
+    this store that optimizes the same metrics the same ways, under the same constraints (its
+    trials' constraint values are copied with them).
 
     Raises:
         ConfigError, StoreError: naming what is wrong.
@@ -85,6 +88,9 @@ def check_warm_start(value: Any, store: JobStore, objectives: list[Mapping[str, 
     if theirs != [dict(o) for o in objectives]:
         raise ConfigError(f"warm_start: job {value} optimizes {_told(theirs)}, this job {_told(objectives)}; set the "
                           "same objectives, or leave warm_start out")
+    if [dict(c) for c in job.get("constraints") or []] != [dict(c) for c in constraints]:
+        raise ConfigError(f"warm_start: job {value} has other constraints than this job; set the same constraints, or "
+                          "leave warm_start out")
     return value
 
 
@@ -122,8 +128,9 @@ def _copy_trials(study: Any, store: JobStore, earlier: str, space: Mapping[str, 
                 not all(_contains(space[key], value) for key, value in trial.params.items()):
             continue
         present.add(origin)
+        kept = {key: value for key, value in trial.system_attrs.items() if key == CONSTRAINTS_ATTR}
         copies.append(optuna.trial.create_trial(params=dict(trial.params), distributions=dict(space),
-                                                value=trial.value,
+                                                values=list(trial.values), system_attrs=kept,
                                                 user_attrs={**trial.user_attrs, WARM_START_OF: origin}))
     study.add_trials(copies)
 

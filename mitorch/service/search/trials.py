@@ -19,6 +19,10 @@ IMPORTANCE_MIN_TRIALS = 3
 REUSED_FROM = "reused_from"
 # A trial whose point an active training trains waits for it, recording its id under this name.
 WAITS_FOR = "waits_for"
+# The trial's system attribute that holds its constraint values, where Optuna reads them (its
+# samplers' constraints_func writes them there too; study.best_trials keeps trials whose values
+# are all <= 0).
+CONSTRAINTS_ATTR = "constraints"
 
 
 def trial_state(training: dict[str, Any]) -> str:
@@ -98,5 +102,5 @@ def _losses(values: Sequence[float], directions: Sequence[str]) -> list[float]:
     return [value if way == "minimize" else -value for value, way in zip(values, directions)]
 
 
-__all__ = ["IMPORTANCE_MIN_TRIALS", "REUSED_FROM", "WAITS_FOR", "constraint_values", "dominates", "is_feasible",
+__all__ = ["CONSTRAINTS_ATTR", "IMPORTANCE_MIN_TRIALS", "REUSED_FROM", "WAITS_FOR", "constraint_values", "dominates", "is_feasible",
            "pareto_front", "reused_trials", "trial_state"]
