@@ -303,3 +303,13 @@ def test_a_warm_start_copies_every_objective_and_the_constraint_values(store, tm
     with pytest.raises(ConfigError, match=r"optimizes top1_accuracy \(maximize\), num_parameters \(minimize\), this "
                                           r"job top1_accuracy \(maximize\); set the same objectives"):
         _job(store, tmp_path, objectives=None, constraints=constraints, warm_start=earlier, pruner="none")
+
+
+def test_constraint_values_are_how_far_each_bound_is_broken() -> None:
+    from mitorch.service.search.trials import constraint_values, is_feasible
+
+    constraints = [{"metric": "latency_ms_b1", "op": "<=", "bound": 5.0},
+                   {"metric": "top1_accuracy", "op": ">=", "bound": 0.5}]
+    assert constraint_values(constraints, {"latency_ms_b1": 7.0, "top1_accuracy": 0.75}) == [2.0, -0.25]
+    assert constraint_values(constraints, {"latency_ms_b1": 7.0}) is None
+    assert is_feasible([0.0, -1.0]) and not is_feasible([0.5, -1.0]) and is_feasible(None)
