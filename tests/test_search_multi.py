@@ -72,6 +72,8 @@ def test_a_two_objective_job_ends_with_a_front_no_completed_trial_dominates(stor
     job = store.get_job(job_id)
     study = _study(store, job_id)
     assert job["status"] == "completed" and job["counts"]["complete"] == 6, actions
+    assert actions[-1].endswith(f"; best trial {job['best']['number']}: top1_accuracy {job['best']['value']:.6g}; "
+                                f"Pareto front of {len(job['pareto'])} trials)")
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     front = job["pareto"]

@@ -399,7 +399,8 @@ class _Search:
         self._update_job({**summary, "status": status, "error": error, "completed_at": self.store.clock()})
         self._forget()
         self.act(f"{status} search job {self.job['id']} ({counts}"
-                 + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g})" if best else ")"))
+                 + (f"; best trial {best['number']}: {self.metric} {best['value']:.6g}" if best else "")
+                 + (f"; Pareto front of {len(summary['pareto'])} trials" if "pareto" in summary else "") + ")")
 
     def _fail(self, reason: str) -> None:
         self._keep()
