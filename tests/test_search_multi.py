@@ -115,13 +115,25 @@ def test_a_constraint_keeps_the_trials_that_break_it_off_the_front(store, tmp_pa
     assert sum("(breaks a constraint)" in a for a in actions) == 3
 
 
-def test_a_constraint_with_one_objective_keeps_the_best_feasible(store, tmp_path: Path) -> None:
+def test_a_constraint_with_one_objective_keeps_the_best_feasible(store, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    from mitorch.cli import miquery
+
+    monkeypatch.setenv("MITORCH_DB_URI", f"sqlite:///{tmp_path / 'db.sqlite'}")
     job_id = _job(store, tmp_path, objectives=None, constraints=["num_parameters <= 4e7"], n_trials=9,
                   sampler={"name": "grid"}, pruner="none")
     _run(store, job_id)
     job = store.get_job(job_id)
     assert "pareto" not in job and job["best"]["params"] == {"model.depth": 34, "optimizer.lr": 0.01}
     assert job["best"]["value"] == 0.64 and job["best"]["feasible"] is True
+    miquery.main([job_id])
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index("# trials (best first)") + 1
+    assert lines[header].split("\t") == ["trial", "params", "top1_accuracy", "feasible", "state", "epochs", "id"]
+    rows = [line.split("\t") for line in lines[header + 1:header + 10]]
+    assert {row[1]: row[3] for row in rows if row[3] == "no"} == {
+        f"model.depth=50 optimizer.lr={lr}": "no" for lr in ("0.1", "0.01", "0.001")}
+    assert sum(row[3] == "yes" for row in rows) == 6
 
 
 def test_a_multi_objective_job_is_never_pruned(store, tmp_path: Path) -> None:
