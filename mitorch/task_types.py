@@ -13,6 +13,9 @@ METRICS = {"multiclass_classification": ("top1_accuracy", "top5_accuracy", "aver
            "object_detection": ("mAP_50", "mAP_75", "mAP", "loss")}
 # Recorded beside the metrics but not a metric: the number of images evaluated.
 NOT_METRICS = ("num_samples",)
+# What every training measures of its trained model, whatever its task (mitorch.engine.costs),
+# beside its final metrics: better when lower, as a search objective or constraint.
+COST_METRICS = ("num_parameters", "macs", "weights_mb", "latency_ms_b1", "latency_ms_batch")
 # The one metric that stands for how good a training of each task type is.
 _MAIN_METRIC = {"multiclass_classification": "top1_accuracy", "multilabel_classification": "accuracy_50",
                 "object_detection": "mAP"}
@@ -30,13 +33,13 @@ def in_display_order(metric_names: Iterable[str]) -> list[str]:
     return sorted(metric_names, key=lambda name: (name not in MAIN_METRICS, name == "loss", name))
 
 
-__all__ = ["MAIN_METRICS", "METRICS", "TASK_TYPES", "in_display_order", "main_metric"]
+__all__ = ["COST_METRICS", "MAIN_METRICS", "METRICS", "TASK_TYPES", "in_display_order", "main_metric"]
 
 
 def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of the metric is the better one (a loss); every other metric
-    (accuracies, average precisions) is better when higher."""
-    return metric == "loss" or metric.endswith("_loss")
+    """Whether a smaller value of the metric is the better one (a loss, a cost metric); every
+    other metric (accuracies, average precisions) is better when higher."""
+    return metric == "loss" or metric.endswith("_loss") or metric in COST_METRICS
 
 
 def direction(metric: str) -> str:

@@ -173,13 +173,14 @@ def test_an_export_that_differs_from_pytorch_is_refused_and_nothing_is_written(w
 
 
 def _search_job(store, tmp_path: Path, weights: list[Path]) -> tuple[str, list[str]]:
-    """A finished two-trial search job whose trainings wrote the given weights, in the order the
-    job queued them; the second one queued scores best."""
+    """A finished three-trial search job over two points whose two trainings wrote the given
+    weights, in the order the job queued them (the second one queued scores best); its third
+    trial repeats a point and reuses that point's training."""
     from mitorch.service.search import step as search
     from mitorch.service.search.job import prepare
 
     job = {"job_type": "search", "overrides": ["max_epochs=1"], "search_space": {"optimizer.lr": "0.1,0.01"},
-           "sampler": {"name": "grid"}, "pruner": {"name": "none"}, "n_trials": 2, "max_concurrent": 2}
+           "sampler": {"name": "grid"}, "pruner": {"name": "none"}, "n_trials": 3, "max_concurrent": 1}
     job_id, _ = store.add_job(prepare(job, store, str(tmp_path)))
     queued: list[str] = []
     for _ in range(10):
@@ -207,6 +208,7 @@ def test_miexport_job_exports_the_best_trials_weights_or_the_trial_asked(tmp_pat
     try:
         job_id, (worse, best) = _search_job(store, tmp_path, paths)
         trial_of_worse = store.get_training(worse)["trial_number"]
+        [reused] = store.get_job(job_id)["reused"]
     finally:
         store.close()
     done = run_in_process("miexport", "--job", job_id, "-o", "best.pt", "--format", "torchscript", cwd=tmp_path,
@@ -218,6 +220,9 @@ def test_miexport_job_exports_the_best_trials_weights_or_the_trial_asked(tmp_pat
 
     weights, source = _job_weights(job_id, trial_of_worse)
     assert Path(weights).read_bytes() == paths[0].read_bytes() and source["training_id"] == worse
+    weights, source = _job_weights(job_id, reused["number"])  # no training of its own: the one it reused
+    assert source["training_id"] == reused["reused_from"] in (worse, best)
+    assert Path(weights).read_bytes() == paths[[worse, best].index(reused["reused_from"])].read_bytes()
     missing = run_in_process("miexport", "--job", job_id, "--trial", "7", "-o", "x.onnx", cwd=tmp_path, env=env)
     assert missing.returncode == 2
     assert missing.stderr == f"miexport: error: job {job_id} has no trial 7; miquery {job_id} lists its trials\n"

@@ -212,9 +212,14 @@ def test_job_file_objectives_and_constraints_are_kept_with_their_defaults() -> N
 
 
 def test_the_cost_metrics_a_job_names_are_those_every_training_measures() -> None:
-    from mitorch.engine.costs import COST_METRICS as measured
+    import torch
 
-    assert COST_METRICS == measured
+    from mitorch.engine.costs import measure_costs
+    from mitorch.task_types import direction
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    assert tuple(measure_costs(model, 4, 2, torch.device("cpu"), detection=False)) == COST_METRICS
+    assert all(direction(metric) == "minimize" for metric in COST_METRICS)  # better when lower, everywhere
 
 
 def test_constrained_samplers_read_the_values_the_step_stores() -> None:

@@ -108,6 +108,10 @@ def _chosen_training(store: Any, job: dict[str, Any], trial: int | None) -> dict
     for training in store.list_trainings(job_id=job["id"]):
         if training.get("trial_number") == trial:
             return store.get_training(training["id"]) or training
+    # A reused trial has no training of its own: it was told the value of the training it reused.
+    reused = next((entry for entry in job.get("reused") or () if entry.get("number") == trial), None)
+    if reused is not None and (training := store.get_training(reused["reused_from"])) is not None:
+        return training
     raise UsageError(f"job {job['id']} has no trial {trial}; miquery {job['id']} lists its trials")
 
 

@@ -27,13 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-COST_METRICS = ("num_parameters", "macs", "weights_mb", "latency_ms_b1", "latency_ms_batch")
+from mitorch.task_types import COST_METRICS
+
 _WARMUP, _TIMED, _BUDGET_S = 2, 10, 3.0
 
 
 def measure_costs(model: nn.Module, image_size: int, batch_size: int, device: torch.device,
                   detection: bool, dtype: torch.dtype | None = None) -> dict[str, Any]:
-    """The cost metrics (COST_METRICS) of a trained model; see the module's docstring.
+    """The cost metrics (mitorch.task_types.COST_METRICS) of a trained model; see the module's docstring.
 
     Args:
         detection: the model takes a list of images (torchvision's detectors), not a batch tensor.

@@ -22,15 +22,12 @@ from mitorch.service.search.space import (MAX_GRID_POINTS, check_points, distrib
                                           param_overrides, sampler_grid)
 from mitorch.service.search.trials import CONSTRAINTS_ATTR
 from mitorch.store import JobStore, StoreError
-from mitorch.task_types import METRICS, direction, main_metric
+from mitorch.task_types import COST_METRICS, METRICS, direction, main_metric
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "grid", "nsga2")
 # The samplers that steer away from trials that break a job's constraints (their constraints_func);
 # the others search without them, and a trial that breaks one is still kept off the job's result.
 CONSTRAINED_SAMPLERS = ("tpe", "nsga2", "gp")
-# What every training measures after training (mitorch.engine.costs.COST_METRICS, which imports
-# torch): metrics of every task type, better when lower.
-COST_METRICS = ("num_parameters", "macs", "weights_mb", "latency_ms_b1", "latency_ms_batch")
 # Constraints of one job; a constraint is `METRIC <= NUMBER` or `METRIC >= NUMBER`.
 MAX_CONSTRAINTS = 20
 _CONSTRAINT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=)\s*(\S+)\s*")
@@ -123,8 +120,8 @@ def job_metrics(task_type: str) -> tuple[str, ...]:
 
 
 def metric_direction(metric: str) -> str:
-    """Which way a metric is better (minimize or maximize): a cost metric is better when lower."""
-    return "minimize" if metric in COST_METRICS else direction(metric)
+    """Which way a metric is better (minimize or maximize): mitorch.task_types.direction."""
+    return direction(metric)
 
 
 def objectives_of(job: Mapping[str, Any]) -> list[dict[str, str]]:
