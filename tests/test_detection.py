@@ -411,6 +411,7 @@ def test_the_task_defaults_train_small_objects_without_diverging(tmp_path: Path)
     losses = [epoch["train_loss"] for epoch in epochs]
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0], losses
     assert metrics["mAP_50"] > 0.05, metrics  # untrained, it is 0
+    assert metrics["macs"] > 0 and metrics["latency_ms_b1"] > 0  # a detector's costs, measured after training
 
 
 @pytest.mark.slow
