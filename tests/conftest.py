@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,14 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 @pytest.fixture
 def text_dataset(tmp_path: Path) -> TextDataset:
     return make_text_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator:
+    """An embedded store at tmp_path/db.sqlite (where a subprocess's MITORCH_DB_URI can name it);
+    a test file with a store of its own defines its own `store`."""
+    from mitorch.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    yield store
+    store.close()

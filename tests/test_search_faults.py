@@ -27,13 +27,6 @@ SPACE = {"optimizer.lr": "tag(log, interval(1e-3, 1e-1))", "batch_size": "2,4,8"
 ENV = {"MITORCH_LOCAL_CAPACITY": "0", "MITORCH_TICK_WAIT_S": "0"}
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    store = SQLiteStore(tmp_path / "db.sqlite")
-    yield store
-    store.close()
-
-
 def _job(store: SQLiteStore, tmp_path: Path, **fields) -> str:
     job = {"job_type": "search", "overrides": ["max_epochs=1"], "search_space": SPACE,
            "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "none"}, **fields}

@@ -22,13 +22,6 @@ SPACE = {"batch_size": "2,4", "optimizer.lr": "0.1,0.01"}
 SAMPLER = {"name": "random", "seed": 3}
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    store = SQLiteStore(tmp_path / "db.sqlite")
-    yield store
-    store.close()
-
-
 def _job(store: SQLiteStore, tmp_path: Path, **fields) -> str:
     job = {"job_type": "search", "overrides": ["max_epochs=1"], "search_space": SPACE, "sampler": SAMPLER,
            "pruner": {"name": "none"}, "n_trials": 8, "max_concurrent": 1, **fields}
