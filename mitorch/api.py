@@ -46,7 +46,8 @@ DEFAULT_DETECTION_SIZE = 512
 
 
 def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainProgress | None = None,
-          epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None) -> dict[str, Any]:
+          epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
+          lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains the model that cfg describes and returns its final validation metrics.
 
     With num_processes > 1 (and no torchrun/AzureML environment already), starts that many
@@ -59,6 +60,8 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainPro
         progress: where progress goes; default: a Rich bar on a terminal, else log lines.
         epoch_callbacks: called on the main process with each epoch's record (epoch,
             train_loss, lr, val, ...); with num_processes > 1 they must pickle.
+        lineage: where the run comes from (a queued training's id, fingerprint, ...), recorded
+            under `lineage` in every weights file it writes (-o, best.pt); None: not recorded.
 
     Returns:
         The metrics of the last validation (task metrics, loss, num_samples).
@@ -74,20 +77,20 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainPro
         build.build_loggers(cfg, run_dir)  # a missing logger library fails here, before any process starts
         if cfg.seed is None:
             cfg.seed = random.randrange(2**31)  # every process must shuffle alike
-        return run_local_processes(cfg.num_processes, _train_process, cfg, run_dir, epoch_callbacks)
-    return _train_process(cfg, run_dir, epoch_callbacks, progress)
+        return run_local_processes(cfg.num_processes, _train_process, cfg, run_dir, epoch_callbacks, None, lineage)
+    return _train_process(cfg, run_dir, epoch_callbacks, progress, lineage)
 
 
 def _train_process(cfg: DictConfig, run_dir: str | Path | None,
                    epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
-                   progress: PlainProgress | None = None) -> dict[str, Any]:
+                   progress: PlainProgress | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     context = distributed.from_environment()
     loggers = build.build_loggers(cfg, run_dir) if context.is_main else Loggers()
     device = _device(cfg, context)
     distributed.start(context, device)
     try:
         with loggers:
-            metrics = _fit(cfg, run_dir, epoch_callbacks, progress, context, device, loggers)
+            metrics = _fit(cfg, run_dir, epoch_callbacks, progress, context, device, loggers, lineage)
             if cfg.output is not None:
                 loggers.log_weights(Path(cfg.output))
             return metrics
@@ -98,7 +101,7 @@ def _train_process(cfg: DictConfig, run_dir: str | Path | None,
 def _fit(cfg: DictConfig, run_dir: str | Path | None,
          epoch_callbacks: list[Callable[[dict[str, Any]], None]] | None, progress: PlainProgress | None,
          context: distributed.Distributed, device: torch.device,
-         loggers: Loggers | None = None) -> dict[str, Any]:
+         loggers: Loggers | None = None, lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     train_index, val_index = load_indices(cfg)
     _default_image_size(cfg, train_index, say=_stderr_line if context.is_main else None)
     seed = _from_main(context, cfg.seed if cfg.seed is not None else random.randrange(2**31))
@@ -120,7 +123,7 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None,
             loggers.start(_plain(cfg))
         trainer = Trainer(model, task, optimizer, scheduler, device, options, progress, callbacks,
                           forward_model=forward_model, average=average, distributed=context,
-                          on_best=_best_saver(cfg, options.checkpoint_path, train_index.class_names),
+                          on_best=_best_saver(cfg, options.checkpoint_path, train_index.class_names, lineage),
                           step_callbacks=[loggers.log_step] if loggers else ())
         try:
             metrics = trainer.fit(train_loader, val_loader)
@@ -128,7 +131,7 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None,
             progress.close()
 
     if cfg.output is not None and context.is_main:
-        _save_output(cfg, model, average, train_index.class_names, progress)
+        _save_output(cfg, model, average, train_index.class_names, progress, lineage)
     if cfg.cost_metrics and not cfg.fast_dev_run and context.is_main:
         metrics = {**metrics, **measure_costs(average.module if average is not None else model, cfg.image_size,
                                               cfg.batch_size, device, is_detection(cfg),
@@ -218,21 +221,22 @@ def _epoch_callbacks(run_dir: str | Path | None, epoch_callbacks: list[Callable[
     return callbacks
 
 
-def _best_saver(cfg: DictConfig, checkpoint_path: Path | None,
-                class_names: list[str]) -> Callable[[nn.Module, dict[str, Any]], None] | None:
+def _best_saver(cfg: DictConfig, checkpoint_path: Path | None, class_names: list[str],
+                lineage: dict[str, Any] | None = None) -> Callable[[nn.Module, dict[str, Any]], None] | None:
     """With keep_best, what saves best.pt beside last.pt; None without checkpoints."""
     if not cfg.keep_best or checkpoint_path is None:
         return None
 
     def save_best(best_model: nn.Module, metrics: dict[str, Any]) -> None:
-        save_weights(checkpoint_path.with_name("best.pt"), best_model, class_names, cfg.task_type, _plain(cfg))
+        save_weights(checkpoint_path.with_name("best.pt"), best_model, class_names, cfg.task_type, _plain(cfg),
+                     lineage)
     return save_best
 
 
 def _save_output(cfg: DictConfig, model: nn.Module, average: WeightAverage | None, class_names: list[str],
-                 progress: PlainProgress) -> None:
+                 progress: PlainProgress, lineage: dict[str, Any] | None = None) -> None:
     final_model = average.module if average is not None else model
-    save_weights(cfg.output, final_model, class_names, cfg.task_type, _plain(cfg))
+    save_weights(cfg.output, final_model, class_names, cfg.task_type, _plain(cfg), lineage)
     progress.message(f"weights saved to {cfg.output}" + (f" ({average.kind} average)" if average else ""))
 
 

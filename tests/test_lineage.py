@@ -46,32 +46,23 @@ def test_a_queued_trainings_weights_record_its_lineage(store: SQLiteStore, tmp_p
     assert read_weights(best)[1]["lineage"] == expected
 
 
-def test_a_weights_file_without_lineage_still_loads_and_a_foreign_file_is_left_alone(tmp_path: Path) -> None:
+def test_a_weights_file_without_lineage_still_loads_and_one_with_it_carries_it(tmp_path: Path) -> None:
     import torch
 
-    from mitorch.engine.checkpoint import add_lineage
     from mitorch.models.weights import read_weights, save_weights
 
     path = tmp_path / "model.pt"
     save_weights(path, torch.nn.Linear(2, 3), ["a", "b", "c"], "multiclass_classification", {"max_epochs": 1})
     state, metadata = read_weights(path)
     assert "lineage" not in metadata and set(state) == {"weight", "bias"}
-    assert add_lineage(path, {"training_id": "x"}) and read_weights(path)[1]["lineage"] == {"training_id": "x"}
-    foreign = tmp_path / "other.pt"
-    foreign.write_bytes(b"not weights")
-    assert not add_lineage(foreign, {"training_id": "x"}) and foreign.read_bytes() == b"not weights"
-    torch.save({"weight": torch.zeros(1)}, foreign)  # a plain state dict: not ours to rewrite
-    assert not add_lineage(foreign, {"training_id": "x"}) and "lineage" not in read_weights(foreign)[1]
+    save_weights(path, torch.nn.Linear(2, 3), ["a", "b", "c"], "multiclass_classification", {"max_epochs": 1},
+                 {"training_id": "x"})
+    state, metadata = read_weights(path)
+    assert metadata["lineage"] == {"training_id": "x"} and set(state) == {"weight", "bias"}
 
 
 @pytest.mark.parametrize("dataset", [{"name": "shapes", "version": 3}])
-def test_lineage_names_a_registered_dataset(dataset: dict, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    recorded: list[tuple[Path, dict]] = []
-    monkeypatch.setattr("mitorch.engine.checkpoint.add_lineage", lambda path, lineage: recorded.append((path, lineage))
-                        or True)
-    weights = tmp_path / "model.pt"
-    weights.write_bytes(b"w")
-    runner._record_lineage({"id": "t1", "dataset": dataset, "job_id": "j1", "config": {}}, 2, [weights,
-                                                                                               tmp_path / "best.pt"])
-    assert recorded == [(weights, {"training_id": "t1", "attempt": 2, "fingerprint": None, "parent": None,
-                                   "job_id": "j1", "dataset": dataset, "mitorch_version": mitorch.__version__})]
+def test_lineage_names_a_registered_dataset(dataset: dict) -> None:
+    assert runner.lineage({"id": "t1", "dataset": dataset, "job_id": "j1", "config": {}}, 2) == {
+        "training_id": "t1", "attempt": 2, "fingerprint": None, "parent": None, "job_id": "j1", "dataset": dataset,
+        "mitorch_version": mitorch.__version__}

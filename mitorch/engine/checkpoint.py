@@ -38,29 +38,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def add_lineage(path: str | Path, lineage: dict[str, Any]) -> bool:
-    """Records in a weights file where it came from, under the key `lineage` (a training's id,
-    fingerprint, dataset and MiTorch version), rewriting it atomically. Files written before
-    lineage was recorded load as before, without the key.
-
-    Returns:
-        Whether it was recorded: False, and the file left as it is, when it holds no MiTorch
-        weights (a dict with a "model" state dict, as mitorch.models.weights.save_weights writes).
-    """
-    import zipfile
-
-    path = Path(path)
-    if not zipfile.is_zipfile(path):  # what torch.save writes; anything else is not ours to rewrite
-        return False
-    content = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(content, dict) or not isinstance(content.get("model"), dict):
-        return False
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({**content, "lineage": lineage}, temporary)
-    os.replace(temporary, path)
-    return True
-
-
 def rng_state() -> dict[str, Any]:
     """Every random generator's state, in types that torch.load(weights_only=True) accepts."""
     kind, keys, position, has_gauss, cached = np.random.get_state()

@@ -14,8 +14,10 @@ FORMAT = "mitorch-weights-v1"
 
 
 def save_weights(path: str | Path, model: nn.Module, class_names: list[str], task_type: str,
-                 config: dict[str, Any]) -> None:
-    """Writes weights with their class names and resolved config, atomically.
+                 config: dict[str, Any], lineage: dict[str, Any] | None = None) -> None:
+    """Writes weights with their class names and resolved config, atomically; with lineage (a
+    queued training's id, fingerprint, dataset, MiTorch version...) under the key `lineage`.
+    Files without it (written by hand, or before lineage was recorded) load the same.
 
     The file loads with torch.load(path, weights_only=True).
     """
@@ -23,7 +25,7 @@ def save_weights(path: str | Path, model: nn.Module, class_names: list[str], tas
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"format": FORMAT, "model": state, "class_names": list(class_names), "task_type": task_type,
-               "config": config}
+               "config": config, **({"lineage": lineage} if lineage is not None else {})}
     temporary = path.with_name(f".{path.name}.tmp")
     torch.save(payload, temporary)
     os.replace(temporary, path)

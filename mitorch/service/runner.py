@@ -226,25 +226,21 @@ def _train(run: _Attempt, training: dict[str, Any]) -> tuple[dict[str, Any], str
     source = artifacts.restore_checkpoint(training_id, run.attempt, run.folder, training.get("resume_from_attempt", 1))
     if source is not None:
         _say(f"attempt {run.attempt} starts from the checkpoint of {source}")
-    metrics = mitorch.train(cfg, run_dir=run.folder / "run", epoch_callbacks=[record_epoch])
-    _record_lineage(training, run.attempt, [Path(cfg.output), run.folder / "best.pt"])
+    metrics = mitorch.train(cfg, run_dir=run.folder / "run", epoch_callbacks=[record_epoch],
+                            lineage=lineage(training, run.attempt))
     return metrics, artifacts.publish(training_id, Path(cfg.output), run.attempt)
 
 
-def _record_lineage(training: dict[str, Any], attempt: int, weights: list[Path]) -> None:
-    """Writes into each weights file the training it came from, so that a model file found
-    anywhere leads back to its run: id, attempt, fingerprint, parent, dataset, MiTorch version."""
+def lineage(training: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """What the weights files of a training's attempt record of it, so that a model file found
+    anywhere leads back to its run: id, attempt, fingerprint, parent, job, dataset, MiTorch version."""
     import mitorch
-    from mitorch.engine.checkpoint import add_lineage
 
     dataset = training.get("dataset")
-    lineage = {"training_id": training["id"], "attempt": attempt, "fingerprint": training.get("fingerprint"),
-               "parent": training.get("parent"), "job_id": training.get("job_id"),
-               "dataset": {"name": dataset["name"], "version": dataset["version"]} if dataset else None,
-               "mitorch_version": mitorch.__version__}
-    for path in weights:
-        if path.is_file() and not add_lineage(path, lineage):
-            _say(f"{path} holds no MiTorch weights; its lineage is not recorded in it")
+    return {"training_id": training["id"], "attempt": attempt, "fingerprint": training.get("fingerprint"),
+            "parent": training.get("parent"), "job_id": training.get("job_id"),
+            "dataset": {"name": dataset["name"], "version": dataset["version"]} if dataset else None,
+            "mitorch_version": mitorch.__version__}
 
 
 class _Attempt:
