@@ -90,7 +90,7 @@ class ScriptedTraining:
         self.trained: list[int] = []
 
     def __call__(self, cfg: Any, run_dir: Any = None, epoch_callbacks: list | None = None,
-                 progress: Any = None) -> dict[str, Any]:
+                 progress: Any = None, lineage: Any = None) -> dict[str, Any]:
         metrics = {"top1_accuracy": 0.5, "loss": 1.0}
         for epoch in range(1, cfg.max_epochs + 1):
             self.trained.append(epoch)
@@ -162,7 +162,7 @@ import sys, threading
 import mitorch
 from mitorch.service.runner import run_training
 
-def training_that_never_ends_an_epoch(cfg, run_dir=None, epoch_callbacks=None, progress=None):
+def training_that_never_ends_an_epoch(cfg, run_dir=None, epoch_callbacks=None, progress=None, lineage=None):
     open(sys.argv[2], "w").close()  # it is training
     threading.Event().wait()  # no epoch write, no check for requests, no final status: only the heartbeat
 
