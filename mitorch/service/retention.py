@@ -152,18 +152,15 @@ def keep_best_setting(keep_best: int | None) -> int | None:
     """keep_best, else $MITORCH_GC_KEEP_BEST (unset or empty: None, only checkpoints are collected).
 
     Raises:
-        MiTorchError: the variable is not a whole number of 0 or more.
+        ConfigError: the variable is not a whole number of 0 or more (mitorch.envvars.env_int).
     """
     import os
 
-    if keep_best is not None:
+    from mitorch.envvars import env_int
+
+    if keep_best is not None or not os.environ.get(KEEP_BEST_VARIABLE, "").strip():
         return keep_best
-    text = os.environ.get(KEEP_BEST_VARIABLE, "").strip()
-    if not text:
-        return None
-    if not text.isdigit() or len(text) > 9:
-        raise MiTorchError(f"{KEEP_BEST_VARIABLE} must be a whole number of 0 or more, got {text[:40]!r}")
-    return int(text)
+    return env_int(KEEP_BEST_VARIABLE, 0, minimum=0)
 
 
 def collect_attempt_folders(store: Any, collected: Collected, keep_best: int, dry_run: bool,
