@@ -59,7 +59,10 @@ def train(cfg: DictConfig, run_dir: str | Path | None = None, progress: PlainPro
             csv loggers and, unless checkpoint_dir is set, last.pt go; None: none is written.
         progress: where progress goes; default: a Rich bar on a terminal, else log lines.
         epoch_callbacks: called on the main process with each epoch's record (epoch,
-            train_loss, lr, val, ...); with num_processes > 1 they must pickle.
+            train_loss, lr, val, ...); with num_processes > 1 they must pickle. A run that
+            resumes at an epoch's end hands them that epoch's record again first (the run
+            that saved the checkpoint may have stopped before they ran): they must not mind
+            a record twice.
         lineage: where the run comes from (a queued training's id, fingerprint, ...), recorded
             under `lineage` in every weights file it writes (-o, best.pt); None: not recorded.
 
@@ -124,7 +127,8 @@ def _fit(cfg: DictConfig, run_dir: str | Path | None,
         trainer = Trainer(model, task, optimizer, scheduler, device, options, progress, callbacks,
                           forward_model=forward_model, average=average, distributed=context,
                           on_best=_best_saver(cfg, options.checkpoint_path, train_index.class_names, lineage),
-                          step_callbacks=[loggers.log_step] if loggers else ())
+                          step_callbacks=[loggers.log_step] if loggers else (),
+                          replay_callbacks=epoch_callbacks or ())
         try:
             metrics = trainer.fit(train_loader, val_loader)
         finally:

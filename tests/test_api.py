@@ -209,3 +209,27 @@ def test_a_training_reports_what_its_model_costs_to_run_unless_told_not_to(data_
     assert costs["macs"] > 0 and 0 < costs["latency_ms_b1"] and 0 < costs["latency_ms_batch"]
     skipped = mitorch.train(mitorch.compose([*data_overrides, "cost_metrics=false"]), progress=_quiet())
     assert not set(COST_METRICS) & set(skipped)
+
+
+def test_a_run_stopped_between_its_checkpoint_and_its_callbacks_hands_the_epoch_over_on_resume(
+        data_overrides: list[str], tmp_path: Path) -> None:
+    # The last epoch's checkpoint is written before the epoch callbacks run (a queued training's
+    # callback writes the epoch to the store). A process that dies in between leaves a checkpoint
+    # past the last recorded epoch: the resumed run must hand that epoch over, and, with nothing
+    # left to train, still return the final validation.
+    cfg = mitorch.compose([*data_overrides, "max_epochs=2", "cost_metrics=false"])
+    seen: list[dict] = []
+
+    def dies_at_the_last_epoch(record: dict) -> None:
+        if record["epoch"] == 2:
+            raise RuntimeError("the process dies here")
+        seen.append(record)
+
+    with pytest.raises(RuntimeError, match="dies here"):
+        mitorch.train(cfg, run_dir=tmp_path / "run", progress=_quiet(), epoch_callbacks=[dies_at_the_last_epoch])
+    assert [r["epoch"] for r in seen] == [1]
+    replayed: list[dict] = []
+    final = mitorch.train(cfg, run_dir=tmp_path / "run", progress=_quiet(), epoch_callbacks=[replayed.append])
+    assert [r["epoch"] for r in replayed] == [2]
+    assert final and final == replayed[0]["val"]
+    assert final["num_samples"] == 6

@@ -88,6 +88,9 @@ class Trainer:
             final metrics use the averaged weights.
         epoch_callbacks: called on the main process after each epoch with its record: epoch,
             train_loss, lr, duration_s, images_per_s and, on validated epochs, val.
+        replay_callbacks: called, at the start of a run that resumes at an epoch boundary,
+            with the record of the checkpoint's last epoch: the process that saved it may have
+            stopped before its epoch callbacks ran. They must not mind a record twice.
         on_best: called on the main process with the evaluated model when a validation
             improves options.best_metric.
         step_callbacks: called on the main process every log_every_n_steps updates (and at
@@ -102,7 +105,8 @@ class Trainer:
                  forward_model: nn.Module | None = None, average: WeightAverage | None = None,
                  distributed: Distributed | None = None,
                  on_best: Callable[[nn.Module, dict[str, Any]], None] | None = None,
-                 step_callbacks: Iterable[Callable[[int, dict[str, float]], None]] = ()) -> None:
+                 step_callbacks: Iterable[Callable[[int, dict[str, float]], None]] = (),
+                 replay_callbacks: Iterable[Callable[[dict[str, Any]], None]] = ()) -> None:
         self.model = model
         self.forward_model = forward_model if forward_model is not None else model
         self.task = task
@@ -116,12 +120,15 @@ class Trainer:
         self.distributed = distributed or Distributed()
         self.on_best = on_best
         self.step_callbacks = list(step_callbacks)
+        self.replay_callbacks = list(replay_callbacks)
         self.last_lr = 0.0  # the lr of the latest update (the scheduler has moved on since)
         self.amp_dtype = amp_dtype(device, options.amp)
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.best: float | None = None
+        self.record: dict[str, Any] | None = None  # the last epoch's record, kept in the checkpoint
+        self.last_val: dict[str, Any] = {}  # the last validation's metrics, kept in the checkpoint
         self._stop_signal: int | None = None
 
     # -- the run ---------------------------------------------------------------------------
@@ -138,7 +145,8 @@ class Trainer:
         """
         options = self.options
         first_epoch, skip, resumed_rng = self._resume()
-        final: dict[str, Any] = {}
+        if self.record is not None and not skip:
+            self._stop_together(self._deliver(self.record, self.replay_callbacks), first_epoch - 1)
         with self._signals():
             for epoch in range(first_epoch, options.max_epochs + 1):
                 if skip:
@@ -150,19 +158,27 @@ class Trainer:
                 if self.average is not None:
                     self.average.after_epoch(self.model, epoch)
                 if epoch % options.val_every_n_epochs == 0 or epoch == options.max_epochs:
-                    final = record["val"] = self._validate(val_loader, train_loader, last=epoch == options.max_epochs)
+                    self.last_val = record["val"] = self._validate(val_loader, train_loader,
+                                                                   last=epoch == options.max_epochs)
+                self.record = record
                 self._save_checkpoint(epoch, 0)
-                stopping = None
                 if self.distributed.is_main:
                     self.progress.end_epoch(epoch, {k: v for k, v in record.items() if k not in ("epoch", "val")}
                                             | record.get("val", {}))
-                    try:
-                        for callback in self.epoch_callbacks:
-                            callback(record)
-                    except Exception as e:  # noqa: BLE001 - raised below, once every process knows
-                        stopping = e
-                self._stop_together(stopping, epoch)
-        return final
+                self._stop_together(self._deliver(record, self.epoch_callbacks), epoch)
+        # A run resumed after its last epoch trains nothing and returns what that epoch validated.
+        return self.last_val
+
+    def _deliver(self, record: dict[str, Any], callbacks: list[Callable[[dict[str, Any]], None]]) -> Exception | None:
+        """Hands record to callbacks on the main process; returns what one raised, for _stop_together."""
+        if not self.distributed.is_main:
+            return None
+        try:
+            for callback in callbacks:
+                callback(record)
+        except Exception as e:  # noqa: BLE001 - raised by _stop_together, once every process knows
+            return e
+        return None
 
     def _stop_together(self, stopping: Exception | None, epoch: int) -> None:
         """Raises `stopping` (what the main process's epoch callbacks raised) and, in a
@@ -301,8 +317,8 @@ class Trainer:
             "lr_scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "average": self.average.state_dict() if self.average is not None else None,
             "epoch": completed_epochs, "batches_done": batches_done, "step": self.step, "best": self.best,
-            "rng": rng_state(), "sampler": {"seed": self.options.seed, "epoch": completed_epochs + 1,
-                                            "batches_done": batches_done},
+            "record": self.record, "val": self.last_val, "rng": rng_state(),
+            "sampler": {"seed": self.options.seed, "epoch": completed_epochs + 1, "batches_done": batches_done},
         }
 
     def _save_checkpoint(self, completed_epochs: int, batches_done: int) -> None:
@@ -329,6 +345,8 @@ class Trainer:
             raise DataError(f"checkpoint {path} does not fit this training ({first_line(e)}); "
                             "delete it or set resume=false") from None
         self.step, self.best = state["step"], state["best"]
+        # Checkpoints saved before records were kept have neither key.
+        self.record, self.last_val = state.get("record"), state.get("val") or {}
         epoch, batches = state["epoch"] + 1, state["batches_done"]
         if self.distributed.is_main:
             where = f"epoch {epoch}" + (f", batch {batches + 1}" if batches else "")
