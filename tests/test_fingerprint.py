@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,77 @@ def test_a_sweep_that_overlaps_a_finished_one_queues_only_the_new_points(tmp_pat
     assert code == 3 and out == "" and len(err.splitlines()) == 2 and len(store.list_jobs()) == jobs
     code, out, err = _main(["-m", "optimizer.lr=0.1,0.001", "max_epochs=1", "--allow-duplicate"], capsys)
     assert code == 0 and err == "" and len(store.list_trainings(job_id=out.split()[1])) == 2
+    store.close()
+
+
+class _MeetingStore(SQLiteStore):
+    """A store whose duplicate look-up waits (up to 2 s) for the other submission's look-up:
+    two submissions that do not hold each other off both look before either stores."""
+
+    def __init__(self, path: Path, met: threading.Barrier) -> None:
+        super().__init__(path)
+        self.met = met
+
+    def find_trainings(self, fingerprint: str, statuses=None) -> list:
+        try:
+            self.met.wait(timeout=2)
+        except threading.BrokenBarrierError:
+            pass  # the other submission waits for this one's lease
+        return super().find_trainings(fingerprint, statuses)
+
+
+def test_two_submissions_of_one_training_at_the_same_moment_queue_it_once(tmp_path: Path) -> None:
+    from mitorch.service.submit import DuplicateTraining, add_unless_duplicate
+
+    met = threading.Barrier(2)
+    training = {"config": _config(), "priority": 100, "fingerprint": fingerprint(_config())}
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        store = _MeetingStore(tmp_path / "db.sqlite", met)
+        try:
+            outcomes.append(add_unless_duplicate(store, dict(training)))
+        except DuplicateTraining as e:
+            outcomes.append(str(e))
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store = _store(tmp_path)
+    queued = [t["id"] for t in store.list_trainings()]
+    assert len(queued) == 1
+    assert sorted(outcomes) == sorted([queued[0], f"duplicate of {queued[0]} (new); use --allow-duplicate to queue "
+                                                  "it again"])
+    store.close()
+
+
+def test_misubmit_and_sweeps_wait_for_another_submission_of_their_training(
+        tmp_path: Path, home: dict, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    from mitorch.service import submit
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(submit, "FINGERPRINT_WAIT_S", 0.3)
+    store = _store(tmp_path)
+    code, out, err = _main(["-m", "optimizer.lr=0.1,0.01", "max_epochs=1", "--allow-duplicate"], capsys)
+    keys = {t["config"]["optimizer"]["lr"]: t["fingerprint"] for t in store.list_trainings()}
+    assert code == 0 and len(keys) == 2, err
+    # Another submission holds lr=0.01's fingerprint: neither form stores anything while it does.
+    assert store.acquire_lease(f"fingerprint:{keys[0.01]}", "another misubmit", 30)
+    jobs, trainings = len(store.list_jobs()), len(store.list_trainings())
+    for argv in (["optimizer.lr=0.01", "max_epochs=1"], ["-m", "optimizer.lr=0.01,0.001", "max_epochs=1"]):
+        code, out, err = _main(argv, capsys)
+        assert code != 0 and out == "", err
+        assert err.strip().endswith(f"another submission of the same training has held fingerprint:{keys[0.01]} "
+                                    "for 0 s; try again"), err
+    assert (len(store.list_jobs()), len(store.list_trainings())) == (jobs, trainings)
+    store.release_lease(f"fingerprint:{keys[0.01]}", "another misubmit")
+    code, out, err = _main(["-m", "optimizer.lr=0.01,0.001", "max_epochs=1"], capsys)
+    assert code == 0 and len(store.list_trainings()) == trainings + 1, err
+    assert store.get_lease(f"fingerprint:{keys[0.01]}") is None  # given back once stored
     store.close()
 
 

@@ -51,11 +51,9 @@ class QueueLauncher(Launcher):
         self.config = config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from omegaconf import OmegaConf
-
         from mitorch.config import compose
         from mitorch.service.fingerprint import fingerprint
-        from mitorch.service.submit import check_tags, find_dataset, lineage, submission
+        from mitorch.service.submit import check_tags, find_dataset, fingerprints_held, lineage, submission
         from mitorch.store import open_store
 
         store = open_store()
@@ -67,19 +65,14 @@ class QueueLauncher(Launcher):
                       "fingerprint": fingerprint(config, dataset), "trial_number": initial_job_idx + i,
                       "overrides": list(overrides)}
                      for i, (config, overrides) in enumerate(zip(configs, job_overrides))]
-        if not self.allow_duplicate:
-            trainings = self._without_duplicates(store, trainings)
-            job_overrides = [t["overrides"] for t in trainings]
-            if not trainings and self.job_id is None:
-                sys.exit(3)  # every run repeats a training: nothing stored
-        if self.job_id is None:
-            # The job and its first trainings are stored together: all or nothing.
-            sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
-            self.job_id, ids = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,
-                                              "priority": self.priority, "dataset": dataset}, trainings)
-            print(f"job {self.job_id}", flush=True)
-        else:
-            ids = store.add_trainings([{**t, "job_id": self.job_id} for t in trainings])
+        # While the sweep's fingerprints are held, no other submission can queue one of its runs.
+        with fingerprints_held(store, [] if self.allow_duplicate else [t["fingerprint"] for t in trainings]):
+            if not self.allow_duplicate:
+                trainings = self._without_duplicates(store, trainings)
+                job_overrides = [t["overrides"] for t in trainings]
+                if not trainings and self.job_id is None:
+                    sys.exit(3)  # every run repeats a training: nothing stored
+            ids = self._store(store, trainings, dataset)
         returns = []
         if not trainings:
             return returns
@@ -89,6 +82,18 @@ class QueueLauncher(Launcher):
             result.return_value = training_id
             returns.append(result)
         return returns
+
+    def _store(self, store: Any, trainings: list, dataset: Any) -> list:
+        """Stores trainings (the first time, with the sweep's job: all or nothing); their ids."""
+        from omegaconf import OmegaConf
+
+        if self.job_id is not None:
+            return store.add_trainings([{**t, "job_id": self.job_id} for t in trainings])
+        sweep = [o for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
+        self.job_id, ids = store.add_job({"job_type": "sweep", "status": "running", "overrides": sweep,
+                                          "priority": self.priority, "dataset": dataset}, trainings)
+        print(f"job {self.job_id}", flush=True)
+        return ids
 
     @staticmethod
     def _without_duplicates(store: Any, trainings: list) -> list:

@@ -120,7 +120,7 @@ def _queue_training(args: argparse.Namespace, priority: int) -> str | None:
         _queue_sweep(command.overrides, priority, dataset, args.allow_duplicate, check_tags(args.tag or []))
         return None
     from mitorch.service.fingerprint import fingerprint
-    from mitorch.service.submit import cloned, lineage, refuse_duplicate
+    from mitorch.service.submit import add_unless_duplicate, cloned, lineage
 
     tags = check_tags(args.tag or [])
     parent = None if args.from_ is None else check_id(args.from_, "--from")
@@ -130,11 +130,10 @@ def _queue_training(args: argparse.Namespace, priority: int) -> str | None:
         cfg, parent_dataset = cloned(store, parent, command.overrides)
         dataset = dataset if args.dataset is not None else parent_dataset
         config = submission(cfg, store, dataset)
-    key = fingerprint(config, dataset)
-    if not args.allow_duplicate:
-        refuse_duplicate(store, key)  # exits with status 3, naming the training it repeats
-    return store.add_training({"config": config, "priority": priority, "dataset": dataset, "fingerprint": key,
-                               **lineage(config, parent), **({"tags": tags} if tags else {})})
+    training = {"config": config, "priority": priority, "dataset": dataset, "fingerprint": fingerprint(config, dataset),
+                **lineage(config, parent), **({"tags": tags} if tags else {})}
+    # A duplicate exits with status 3, naming the training it repeats.
+    return add_unless_duplicate(store, training, args.allow_duplicate)
 
 
 def _older_form(args: argparse.Namespace) -> list[str]:

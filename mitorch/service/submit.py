@@ -1,8 +1,12 @@
 """What misubmit (and the sweep launcher) store: a checked, self-contained training config."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -61,6 +65,48 @@ def refuse_duplicate(store: JobStore, fingerprint: str) -> None:
     training = duplicate_of(store, fingerprint)
     if training is not None:
         raise DuplicateTraining(duplicate_line(training))
+
+
+# A submission holds a lease per fingerprint while it looks for duplicates and stores, so that
+# two submissions of the same training at the same moment cannot both find none and both queue.
+FINGERPRINT_LEASE_TTL_S = 30.0
+FINGERPRINT_WAIT_S = 45.0  # past the TTL: a submission that died holding a lease is waited out
+
+
+@contextlib.contextmanager
+def fingerprints_held(store: JobStore, fingerprints: Iterable[str]) -> Iterator[None]:
+    """Holds the lease `fingerprint:KEY` of each fingerprint (in sorted order, so that two sweeps
+    sharing several never wait on each other in a circle) until the block ends.
+
+    Raises:
+        StoreError: another submission kept one for FINGERPRINT_WAIT_S.
+    """
+    holder = f"submit:{os.getpid()}:{uuid.uuid4().hex}"
+    taken: list[str] = []
+    try:
+        for name in sorted({f"fingerprint:{key}" for key in fingerprints}):
+            deadline = time.monotonic() + FINGERPRINT_WAIT_S
+            while not store.acquire_lease(name, holder, FINGERPRINT_LEASE_TTL_S):
+                if time.monotonic() > deadline:
+                    raise StoreError(f"another submission of the same training has held {name} for "
+                                     f"{FINGERPRINT_WAIT_S:.0f} s; try again")
+                time.sleep(0.05)
+            taken.append(name)
+        yield
+    finally:
+        for name in taken:
+            store.release_lease(name, holder)
+
+
+def add_unless_duplicate(store: JobStore, training: dict[str, Any], allow_duplicate: bool = False) -> str:
+    """Stores training (with its "fingerprint") and returns its id; without allow_duplicate,
+    raises DuplicateTraining instead when an active or completed training has its fingerprint,
+    also when another submission stores one at the same moment."""
+    if allow_duplicate:
+        return store.add_training(training)
+    with fingerprints_held(store, [training["fingerprint"]]):
+        refuse_duplicate(store, training["fingerprint"])
+        return store.add_training(training)
 
 
 def find_dataset(reference: str | None, store: JobStore) -> dict[str, Any] | None:
