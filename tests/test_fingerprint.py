@@ -242,6 +242,19 @@ def test_mongodb_indexes_fingerprints() -> None:
     store = MongoStore(client=mongomock.MongoClient(tz_aware=True))
     keys = [list(index["key"]) for index in store._db.trainings.index_information().values()]
     assert [("fingerprint", 1), ("created_at", 1), ("_id", 1)] in keys
+    assert [("parent", 1), ("created_at", -1), ("_id", -1)] in keys  # a training's children
+
+
+def test_the_sqlite_parent_index_answers_a_trainings_children(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    parent = store.add_training({})
+    store.add_training({"parent": parent})
+    store.close()
+    db = sqlite3.connect(tmp_path / "db.sqlite")
+    plan = db.execute("EXPLAIN QUERY PLAN SELECT data FROM trainings WHERE json_extract(data, '$.parent') = ? "
+                      "ORDER BY created_at DESC, id DESC", (parent,)).fetchall()
+    assert "trainings_parent" in str(plan)
+    db.close()
 
 
 def test_misubmit_computes_fingerprints_without_torch(tmp_path: Path) -> None:

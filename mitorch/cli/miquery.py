@@ -108,7 +108,7 @@ def _tagged(store, tag: str) -> dict[str, Any]:
 def _children(store, training_id: str) -> list[dict[str, Any]]:
     """The trainings whose parent is training_id (cloned from it, or started from its weights)."""
     return [{key: t.get(key) for key in ("id", "status", "metrics", "tags")}
-            for t in store.list_trainings(order="recent", fields=_LISTED) if t.get("parent") == training_id]
+            for t in store.list_trainings(order="recent", fields=_LISTED, parent=training_id)]
 
 
 def _trials(store, job: dict[str, Any], trainings: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -167,10 +167,12 @@ class JobStore(ABC):
     @abstractmethod
     def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
                        order: str = "queue", limit: int | None = None,
-                       fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                       fields: Sequence[str] | None = None, parent: str | None = None) -> list[dict[str, Any]]:
         """Trainings with one of `statuses` (all when None), or of one job.
 
         Args:
+            parent: only the trainings whose `parent` is this id (its clones and the trainings
+                started from its weights), read by an index.
             order: "queue" (priority, then oldest first: the dispatch order) or "recent"
                 (newest first).
             fields: when given, each training is read as its "id" and these top-level fields

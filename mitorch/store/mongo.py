@@ -160,6 +160,7 @@ class MongoStore(JobStore):
         self._create_index(db.trainings, _RECENT)
         self._create_index(db.trainings, [("job_id", 1), *_QUEUE])
         self._create_index(db.trainings, [("fingerprint", 1), ("created_at", 1), ("_id", 1)])
+        self._create_index(db.trainings, [("parent", 1), *_RECENT])
         self._one_training_per_trial()
         self._create_index(db.training_results, [("training_id", 1), ("epoch", 1)], unique=True)
         self._create_index(db.jobs, _RECENT)
@@ -230,12 +231,14 @@ class MongoStore(JobStore):
 
     def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
                        order: str = "queue", limit: int | None = None,
-                       fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                       fields: Sequence[str] | None = None, parent: str | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {}
         if statuses is not None:
             query["status"] = {"$in": list(statuses)}
         if job_id is not None:
             query["job_id"] = job_id
+        if parent is not None:
+            query["parent"] = parent
         projection = None if fields is None else dict.fromkeys(field_names(fields), 1)
         cursor = self._db.trainings.find(query, projection, sort=_QUEUE if order == "queue" else _RECENT,
                                          limit=limit or 0)

@@ -17,8 +17,8 @@ from mitorch.store.base import (DB_NOW, STATUSES, DuplicateError, JobStore, Leas
                                 status_fields, training_record)
 
 # Version 2: attempts and leases; 3: Optuna journals; 4: one training per search trial; 5: an index
-# on fingerprints. A database written by a newer MiTorch is refused, not misread.
-SCHEMA_VERSION = 5
+# on fingerprints; 6: an index on parents. A database written by a newer MiTorch is refused, not misread.
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS trainings (
@@ -30,6 +30,7 @@ CREATE INDEX IF NOT EXISTS trainings_job ON trainings (job_id, created_at);
 CREATE UNIQUE INDEX IF NOT EXISTS trainings_trial ON trainings (job_id, json_extract(data, '$.trial_number'))
     WHERE json_extract(data, '$.trial_number') IS NOT NULL;
 CREATE INDEX IF NOT EXISTS trainings_fingerprint ON trainings (json_extract(data, '$.fingerprint'), created_at);
+CREATE INDEX IF NOT EXISTS trainings_parent ON trainings (json_extract(data, '$.parent'), created_at);
 CREATE TABLE IF NOT EXISTS training_results (
     training_id TEXT NOT NULL, epoch INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (training_id, epoch));
 CREATE TABLE IF NOT EXISTS jobs (id TEXT PRIMARY KEY, status TEXT, created_at TEXT NOT NULL, data TEXT NOT NULL);
@@ -148,7 +149,7 @@ class SQLiteStore(JobStore):
 
     def list_trainings(self, statuses: Sequence[str] | None = None, job_id: str | None = None,
                        order: str = "queue", limit: int | None = None,
-                       fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                       fields: Sequence[str] | None = None, parent: str | None = None) -> list[dict[str, Any]]:
         where, args = [], []
         if statuses is not None:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -156,6 +157,9 @@ class SQLiteStore(JobStore):
         if job_id is not None:
             where.append("job_id = ?")
             args.append(job_id)
+        if parent is not None:
+            where.append("json_extract(data, '$.parent') = ?")  # the index's expression: the index answers
+            args.append(parent)
         column = "data"
         names = None if fields is None else field_names(fields)
         if names is not None and _JSON_ARROW:

@@ -84,6 +84,16 @@ class StoreConformance:
         with pytest.raises(ValueError, match="field name"):
             store.list_trainings(fields=["data') --"])
 
+    def test_lists_a_trainings_children_by_parent(self, store) -> None:
+        parent, other = store.add_training({"n": 0}), store.add_training({"n": 1})
+        first = store.add_training({"parent": parent, "n": 2})
+        time.sleep(0.002)
+        second = store.add_training({"parent": parent, "n": 3, "status": "completed"})
+        store.add_training({"parent": other, "n": 4})
+        assert [t["id"] for t in store.list_trainings(order="recent", parent=parent)] == [second, first]
+        assert store.list_trainings(["completed"], parent=parent, fields=["n"]) == [{"id": second, "n": 3}]
+        assert store.list_trainings(parent=first) == [] and len(store.list_trainings()) == 5
+
     def test_results_by_epoch_replace_on_retry(self, store) -> None:
         training_id = store.add_training({})
         for epoch in (2, 1, 3):

@@ -85,9 +85,8 @@ def lineage(store: JobStore, record: dict[str, Any]) -> dict[str, Any]:
     """Where a training came from and what came of it: its fingerprint, its parent (the training
     it was cloned from or started from the weights of) and its children, each with its status;
     tags and note as recorded (absent ones empty)."""
-    listed = store.list_trainings(order="recent", fields=["parent", "status", "name"])
     children = [{"id": t["id"], "status": t["status"], "name": t.get("name") or ""}
-                for t in listed if t.get("parent") == record["id"]]
+                for t in store.list_trainings(order="recent", fields=["status", "name"], parent=record["id"])]
     parent_id = record.get("parent")
     parent = store.get_training(parent_id) if isinstance(parent_id, str) and parent_id else None
     shown_parent = None
