@@ -128,7 +128,6 @@ class Trainer:
         self.step = 0
         self.best: float | None = None
         self.record: dict[str, Any] | None = None  # the last epoch's record, kept in the checkpoint
-        self.last_val: dict[str, Any] = {}  # the last validation's metrics, kept in the checkpoint
         self._stop_signal: int | None = None
 
     # -- the run ---------------------------------------------------------------------------
@@ -147,6 +146,8 @@ class Trainer:
         first_epoch, skip, resumed_rng = self._resume()
         if self.record is not None and not skip:
             self._stop_together(self._deliver(self.record, self.replay_callbacks), first_epoch - 1)
+        # The last epoch always validates: a run resumed after it trains nothing and returns that.
+        final: dict[str, Any] = (self.record or {}).get("val", {})
         with self._signals():
             for epoch in range(first_epoch, options.max_epochs + 1):
                 if skip:
@@ -158,16 +159,14 @@ class Trainer:
                 if self.average is not None:
                     self.average.after_epoch(self.model, epoch)
                 if epoch % options.val_every_n_epochs == 0 or epoch == options.max_epochs:
-                    self.last_val = record["val"] = self._validate(val_loader, train_loader,
-                                                                   last=epoch == options.max_epochs)
+                    final = record["val"] = self._validate(val_loader, train_loader, last=epoch == options.max_epochs)
                 self.record = record
                 self._save_checkpoint(epoch, 0)
                 if self.distributed.is_main:
                     self.progress.end_epoch(epoch, {k: v for k, v in record.items() if k not in ("epoch", "val")}
                                             | record.get("val", {}))
                 self._stop_together(self._deliver(record, self.epoch_callbacks), epoch)
-        # A run resumed after its last epoch trains nothing and returns what that epoch validated.
-        return self.last_val
+        return final
 
     def _deliver(self, record: dict[str, Any], callbacks: list[Callable[[dict[str, Any]], None]]) -> Exception | None:
         """Hands record to callbacks on the main process; returns what one raised, for _stop_together."""
@@ -317,7 +316,7 @@ class Trainer:
             "lr_scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "average": self.average.state_dict() if self.average is not None else None,
             "epoch": completed_epochs, "batches_done": batches_done, "step": self.step, "best": self.best,
-            "record": self.record, "val": self.last_val, "rng": rng_state(),
+            "record": self.record, "rng": rng_state(),
             "sampler": {"seed": self.options.seed, "epoch": completed_epochs + 1, "batches_done": batches_done},
         }
 
@@ -345,8 +344,7 @@ class Trainer:
             raise DataError(f"checkpoint {path} does not fit this training ({first_line(e)}); "
                             "delete it or set resume=false") from None
         self.step, self.best = state["step"], state["best"]
-        # Checkpoints saved before records were kept have neither key.
-        self.record, self.last_val = state.get("record"), state.get("val") or {}
+        self.record = state.get("record")  # None in a checkpoint saved before records were kept
         epoch, batches = state["epoch"] + 1, state["batches_done"]
         if self.distributed.is_main:
             where = f"epoch {epoch}" + (f", batch {batches + 1}" if batches else "")
